@@ -1,0 +1,60 @@
+// Every C++ operator new/delete form over mapalloc. Kept apart from
+// override.cpp because throwing std::bad_alloc needs exceptions.
+#include <new>
+
+#include "alloc.h"
+#include "mapalloc.h"
+
+using namespace mapalloc;
+
+#define EXPORT MAPALLOC_EXPORT
+
+// Calls the new-handler until memory comes or there is no handler.
+static void* new_or_throw(size_t size, size_t alignment) {
+  for (;;) {
+    void* p = alignment <= 16 ? alloc(size) : alloc_aligned(alignment, size);
+    if (MAPALLOC_LIKELY(p)) return p;
+    std::new_handler handler = std::get_new_handler();
+    if (!handler) throw std::bad_alloc();
+    handler();
+  }
+}
+
+static void* new_or_null(size_t size, size_t alignment) noexcept {
+  try {
+    return new_or_throw(size, alignment);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+static MAPALLOC_INLINE void* new_fast(size_t size) {
+  void* p = alloc(size);
+  return MAPALLOC_LIKELY(p) ? p : new_or_throw(size, 0);
+}
+
+EXPORT void* operator new(size_t size) { return new_fast(size); }
+EXPORT void* operator new[](size_t size) { return new_fast(size); }
+EXPORT void* operator new(size_t size, const std::nothrow_t&) noexcept { return new_or_null(size, 0); }
+EXPORT void* operator new[](size_t size, const std::nothrow_t&) noexcept { return new_or_null(size, 0); }
+EXPORT void* operator new(size_t size, std::align_val_t al) { return new_or_throw(size, size_t(al)); }
+EXPORT void* operator new[](size_t size, std::align_val_t al) { return new_or_throw(size, size_t(al)); }
+EXPORT void* operator new(size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
+  return new_or_null(size, size_t(al));
+}
+EXPORT void* operator new[](size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
+  return new_or_null(size, size_t(al));
+}
+
+EXPORT void operator delete(void* p) noexcept { dealloc(p); }
+EXPORT void operator delete[](void* p) noexcept { dealloc(p); }
+EXPORT void operator delete(void* p, const std::nothrow_t&) noexcept { dealloc(p); }
+EXPORT void operator delete[](void* p, const std::nothrow_t&) noexcept { dealloc(p); }
+EXPORT void operator delete(void* p, size_t) noexcept { dealloc(p); }
+EXPORT void operator delete[](void* p, size_t) noexcept { dealloc(p); }
+EXPORT void operator delete(void* p, std::align_val_t) noexcept { dealloc(p); }
+EXPORT void operator delete[](void* p, std::align_val_t) noexcept { dealloc(p); }
+EXPORT void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { dealloc(p); }
+EXPORT void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { dealloc(p); }
+EXPORT void operator delete(void* p, size_t, std::align_val_t) noexcept { dealloc(p); }
+EXPORT void operator delete[](void* p, size_t, std::align_val_t) noexcept { dealloc(p); }

@@ -1,0 +1,138 @@
+// The less common entry points: large, aligned, zeroed, realloc, queries.
+#include "alloc.h"
+
+#include <errno.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "large.h"
+#include "thread.h"
+
+namespace mapalloc {
+
+static void* out_of_memory() {
+  errno = ENOMEM;
+  return nullptr;
+}
+
+void* alloc_large(size_t size) {
+  if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
+  ensure_init();
+  return large::alloc(size, 16, false);
+}
+
+void free_slow(void* p, uintptr_t entry) {
+  if (!p) return;
+  if (!entry) report_invalid_free(p);
+  large::free(pagemap::as_large(entry), p);
+}
+
+void* alloc_aligned(size_t alignment, size_t size) {
+  if (alignment <= 16) return alloc(size);
+  if (size > size_t(PTRDIFF_MAX) || alignment > size_t(PTRDIFF_MAX) / 2) return out_of_memory();
+  size_t threshold = options.mmap_threshold.load(std::memory_order_relaxed);
+  size_t want = size > alignment ? size : alignment;
+  if (want <= threshold) {
+    // Pages start at their run size and blocks sit at multiples of the block
+    // size, so a class whose size is a multiple of the alignment is aligned.
+    unsigned c = size_class(want);
+    while (c < kNumClasses && kClasses[c].block_size % alignment != 0) c++;
+    if (c < kNumClasses && kClasses[c].block_size <= threshold) return heap_malloc(tls_heap, kClasses[c].block_size);
+  }
+  ensure_init();
+  return large::alloc(size, alignment, false);
+}
+
+void* alloc_zeroed(size_t count, size_t size) {
+  size_t total;
+  if (mul_overflows(count, size, &total) || total > size_t(PTRDIFF_MAX)) return out_of_memory();
+  if (total <= kLookupMax || total <= options.mmap_threshold.load(std::memory_order_relaxed)) {
+    void* p = heap_malloc(tls_heap, total);
+    if (p) __builtin_memset(p, 0, total);
+    return p;
+  }
+  ensure_init();
+  return large::alloc(total, 16, true);  // zeroes only what was dirtied
+}
+
+// The page of a live small block, or a fatal report naming what was wrong.
+static Page* checked_page(const void* p, uintptr_t entry, const char* what) {
+  Page* page = pagemap::as_page(entry);
+  if (block_index(page, p) == UINT32_MAX) fatal(what, p);
+  const Block* b = static_cast<const Block*>(p);
+  if (b->cookie == freed_cookie(b)) fatal("use of freed block", p);
+  return page;
+}
+
+static LargeBlock* checked_large(const void* p, uintptr_t entry, const char* what) {
+  LargeBlock* b = pagemap::as_large(entry);
+  if (!b->live) fatal("use of freed block", p);
+  if (b->user != p) fatal(what, p);
+  return b;
+}
+
+void* reallocate(void* p, size_t size) {
+  if (!p) return alloc(size);
+  uintptr_t entry = pagemap::lookup(p);
+  if (!entry) fatal("realloc of pointer not allocated by mapalloc:", p);
+  size_t old_usable;
+  if (pagemap::is_large(entry)) {
+    LargeBlock* b = checked_large(p, entry, "realloc of pointer not allocated by mapalloc:");
+    if (size == 0) {
+      large::free(b, p);
+      return nullptr;
+    }
+    if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
+    if (size > options.mmap_threshold.load(std::memory_order_relaxed)) {
+      if (void* q = large::try_resize_in_place(b, size)) return q;
+    }
+    old_usable = large::usable_size(b);
+  } else {
+    Page* page = checked_page(p, entry, "realloc of pointer not allocated by mapalloc:");
+    if (size == 0) {
+      dealloc(p);
+      return nullptr;
+    }
+    if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
+    old_usable = page->block_size;
+    if (size <= old_usable && size >= old_usable / 2) return p;
+  }
+  void* q = alloc(size);
+  if (!q) return nullptr;  // the old block stays intact
+  __builtin_memcpy(q, p, size < old_usable ? size : old_usable);
+  dealloc(p);
+  return q;
+}
+
+size_t usable_size(const void* p) {
+  if (!p) return 0;
+  uintptr_t entry = pagemap::lookup(p);
+  if (!entry) fatal("malloc_usable_size of pointer not allocated by mapalloc:", p);
+  if (pagemap::is_large(entry)) {
+    return large::usable_size(checked_large(p, entry, "malloc_usable_size of pointer not allocated by mapalloc:"));
+  }
+  return checked_page(p, entry, "malloc_usable_size of pointer not allocated by mapalloc:")->block_size;
+}
+
+bool owns(const void* p) {
+  uintptr_t entry = pagemap::lookup(p);
+  if (!entry) return false;
+  if (pagemap::is_large(entry)) {
+    const LargeBlock* b = pagemap::as_large(entry);
+    return b->live && b->user == p;
+  }
+  const Page* page = pagemap::as_page(entry);
+  if (block_index(page, p) == UINT32_MAX) return false;
+  const Block* b = static_cast<const Block*>(p);
+  return b->cookie != freed_cookie(b);
+}
+
+void collect() {
+  Heap* heap = tls_heap;
+  if (heap != &empty_heap) heap_collect(heap, true);
+  thread_reclaim_all_abandoned();
+  arena::purge(true);
+  large::purge(true);
+}
+
+}  // namespace mapalloc

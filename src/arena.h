@@ -1,0 +1,44 @@
+// Layer 4: the arena hands out pages (runs of 1, 8 or 64 slots) carved from
+// 4 MiB chunks, each chunk mapped once between two PROT_NONE guard pages.
+// Free pages stay resident for purge_delay_ms so that a steady workload reuses
+// them without faults; after that their memory is purged (and whole idle
+// chunks are unmapped by a forced collect). All of it under one lock: these
+// are slow paths.
+#pragma once
+#include <cstdint>
+
+#include "page.h"
+
+namespace mapalloc {
+
+struct Chunk {
+  char* base = nullptr;        // kChunkSize bytes, kChunkSize aligned
+  uint64_t free_slots = 0;     // bit i: slot i belongs to no page
+  uint64_t dirty_slots = 0;    // free slots whose memory may still be resident
+  uint64_t last_free_ms = 0;   // when a slot was last freed (purge decay)
+  Chunk* next = nullptr;       // all live chunks
+  Page pages[kSlotsPerChunk];  // slot i's descriptor; a run uses its first slot's
+};
+
+namespace arena {
+
+// A page for size_class owned by heap, its page map entries set; nullptr
+// when the OS refuses memory.
+Page* alloc_page(Heap* heap, unsigned size_class);
+// Gives an empty page back to the arena.
+void free_page(Page* page);
+// Purges free pages idle longer than the purge delay; all of them and idle
+// chunks too when force is set.
+void purge(bool force);
+
+struct Usage {
+  uint64_t chunks, mapped_bytes, pages_in_use, slots_in_use, dirty_free_bytes, clean_free_bytes;
+};
+Usage usage();
+
+void lock_for_fork();
+void unlock_for_fork();
+void reset_after_fork();
+
+}  // namespace arena
+}  // namespace mapalloc

@@ -1,0 +1,45 @@
+// Layer 1: a small lock for slow paths (arena, large cache, heap pool).
+// Spins briefly, then yields. No allocation, safe to re-initialise after fork.
+#pragma once
+#include <sched.h>
+
+#include <atomic>
+
+namespace mapalloc {
+
+class SpinLock {
+ public:
+  void lock() {
+    for (unsigned spins = 0; locked_.exchange(true, std::memory_order_acquire); spins++) {
+      while (locked_.load(std::memory_order_relaxed)) {
+        if (spins++ < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+          __builtin_ia32_pause();
+#endif
+        } else {
+          sched_yield();
+        }
+      }
+    }
+  }
+  bool try_lock() { return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(true, std::memory_order_acquire); }
+  void unlock() { locked_.store(false, std::memory_order_release); }
+  // Child side of fork: the child has one thread, whoever held this is gone.
+  void reset_after_fork() { locked_.store(false, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> locked_{false};
+};
+
+class LockGuard {
+ public:
+  explicit LockGuard(SpinLock& l) : lock_(l) { lock_.lock(); }
+  ~LockGuard() { lock_.unlock(); }
+  LockGuard(const LockGuard&) = delete;
+  LockGuard& operator=(const LockGuard&) = delete;
+
+ private:
+  SpinLock& lock_;
+};
+
+}  // namespace mapalloc

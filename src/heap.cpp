@@ -1,0 +1,175 @@
+// Slow paths of the per-thread heap: finding a page with free blocks,
+// moving pages between the class queues and the full list, remote frees.
+#include "heap.h"
+
+#include "arena.h"
+#include "thread.h"
+
+namespace mapalloc {
+
+constinit Page empty_page;
+constinit Heap empty_heap{&empty_page};
+__thread Heap* tls_heap = &empty_heap;
+Counter orphan_frees[kNumClasses];
+
+void report_invalid_free(const void* p) { fatal("invalid free (pointer not allocated by mapalloc):", p); }
+void report_double_free(const void* p) { fatal("double free of", p); }
+
+static void move_to_full(Heap* heap, Page* page) {
+  page->in_full = true;
+  heap->full.push_front(page);
+  heap->full_count++;
+}
+
+static void release_page(Heap* heap, Page* page) {
+  bump(heap->stats.pages[page->size_class], uint64_t(-1));
+  arena::free_page(page);
+}
+
+// Unlinks page from whichever list holds it.
+static void unlink_page(Heap* heap, Page* page) {
+  if (page->is_current) {
+    heap->current[page->size_class] = &empty_page;
+    page->is_current = false;
+  } else if (page->in_full) {
+    heap->full.remove(page);
+    heap->full_count--;
+    page->in_full = false;
+  } else {
+    heap->avail[page->size_class].remove(page);
+  }
+}
+
+void heap_page_empty(Heap* heap, Page* page) {
+  // Keep the current page: a malloc/free ping-pong must not cycle pages.
+  if (page->is_current) return;
+  unlink_page(heap, page);
+  release_page(heap, page);
+}
+
+void heap_page_unfull(Heap* heap, Page* page) {
+  heap->full.remove(page);
+  heap->full_count--;
+  page->in_full = false;
+  heap->avail[page->size_class].push_front(page);
+}
+
+void heap_free_remote(Heap* heap, Page* page, Block* b) {
+  unsigned c = page->size_class;
+  if (heap != &empty_heap) {
+    bump(heap->stats.frees[c]);
+  } else {
+    orphan_frees[c].fetch_add(1, std::memory_order_relaxed);
+  }
+  b->cookie = freed_cookie(b);
+  uintptr_t old = page->thread_free.load(std::memory_order_relaxed);
+  do {
+    b->link = encode_link(b, reinterpret_cast<Block*>(old));
+  } while (!page->thread_free.compare_exchange_weak(old, reinterpret_cast<uintptr_t>(b), std::memory_order_release,
+                                                    std::memory_order_relaxed));
+  // The page may be collected and reused by its owner from here on: no more
+  // touching it.
+}
+
+// Looks at full pages for frees other threads pushed; pages with free
+// blocks go back to their class queues, empty ones back to the arena.
+static void sweep_full(Heap* heap) {
+  for (Page* page = heap->full.head; page;) {
+    Page* next = page->next;
+    if (page->thread_free.load(std::memory_order_relaxed)) {
+      page_collect(page);
+      heap->full.remove(page);
+      heap->full_count--;
+      page->in_full = false;
+      if (page->used == 0) {
+        release_page(heap, page);
+      } else {
+        heap->avail[page->size_class].push_front(page);
+      }
+    }
+    page = next;
+  }
+}
+
+static void make_current(Heap* heap, Page* page) {
+  page->is_current = true;
+  heap->current[page->size_class] = page;
+}
+
+static bool has_free_block(Page* page) { return page_collect(page) || page_extend(page); }
+
+// Finds a page of class c with a free block and makes it current.
+static Page* find_page(Heap* heap, unsigned c) {
+  Page* page = heap->current[c];
+  if (page != &empty_page) {
+    if (has_free_block(page)) return page;
+    page->is_current = false;
+    heap->current[c] = &empty_page;
+    move_to_full(heap, page);
+  }
+  for (int attempt = 0; attempt < 2; attempt++) {
+    while ((page = heap->avail[c].pop_front())) {
+      if (has_free_block(page)) {
+        make_current(heap, page);
+        return page;
+      }
+      move_to_full(heap, page);
+    }
+    // Amortised: sweep the full list once per full_count/8 fresh pages, so
+    // remotely freed memory is found again with bounded waste.
+    if (attempt == 0 && heap->fresh_since_sweep >= heap->full_count / 8) {
+      heap->fresh_since_sweep = 0;
+      sweep_full(heap);
+    } else {
+      break;
+    }
+  }
+  thread_maybe_reclaim_abandoned();
+  page = arena::alloc_page(heap, c);
+  if (!page) return nullptr;
+  heap->fresh_since_sweep++;
+  bump(heap->stats.pages[c]);
+  page_extend(page);
+  make_current(heap, page);
+  return page;
+}
+
+void* heap_malloc_slow(Heap* heap, size_t size) {
+  if (heap == &empty_heap) {
+    heap = thread_heap_init();
+    if (!heap) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+  }
+  if (!find_page(heap, size_class(size))) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return heap_malloc(heap, size);
+}
+
+void heap_collect(Heap* heap, bool release_current) {
+  for (unsigned c = 0; c < kNumClasses; c++) {
+    Page* page = heap->current[c];
+    if (page != &empty_page) {
+      page_collect(page);
+      if (page->used == 0 && release_current) {
+        unlink_page(heap, page);
+        release_page(heap, page);
+      }
+    }
+    for (page = heap->avail[c].head; page;) {
+      Page* next = page->next;
+      page_collect(page);
+      if (page->used == 0) {
+        unlink_page(heap, page);
+        release_page(heap, page);
+      }
+      page = next;
+    }
+  }
+  sweep_full(heap);
+}
+
+}  // namespace mapalloc

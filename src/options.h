@@ -1,0 +1,34 @@
+// Layer 5: runtime options, read once from MAPALLOC_OPTIONS
+// ("key=value,key=value") without allocating. See README for every key.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#ifndef MAPALLOC_DEFAULT_MMAP_THRESHOLD
+#define MAPALLOC_DEFAULT_MMAP_THRESHOLD 131072
+#endif
+
+namespace mapalloc {
+
+struct Options {
+  std::atomic<size_t> mmap_threshold{MAPALLOC_DEFAULT_MMAP_THRESHOLD};  // mallopt may change it
+  uint64_t purge_delay_ms = 10;  // empty pages and cached large blocks older than this are purged
+  size_t large_cache = 64 << 20;  // bytes of freed large mappings kept for reuse
+  bool guard = true;              // PROT_NONE guard pages around arena chunks and large blocks
+  bool stats = false;             // print statistics at exit
+  bool verbose = false;           // log mappings and option values
+  bool madv_free = false;         // purge with MADV_FREE instead of MADV_DONTNEED
+};
+extern Options options;
+
+// Below one page-map slot two large blocks could share a slot's entry.
+constexpr size_t kMinThreshold = 64 * 1024;
+
+// Parses "k=v,k=v"; unknown keys and bad values get one warning line each.
+void parse_options(const char* text);
+// Finds MAPALLOC_OPTIONS in the environment (environ, else /proc/self/environ).
+void load_options_from_environment();
+bool set_mmap_threshold(size_t bytes);
+
+}  // namespace mapalloc

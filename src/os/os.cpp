@@ -1,0 +1,127 @@
+#include "os/os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/bits.h"
+
+namespace mapalloc::os {
+
+Counters counters;
+bool use_madv_free = false;
+
+static void count(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
+
+// mmap/munmap must not clobber errno on success paths of malloc.
+struct ErrnoGuard {
+  int saved = errno;
+  ~ErrnoGuard() { errno = saved; }
+};
+
+static void* do_map(void* hint, size_t size, int prot, int extra_flags) {
+  ErrnoGuard guard;
+  count(counters.mmap_calls);
+  void* p = ::mmap(hint, size, prot, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  counters.mapped.fetch_add(size, std::memory_order_relaxed);
+  return p;
+}
+
+void* map(size_t size) { return do_map(nullptr, size, PROT_READ | PROT_WRITE, 0); }
+
+void* reserve(size_t size) { return do_map(nullptr, size, PROT_NONE, MAP_NORESERVE); }
+
+void unmap(void* p, size_t size) {
+  if (!p || !size) return;
+  ErrnoGuard guard;
+  count(counters.munmap_calls);
+  if (::munmap(p, size) == 0) counters.mapped.fetch_sub(size, std::memory_order_relaxed);
+}
+
+void* map_aligned(size_t size, size_t alignment, bool rw) {
+  int prot = rw ? PROT_READ | PROT_WRITE : PROT_NONE;
+  // Try the cheap way first: the kernel often returns aligned addresses.
+  char* p = static_cast<char*>(do_map(nullptr, size, prot, 0));
+  if (!p) return nullptr;
+  if ((reinterpret_cast<uintptr_t>(p) & (alignment - 1)) == 0) return p;
+  unmap(p, size);
+  size_t over = size + alignment;
+  p = static_cast<char*>(do_map(nullptr, over, prot, 0));
+  if (!p) return nullptr;
+  char* aligned = reinterpret_cast<char*>(align_up(reinterpret_cast<uintptr_t>(p), alignment));
+  unmap(p, size_t(aligned - p));
+  unmap(aligned + size, size_t(p + over - (aligned + size)));
+  return aligned;
+}
+
+bool protect_none(void* p, size_t size) {
+  ErrnoGuard guard;
+  count(counters.mprotect_calls);
+  return ::mprotect(p, size, PROT_NONE) == 0;
+}
+
+bool protect_rw(void* p, size_t size) {
+  ErrnoGuard guard;
+  count(counters.mprotect_calls);
+  return ::mprotect(p, size, PROT_READ | PROT_WRITE) == 0;
+}
+
+void purge(void* p, size_t size) {
+  if (!size) return;
+  ErrnoGuard guard;
+  count(counters.madvise_calls);
+  count(counters.purges);
+  counters.purged_bytes.fetch_add(size, std::memory_order_relaxed);
+  if (use_madv_free && ::madvise(p, size, MADV_FREE) == 0) return;
+  ::madvise(p, size, MADV_DONTNEED);
+}
+
+void* remap(void* old_p, size_t old_size, size_t new_size) {
+  ErrnoGuard guard;
+  count(counters.mmap_calls);
+  void* p = ::mremap(old_p, old_size, new_size, MREMAP_MAYMOVE);
+  if (p == MAP_FAILED) return nullptr;
+  counters.mapped.fetch_add(new_size - old_size, std::memory_order_relaxed);
+  return p;
+}
+
+uint64_t now_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
+}
+
+uint64_t resident_bytes() {
+  ErrnoGuard guard;
+  int fd = ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[128];
+  ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
+  ::close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  // Second field: resident pages.
+  const char* s = buf;
+  while (*s && *s != ' ') s++;
+  while (*s == ' ') s++;
+  uint64_t pages = 0;
+  while (*s >= '0' && *s <= '9') pages = pages * 10 + uint64_t(*s++ - '0');
+  return pages * kPageSize;
+}
+
+uint64_t random_u64() {
+  ErrnoGuard guard;
+  uint64_t v = 0;
+  if (::getrandom(&v, sizeof(v), GRND_NONBLOCK) == sizeof(v) && v) return v;
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  v = uint64_t(ts.tv_nsec) * 0x9E3779B97F4A7C15ull ^ uint64_t(reinterpret_cast<uintptr_t>(&v));
+  v ^= v >> 31;
+  return v | 1;
+}
+
+}  // namespace mapalloc::os

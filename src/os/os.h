@@ -1,0 +1,38 @@
+// Layer 2: the only code that calls mmap, munmap, mprotect and madvise.
+// Every call is counted so the statistics can show the syscall cost.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace mapalloc::os {
+
+constexpr size_t kPageSize = 4096;  // checked against sysconf at start-up
+
+// Maps size bytes (a page multiple) read-write; nullptr on failure.
+void* map(size_t size);
+// Maps size bytes PROT_NONE with MAP_NORESERVE: address space only.
+void* reserve(size_t size);
+// Maps size bytes at a multiple of alignment (read-write when rw).
+void* map_aligned(size_t size, size_t alignment, bool rw);
+void unmap(void* p, size_t size);
+bool protect_none(void* p, size_t size);
+bool protect_rw(void* p, size_t size);
+// Releases the pages' contents; they read back as zero (MADV_DONTNEED) or
+// may (MADV_FREE, with use_madv_free) until reused.
+void purge(void* p, size_t size);
+void* remap(void* old_p, size_t old_size, size_t new_size);  // MREMAP_MAYMOVE
+
+uint64_t now_ms();            // CLOCK_MONOTONIC milliseconds
+uint64_t resident_bytes();    // from /proc/self/statm, without allocating
+uint64_t random_u64();        // from getrandom, falls back to clock mixing
+
+struct Counters {
+  std::atomic<uint64_t> mapped{0};  // bytes of address space we hold
+  std::atomic<uint64_t> mmap_calls{0}, munmap_calls{0}, mprotect_calls{0}, madvise_calls{0};
+  std::atomic<uint64_t> purges{0}, purged_bytes{0};
+};
+extern Counters counters;
+extern bool use_madv_free;
+
+}  // namespace mapalloc::os

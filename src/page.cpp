@@ -1,0 +1,84 @@
+#include "page.h"
+
+#include "base/log.h"
+
+namespace mapalloc {
+
+Keys keys;
+
+void page_init(Page* page, Heap* heap, unsigned size_class) {
+  const ClassInfo& info = kClasses[size_class];
+  page->free = nullptr;
+  page->local_free = nullptr;
+  page->used = 0;
+  page->carved = 0;
+  page->capacity = info.capacity;
+  page->block_size = info.block_size;
+  page->reciprocal = info.reciprocal;
+  page->size_class = uint8_t(size_class);
+  page->in_full = false;
+  page->is_current = false;
+  page->next = page->prev = nullptr;
+  page->thread_free.store(0, std::memory_order_relaxed);
+  page->heap.store(heap, std::memory_order_release);
+}
+
+void page_corrupted(const Page*, const void* block) {
+  fatal("heap corruption: free-list link overwritten (use after free?) at", block);
+}
+
+// Checks a link taken from the free lists: inside this page, on a block start.
+static MAPALLOC_INLINE void check_link(const Page* page, const Block* from, const Block* next) {
+  if (next && block_index(page, next) == UINT32_MAX) page_corrupted(page, from);
+}
+
+bool page_collect(Page* page) {
+  if (page->local_free) {
+    if (!page->free) {
+      page->free = page->local_free;
+    } else {
+      // Splice the local list in front of free.
+      Block* tail = page->local_free;
+      for (Block* n; (n = decode_link(tail)); tail = n) check_link(page, tail, n);
+      tail->link = encode_link(tail, page->free);
+      page->free = page->local_free;
+    }
+    page->local_free = nullptr;
+  }
+  if (page->thread_free.load(std::memory_order_relaxed)) {
+    Block* list = reinterpret_cast<Block*>(page->thread_free.exchange(0, std::memory_order_acquire));
+    if (list) {
+      uint32_t count = 1;
+      Block* tail = list;
+      for (Block* n; (n = decode_link(tail)); tail = n, count++) {
+        check_link(page, tail, n);
+        if (count > page->capacity) page_corrupted(page, tail);  // a cycle
+      }
+      tail->link = encode_link(tail, page->free);
+      page->free = list;
+      page->used -= count;
+    }
+  }
+  return page->free != nullptr;
+}
+
+bool page_extend(Page* page) {
+  if (page->carved >= page->capacity) return false;
+  // Carve about one OS page worth at a time: fresh memory is touched only
+  // when it is about to be used (first touches are expensive).
+  uint32_t n = page->block_size >= 4096 ? 1 : 4096 / page->block_size;
+  if (n > page->capacity - page->carved) n = page->capacity - page->carved;
+  char* first = page->start + size_t(page->carved) * page->block_size;
+  Block* next = page->free;  // free is empty when we extend, but keep it general
+  for (uint32_t i = n; i-- > 0;) {
+    Block* b = reinterpret_cast<Block*>(first + size_t(i) * page->block_size);
+    b->link = encode_link(b, next);
+    b->cookie = freed_cookie(b);
+    next = b;
+  }
+  page->free = next;
+  page->carved += n;
+  return true;
+}
+
+}  // namespace mapalloc

@@ -1,0 +1,109 @@
+// Layer 3: size classes, computed at compile time.
+//
+// Classes 0..7 are 16..128 bytes in 16-byte steps. Above 128 bytes every
+// power of two [2^k, 2^(k+1)) is split into 8 classes of step 2^(k-3), so a
+// request wastes at most 2^(k-3) / (2^k + 1) < 12.5% of its size. The last
+// class is 1 MiB; the mmap threshold can be set anywhere up to it.
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+#include "base/bits.h"
+
+namespace mapalloc {
+
+constexpr size_t kMinBlock = 16;
+constexpr unsigned kSmallClasses = 8;  // 16..128
+constexpr unsigned kFirstPow2Log = 7;  // classes split powers of two from 128
+constexpr unsigned kLastPow2Log = 19;  // up to 2^20
+constexpr unsigned kNumClasses = kSmallClasses + (kLastPow2Log - kFirstPow2Log + 1) * 8;
+constexpr size_t kMaxClassSize = size_t(1) << (kLastPow2Log + 1);  // 1 MiB
+
+// Arena geometry: 64 KiB slots, chunks of 64 slots (4 MiB).
+constexpr unsigned kSlotShift = 16;
+constexpr size_t kSlotSize = size_t(1) << kSlotShift;
+constexpr unsigned kSlotsPerChunk = 64;
+constexpr size_t kChunkSize = kSlotSize * kSlotsPerChunk;
+
+constexpr unsigned class_of_large(size_t size) {
+  unsigned k = log2_floor(size - 1);  // size in (2^k, 2^(k+1)]
+  size_t step = size_t(1) << (k - 3);
+  size_t j = (size - (size_t(1) << k) + step - 1) / step;  // 1..8
+  return kSmallClasses + (k - kFirstPow2Log) * 8 + unsigned(j) - 1;
+}
+
+constexpr unsigned class_of_computed(size_t size) {
+  if (size <= 128) return size <= 16 ? 0 : unsigned((size + 15) / 16) - 1;
+  return class_of_large(size);
+}
+
+constexpr size_t class_block_size(unsigned c) {
+  if (c < kSmallClasses) return (c + 1) * 16;
+  unsigned k = (c - kSmallClasses) / 8 + kFirstPow2Log;
+  unsigned j = (c - kSmallClasses) % 8 + 1;
+  return (size_t(1) << k) + j * (size_t(1) << (k - 3));
+}
+
+// Pages are runs of 1, 8 or 64 slots, so a page holds at least 4 blocks.
+constexpr unsigned class_page_slots(unsigned c) {
+  size_t b = class_block_size(c);
+  return b <= 8 * KiB ? 1 : b <= 128 * KiB ? 8 : 64;
+}
+
+struct ClassInfo {
+  uint32_t block_size;
+  uint32_t page_slots;
+  uint32_t capacity;    // blocks per page
+  uint64_t reciprocal;  // ceil(2^44 / block_size): offset / size as a multiply
+};
+constexpr unsigned kReciprocalShift = 44;
+
+constexpr std::array<ClassInfo, kNumClasses> make_class_table() {
+  std::array<ClassInfo, kNumClasses> t{};
+  for (unsigned c = 0; c < kNumClasses; c++) {
+    size_t b = class_block_size(c);
+    t[c].block_size = uint32_t(b);
+    t[c].page_slots = class_page_slots(c);
+    t[c].capacity = uint32_t(t[c].page_slots * kSlotSize / b);
+    t[c].reciprocal = ((uint64_t(1) << kReciprocalShift) + b - 1) / b;
+  }
+  return t;
+}
+inline constexpr std::array<ClassInfo, kNumClasses> kClasses = make_class_table();
+
+// Byte lookup for requests up to 1 KiB, indexed by (size + 15) / 16.
+constexpr size_t kLookupMax = 1024;
+constexpr std::array<uint8_t, kLookupMax / 16 + 1> make_lookup() {
+  std::array<uint8_t, kLookupMax / 16 + 1> t{};
+  for (size_t i = 0; i < t.size(); i++) t[i] = uint8_t(class_of_computed(i * 16));
+  return t;
+}
+inline constexpr std::array<uint8_t, kLookupMax / 16 + 1> kClassLookup = make_lookup();
+
+MAPALLOC_INLINE unsigned size_class(size_t size) {
+  if (MAPALLOC_LIKELY(size <= kLookupMax)) return kClassLookup[(size + 15) >> 4];
+  return class_of_large(size);
+}
+
+// Compile-time proof of the table's promises.
+constexpr bool check_classes() {
+  for (unsigned c = 0; c < kNumClasses; c++) {
+    size_t b = class_block_size(c);
+    if (b % 16 != 0) return false;
+    if (c > 0 && b <= class_block_size(c - 1)) return false;
+    if (class_of_computed(b) != c) return false;
+    size_t smallest = c == 0 ? 1 : class_block_size(c - 1) + 1;
+    if (class_of_computed(smallest) != c) return false;
+    // Waste bound above 128 bytes: (b - smallest) / smallest <= 12.5%.
+    if (smallest > 128 && (b - smallest) * 8 > smallest) return false;
+    if (kClasses[c].capacity < 4) return false;
+  }
+  for (size_t s = 0; s <= kLookupMax; s++)
+    if (kClassLookup[(s + 15) >> 4] != class_of_computed(s)) return false;
+  return class_block_size(kNumClasses - 1) == kMaxClassSize;
+}
+static_assert(check_classes(), "size class table broken");
+static_assert(kNumClasses <= 128, "MAPALLOC_MAX_CLASSES too small");
+
+}  // namespace mapalloc

@@ -1,0 +1,180 @@
+#include "thread.h"
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <new>
+
+#include "arena.h"
+#include "base/lock.h"
+#include "heap.h"
+#include "large.h"
+#include "meta.h"
+#include "options.h"
+#include "os/os.h"
+
+namespace mapalloc {
+
+static SpinLock heaps_lock;
+static Heap* all_heaps = nullptr;  // guarded by heaps_lock
+static Heap* abandoned = nullptr;  // guarded by heaps_lock
+static std::atomic<bool> maybe_abandoned{false};  // a hint, read without the lock
+static unsigned long long heap_count = 0, thread_count = 0;
+static pthread_key_t exit_key;
+
+static std::atomic<int> init_state{0};  // 0: not yet, 1: running, 2: done
+static SpinLock init_lock;
+static std::atomic<bool> atfork_registered{false};
+
+static void thread_exit(void* arg);
+static void before_fork();
+static void after_fork_parent();
+static void after_fork_child();
+
+void ensure_init() {
+  if (MAPALLOC_LIKELY(init_state.load(std::memory_order_acquire) == 2)) return;
+  {
+    LockGuard guard(init_lock);
+    if (init_state.load(std::memory_order_relaxed) != 2) {
+      init_state.store(1, std::memory_order_relaxed);
+      if (sysconf(_SC_PAGESIZE) != long(os::kPageSize)) fatal("unsupported OS page size");
+      load_options_from_environment();
+      keys.link = os::random_u64();
+      keys.cookie = os::random_u64();
+      if (pthread_key_create(&exit_key, thread_exit) != 0) fatal("cannot create the thread-exit key");
+      init_state.store(2, std::memory_order_release);
+    }
+  }
+  // pthread_atfork may call malloc; we are initialised by now, so let it.
+  if (!atfork_registered.exchange(true)) pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
+
+Heap* thread_heap_init() {
+  ensure_init();
+  Heap* heap;
+  {
+    LockGuard guard(heaps_lock);
+    thread_count++;
+    heap = abandoned;
+    if (heap) {
+      abandoned = heap->next_abandoned;
+    } else {
+      void* mem = meta::allocate(sizeof(Heap));
+      if (!mem) return nullptr;
+      heap = new (mem) Heap(&empty_page);
+      heap->next_all = all_heaps;
+      all_heaps = heap;
+      heap_count++;
+    }
+    heap->next_abandoned = nullptr;
+    heap->owned = true;
+  }
+  tls_heap = heap;
+  pthread_setspecific(exit_key, heap);
+  return heap;
+}
+
+static void abandon(Heap* heap) {
+  LockGuard guard(heaps_lock);
+  heap->owned = false;
+  heap->next_abandoned = abandoned;
+  abandoned = heap;
+  maybe_abandoned.store(true, std::memory_order_relaxed);
+}
+
+static void thread_exit(void* arg) {
+  Heap* heap = static_cast<Heap*>(arg);
+  if (!heap || heap == &empty_heap) return;
+  heap_collect(heap, true);
+  tls_heap = &empty_heap;  // later frees go the remote way, later mallocs re-adopt
+  abandon(heap);
+}
+
+// Takes one abandoned heap exclusively, collects it and puts it back.
+static bool reclaim_one(Heap* skip_after) {
+  Heap* heap;
+  {
+    LockGuard guard(heaps_lock);
+    heap = abandoned;
+    if (!heap) maybe_abandoned.store(false, std::memory_order_relaxed);
+    if (!heap || heap == skip_after) return false;
+    abandoned = heap->next_abandoned;
+  }
+  heap_collect(heap, true);
+  LockGuard guard(heaps_lock);
+  heap->next_abandoned = nullptr;
+  // Back at the tail, so repeated calls walk the whole list.
+  Heap** link = &abandoned;
+  while (*link) link = &(*link)->next_abandoned;
+  *link = heap;
+  return true;
+}
+
+void thread_maybe_reclaim_abandoned() {
+  static std::atomic<unsigned> calls{0};
+  if (!maybe_abandoned.load(std::memory_order_relaxed)) return;
+  if ((calls.fetch_add(1, std::memory_order_relaxed) & 15) != 0) return;
+  reclaim_one(nullptr);
+}
+
+void thread_reclaim_all_abandoned() {
+  Heap* first;
+  {
+    LockGuard guard(heaps_lock);
+    first = abandoned;
+  }
+  if (!first) return;
+  // Walk once round the list; stop when the first one comes back to the front.
+  bool started = false;
+  while (true) {
+    Heap* front;
+    {
+      LockGuard guard(heaps_lock);
+      front = abandoned;
+    }
+    if (!front || (started && front == first)) break;
+    started = true;
+    if (!reclaim_one(nullptr)) break;
+  }
+}
+
+void heaps_visit(void (*visit)(const Heap*, void*), void* ctx) {
+  LockGuard guard(heaps_lock);
+  for (Heap* h = all_heaps; h; h = h->next_all) visit(h, ctx);
+}
+
+unsigned long long threads_seen() { return thread_count; }
+unsigned long long heaps_created() { return heap_count; }
+
+// fork: every lock is taken before, released in the parent, reset in the
+// child. Lock order: heaps, arena, large, meta.
+static void before_fork() {
+  heaps_lock.lock();
+  arena::lock_for_fork();
+  large::lock_for_fork();
+  meta::lock_for_fork();
+}
+
+static void after_fork_parent() {
+  meta::unlock_for_fork();
+  large::unlock_for_fork();
+  arena::unlock_for_fork();
+  heaps_lock.unlock();
+}
+
+static void after_fork_child() {
+  meta::reset_after_fork();
+  large::reset_after_fork();
+  arena::reset_after_fork();
+  heaps_lock.reset_after_fork();
+  // Only the forking thread lives on: other threads' heaps are abandoned.
+  for (Heap* h = all_heaps; h; h = h->next_all) {
+    if (h->owned && h != tls_heap) {
+      h->owned = false;
+      h->next_abandoned = abandoned;
+      abandoned = h;
+    }
+  }
+}
+
+}  // namespace mapalloc
