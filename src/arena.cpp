@@ -14,6 +14,10 @@ static Chunk* chunks = nullptr;        // guarded by lock
 static Chunk* spare_descriptors = nullptr;
 static uint64_t pages_in_use = 0;
 static uint64_t last_purge_ms = 0;
+static uint64_t dirty_bytes = 0;  // free but possibly resident
+// Free resident memory beyond this is purged at once, whatever its age, so
+// that RSS comes back soon after a program frees a lot.
+static constexpr uint64_t kDirtyCap = 8 * MiB;
 static constexpr size_t kGuard = os::kPageSize;
 
 static uint64_t run_mask(unsigned slots) {
@@ -123,6 +127,7 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
     }
     uint64_t m = run_mask(slots) << index;
     chosen->free_slots &= ~m;
+    dirty_bytes -= uint64_t(__builtin_popcountll(chosen->dirty_slots & m)) * kSlotSize;
     chosen->dirty_slots &= ~m;
     pages_in_use++;
   }
@@ -143,14 +148,18 @@ static void purge_chunk(Chunk* c, uint64_t which) {
     os::purge(c->base + first * kSlotSize, len * kSlotSize);
     which &= ~(run_mask(len) << first);
   }
-  c->dirty_slots &= ~c->free_slots;
+  dirty_bytes -= uint64_t(__builtin_popcountll(c->dirty_slots)) * kSlotSize;
+  c->dirty_slots = 0;
 }
 
+// Purges chunks idle past the delay; every dirty chunk when over the cap or
+// forced; and with force also unmaps wholly free chunks.
 static void purge_locked(bool force, uint64_t now) {
   last_purge_ms = now;
+  bool over_cap = dirty_bytes > kDirtyCap;
   Chunk** link = &chunks;
   while (Chunk* c = *link) {
-    bool idle = force || now - c->last_free_ms >= options.purge_delay_ms;
+    bool idle = force || over_cap || now - c->last_free_ms >= options.purge_delay_ms;
     if (c->dirty_slots && idle) purge_chunk(c, c->dirty_slots);
     if (force && c->free_slots == ~uint64_t(0) && !c->dirty_slots) {
       // A wholly free chunk: give the address space back too.
@@ -179,10 +188,11 @@ void free_page(Page* page) {
   uint64_t m = run_mask(slots) << index;
   c->free_slots |= m;
   c->dirty_slots |= m;
+  dirty_bytes += uint64_t(slots) * kSlotSize;
   c->last_free_ms = now;
   pages_in_use--;
-  // Purge other chunks' idle pages now and then; never on the fast path.
-  if (now - last_purge_ms >= options.purge_delay_ms) purge_locked(false, now);
+  // Purge idle pages now and then; never on the fast path.
+  if (now - last_purge_ms >= options.purge_delay_ms || dirty_bytes > kDirtyCap) purge_locked(false, now);
 }
 
 void purge(bool force) {

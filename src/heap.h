@@ -91,8 +91,7 @@ MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) {
 #if MAPALLOC_SECURE
   // A use-after-free write into a free block breaks its cookie or its link.
   if (MAPALLOC_UNLIKELY(b->cookie != freed_cookie(b))) page_corrupted(page, b);
-  if (MAPALLOC_UNLIKELY(next && uintptr_t(reinterpret_cast<char*>(next) - page->start) >=
-                                    uintptr_t(page->end() - page->start)))
+  if (MAPALLOC_UNLIKELY(next && uintptr_t(reinterpret_cast<char*>(next) - page->start) >= page->span))
     page_corrupted(page, b);
 #endif
   page->free = next;
@@ -116,7 +115,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) {
     page->local_free = b;
     bump(heap->stats.frees[page->size_class]);
     if (MAPALLOC_UNLIKELY(--page->used == 0)) {
-      heap_page_empty(heap, page);
+      if (!page->is_current) heap_page_empty(heap, page);
     } else if (MAPALLOC_UNLIKELY(page->in_full)) {
       heap_page_unfull(heap, page);
     }

@@ -25,6 +25,19 @@ static size_t cache_count = 0, cache_bytes = 0;
 static LargeBlock* spare = nullptr;
 static uint64_t live_count = 0, live_bytes = 0, requests = 0, cache_hits = 0, mapped_bytes = 0;
 static uint64_t last_purge_ms = 0;
+static size_t cache_dirty = 0;  // resident bytes of cached blocks
+// Resident cache beyond this is purged at once (oldest first); the mappings
+// stay cached with their guards, so reuse costs faults but no syscalls.
+static constexpr size_t kDirtyCap = 8 << 20;
+
+static size_t dirty_size(const LargeBlock* b) { return size_t(b->inner_end() - b->dirty_from); }
+
+static void purge_block(LargeBlock* b) {
+  char* lo = reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(b->dirty_from), os::kPageSize));
+  if (lo < b->inner_end()) os::purge(lo, size_t(b->inner_end() - lo));
+  cache_dirty -= dirty_size(b);
+  b->dirty_from = b->inner_end();
+}
 
 static void cache_unlink(LargeBlock* b) {
   (b->prev ? b->prev->next : cache_head) = b->next;
@@ -32,6 +45,7 @@ static void cache_unlink(LargeBlock* b) {
   b->next = b->prev = nullptr;
   cache_count--;
   cache_bytes -= b->map_size;
+  cache_dirty -= dirty_size(b);
 }
 
 static void cache_push_front(LargeBlock* b) {
@@ -41,6 +55,7 @@ static void cache_push_front(LargeBlock* b) {
   cache_head = b;
   cache_count++;
   cache_bytes += b->map_size;
+  cache_dirty += dirty_size(b);
 }
 
 // Releases a descriptor's mapping; lock held.
@@ -84,10 +99,8 @@ static void purge_locked(bool force, uint64_t now) {
     if (force || idle >= 10 * delay + 100) {
       cache_unlink(b);
       release(b);
-    } else if (idle >= delay && b->dirty_from < b->inner_end()) {
-      char* lo = reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(b->dirty_from), kGuard));
-      os::purge(lo, size_t(b->inner_end() - lo));
-      b->dirty_from = b->inner_end();
+    } else if ((idle >= delay || cache_dirty > kDirtyCap) && b->dirty_from < b->inner_end()) {
+      purge_block(b);
     }
     b = prev;
   }
@@ -191,7 +204,7 @@ void free(LargeBlock* b, void* p) {
       release(old);
     }
   }
-  if (now - last_purge_ms >= options.purge_delay_ms) purge_locked(false, now);
+  if (now - last_purge_ms >= options.purge_delay_ms || cache_dirty > kDirtyCap) purge_locked(false, now);
 }
 
 size_t usable_size(const LargeBlock* b) { return size_t(b->inner_end() - b->user); }

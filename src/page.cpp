@@ -14,6 +14,7 @@ void page_init(Page* page, Heap* heap, unsigned size_class) {
   page->carved = 0;
   page->capacity = info.capacity;
   page->block_size = info.block_size;
+  page->span = info.capacity * info.block_size;
   page->reciprocal = info.reciprocal;
   page->size_class = uint8_t(size_class);
   page->in_full = false;

@@ -56,6 +56,7 @@ struct Page {
   uint32_t carved = 0;          // blocks carved from fresh memory so far
   uint32_t capacity = 0;        // 0 while the page belongs to the arena
   uint32_t block_size = 0;
+  uint32_t span = 0;  // capacity * block_size
   uint64_t reciprocal = 0;
   uint8_t size_class = 0;
   bool in_full = false;  // on the heap's full list rather than its class queue
