@@ -73,6 +73,7 @@ struct mapalloc_stats {
   uint64_t munmap_calls;
   uint64_t mprotect_calls;
   uint64_t madvise_calls;
+  uint64_t mremap_calls;   /* pages moved by realloc without copying */
   uint64_t threads_seen;
   uint64_t heaps;         /* heap structures created (reused after thread exit) */
   uint32_t class_count;

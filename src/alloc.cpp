@@ -15,19 +15,19 @@ static void* out_of_memory() {
   return nullptr;
 }
 
-void* alloc_large(size_t size) {
+void* alloc_large(size_t size) noexcept {
   if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
   ensure_init();
   return large::alloc(size, 16, false);
 }
 
-void free_slow(void* p, uintptr_t entry) {
+void free_slow(void* p, uintptr_t entry) noexcept {
   if (!p) return;
   if (!entry) report_invalid_free(p);
   large::free(pagemap::as_large(entry), p);
 }
 
-void* alloc_aligned(size_t alignment, size_t size) {
+void* alloc_aligned(size_t alignment, size_t size) noexcept {
   if (alignment <= 16) return alloc(size);
   if (size > size_t(PTRDIFF_MAX) || alignment > size_t(PTRDIFF_MAX) / 2) return out_of_memory();
   size_t threshold = options.mmap_threshold.load(std::memory_order_relaxed);
@@ -43,7 +43,7 @@ void* alloc_aligned(size_t alignment, size_t size) {
   return large::alloc(size, alignment, false);
 }
 
-void* alloc_zeroed(size_t count, size_t size) {
+void* alloc_zeroed(size_t count, size_t size) noexcept {
   size_t total;
   if (mul_overflows(count, size, &total) || total > size_t(PTRDIFF_MAX)) return out_of_memory();
   if (total <= kLookupMax || total <= options.mmap_threshold.load(std::memory_order_relaxed)) {
@@ -71,7 +71,7 @@ static LargeBlock* checked_large(const void* p, uintptr_t entry, const char* wha
   return b;
 }
 
-void* reallocate(void* p, size_t size) {
+void* reallocate(void* p, size_t size) noexcept {
   if (!p) return alloc(size);
   uintptr_t entry = pagemap::lookup(p);
   if (!entry) fatal("realloc of pointer not allocated by mapalloc:", p);
@@ -84,7 +84,9 @@ void* reallocate(void* p, size_t size) {
     }
     if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
     if (size > options.mmap_threshold.load(std::memory_order_relaxed)) {
-      if (void* q = large::try_resize_in_place(b, size)) return q;
+      bool failed;
+      if (void* q = large::reallocate(b, size, &failed)) return q;
+      if (failed) return out_of_memory();  // the old block stays intact
     }
     old_usable = large::usable_size(b);
   } else {
@@ -97,14 +99,18 @@ void* reallocate(void* p, size_t size) {
     old_usable = page->block_size;
     if (size <= old_usable && size >= old_usable / 2) return p;
   }
-  void* q = alloc(size);
+  // A block grown past the threshold is likely to grow again: give it the
+  // layout that grows without copying.
+  void* q = size > old_usable && size > options.mmap_threshold.load(std::memory_order_relaxed)
+                ? large::alloc_growable(size)
+                : alloc(size);
   if (!q) return nullptr;  // the old block stays intact
   __builtin_memcpy(q, p, size < old_usable ? size : old_usable);
   dealloc(p);
   return q;
 }
 
-size_t usable_size(const void* p) {
+size_t usable_size(const void* p) noexcept {
   if (!p) return 0;
   uintptr_t entry = pagemap::lookup(p);
   if (!entry) fatal("malloc_usable_size of pointer not allocated by mapalloc:", p);

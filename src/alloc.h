@@ -11,25 +11,25 @@
 
 namespace mapalloc {
 
-void* alloc_large(size_t size);
-void free_slow(void* p, uintptr_t entry);
-void* alloc_aligned(size_t alignment, size_t size);
-void* alloc_zeroed(size_t count, size_t size);
-void* reallocate(void* p, size_t size);
-size_t usable_size(const void* p);
+void* alloc_large(size_t size) noexcept;
+void free_slow(void* p, uintptr_t entry) noexcept;
+void* alloc_aligned(size_t alignment, size_t size) noexcept;
+void* alloc_zeroed(size_t count, size_t size) noexcept;
+void* reallocate(void* p, size_t size) noexcept;
+size_t usable_size(const void* p) noexcept;
 bool owns(const void* p);
 void collect();
 
-MAPALLOC_INLINE void* alloc(size_t size) {
+MAPALLOC_INLINE void* alloc(size_t size) noexcept {
   if (MAPALLOC_LIKELY(size <= kLookupMax) || size <= options.mmap_threshold.load(std::memory_order_relaxed)) {
     return heap_malloc(tls_heap, size);
   }
   return alloc_large(size);
 }
 
-MAPALLOC_INLINE void dealloc(void* p) {
+MAPALLOC_INLINE void dealloc(void* p) noexcept {
   uintptr_t entry = pagemap::lookup(p);
-  if (MAPALLOC_UNLIKELY(entry == 0 || pagemap::is_large(entry))) return free_slow(p, entry);
+  if (MAPALLOC_UNLIKELY(!pagemap::is_page(entry))) return free_slow(p, entry);
   heap_free(pagemap::as_page(entry), p);
 }
 

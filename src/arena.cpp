@@ -15,9 +15,12 @@ static Chunk* spare_descriptors = nullptr;
 static uint64_t pages_in_use = 0;
 static uint64_t last_purge_ms = 0;
 static uint64_t dirty_bytes = 0;  // free but possibly resident
-// Free resident memory beyond this is purged at once, whatever its age, so
-// that RSS comes back soon after a program frees a lot.
-static constexpr uint64_t kDirtyCap = 8 * MiB;
+// Free pages are purged once idle for the purge delay, so a steady workload
+// reuses them without faults. Beyond this much free resident memory the
+// excess goes at once, so a burst of frees cannot hold RSS up for long; only
+// down to half of it, so a workload cycling through more than the cap does
+// not purge and re-fault everything each time.
+static constexpr uint64_t kDirtyCap = 64 * MiB;
 static constexpr size_t kGuard = os::kPageSize;
 
 static uint64_t run_mask(unsigned slots) {
@@ -99,6 +102,8 @@ static unsigned find_run(const Chunk* c, unsigned slots) {
   return best;
 }
 
+static void maybe_purge_locked(uint64_t now);
+
 Page* alloc_page(Heap* heap, unsigned size_class) {
   unsigned slots = kClasses[size_class].page_slots;
   Chunk* chosen = nullptr;
@@ -130,11 +135,14 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
     dirty_bytes -= uint64_t(__builtin_popcountll(chosen->dirty_slots & m)) * kSlotSize;
     chosen->dirty_slots &= ~m;
     pages_in_use++;
+    // Under the lock, so that the statistics read a consistent page.
+    Page* head = &chosen->pages[index];
+    head->slot_count = uint8_t(slots);
+    head->start = chosen->base + index * kSlotSize;
+    page_init(head, heap, size_class);
+    maybe_purge_locked(os::now_ms());
   }
   Page* page = &chosen->pages[index];
-  page->slot_count = uint8_t(slots);
-  page->start = chosen->base + index * kSlotSize;
-  page_init(page, heap, size_class);
   // The run's slots are ours alone now: point them at the head descriptor.
   if (slots > 1) pagemap::set_page(page->start, slots * kSlotSize, page);
   return page;
@@ -152,14 +160,13 @@ static void purge_chunk(Chunk* c, uint64_t which) {
   c->dirty_slots = 0;
 }
 
-// Purges chunks idle past the delay; every dirty chunk when over the cap or
-// forced; and with force also unmaps wholly free chunks.
+// Purges chunks idle past the delay, then more while over the cap; with
+// force, every chunk, and wholly free chunks are unmapped.
 static void purge_locked(bool force, uint64_t now) {
   last_purge_ms = now;
-  bool over_cap = dirty_bytes > kDirtyCap;
   Chunk** link = &chunks;
   while (Chunk* c = *link) {
-    bool idle = force || over_cap || now - c->last_free_ms >= options.purge_delay_ms;
+    bool idle = force || now - c->last_free_ms >= options.purge_delay_ms;
     if (c->dirty_slots && idle) purge_chunk(c, c->dirty_slots);
     if (force && c->free_slots == ~uint64_t(0) && !c->dirty_slots) {
       // A wholly free chunk: give the address space back too.
@@ -172,19 +179,26 @@ static void purge_locked(bool force, uint64_t now) {
     }
     link = &c->next;
   }
+  for (Chunk* c = chunks; c && dirty_bytes > kDirtyCap / 2; c = c->next) {
+    if (c->dirty_slots) purge_chunk(c, c->dirty_slots);
+  }
+}
+
+static void maybe_purge_locked(uint64_t now) {
+  if (now - last_purge_ms >= options.purge_delay_ms || dirty_bytes > kDirtyCap) purge_locked(false, now);
 }
 
 void free_page(Page* page) {
   Chunk* c = page->chunk;
   unsigned slots = page->slot_count;
   unsigned index = page->slot_index;
-  page->capacity = 0;
-  page->heap.store(nullptr, std::memory_order_relaxed);
   if (slots > 1) {
     for (unsigned i = 1; i < slots; i++) pagemap::set_page(c->pages[index + i].start, kSlotSize, &c->pages[index + i]);
   }
   uint64_t now = os::now_ms();
   LockGuard guard(lock);
+  page->capacity = 0;  // from now on every free of a block here is invalid
+  page->heap.store(nullptr, std::memory_order_relaxed);
   uint64_t m = run_mask(slots) << index;
   c->free_slots |= m;
   c->dirty_slots |= m;
@@ -192,7 +206,7 @@ void free_page(Page* page) {
   c->last_free_ms = now;
   pages_in_use--;
   // Purge idle pages now and then; never on the fast path.
-  if (now - last_purge_ms >= options.purge_delay_ms || dirty_bytes > kDirtyCap) purge_locked(false, now);
+  maybe_purge_locked(now);
 }
 
 void purge(bool force) {
@@ -215,6 +229,16 @@ Usage usage() {
   }
   u.mapped_bytes = u.chunks * (kChunkSize + (options.guard ? 2 * kGuard : 0));
   return u;
+}
+
+void visit_pages(void (*visit)(const Page*, void*), void* ctx) {
+  LockGuard guard(lock);
+  for (Chunk* c = chunks; c; c = c->next) {
+    for (unsigned i = 0; i < kSlotsPerChunk; i++) {
+      const Page& p = c->pages[i];
+      if (p.capacity && !((c->free_slots >> i) & 1)) visit(&p, ctx);
+    }
+  }
 }
 
 void lock_for_fork() { lock.lock(); }

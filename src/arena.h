@@ -36,6 +36,9 @@ struct Usage {
 };
 Usage usage();
 
+// Calls visit for every page held by a heap, under the arena lock.
+void visit_pages(void (*visit)(const Page*, void*), void* ctx);
+
 void lock_for_fork();
 void unlock_for_fork();
 void reset_after_fork();

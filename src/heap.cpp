@@ -12,8 +12,9 @@ constinit Heap empty_heap{&empty_page};
 __thread Heap* tls_heap = &empty_heap;
 Counter orphan_frees[kNumClasses];
 
-void report_invalid_free(const void* p) { fatal("invalid free (pointer not allocated by mapalloc):", p); }
-void report_double_free(const void* p) { fatal("double free of", p); }
+void report_invalid_free(const void* p) noexcept { fatal("invalid free (pointer not allocated by mapalloc):", p); }
+void report_double_free(const void* p) noexcept { fatal("double free of", p); }
+void* report_corrupted(const Page* page, const void* block) noexcept { page_corrupted(page, block); }
 
 static void move_to_full(Heap* heap, Page* page) {
   page->in_full = true;
@@ -22,9 +23,14 @@ static void move_to_full(Heap* heap, Page* page) {
 }
 
 static void release_page(Heap* heap, Page* page) {
-  bump(heap->stats.pages[page->size_class], uint64_t(-1));
+  unsigned c = page->size_class;
+  bump(heap->stats.allocated[c], page->allocated.load(std::memory_order_relaxed));
+  bump(heap->stats.freed[c], page->freed.load(std::memory_order_relaxed));
+  bump(heap->stats.collected[c], page->collected.load(std::memory_order_relaxed));
   arena::free_page(page);
 }
+
+static void collect(Heap*, Page* page) { page_collect(page); }
 
 // Unlinks page from whichever list holds it.
 static void unlink_page(Heap* heap, Page* page) {
@@ -40,24 +46,24 @@ static void unlink_page(Heap* heap, Page* page) {
   }
 }
 
-void heap_page_empty(Heap* heap, Page* page) {
+void heap_page_empty(Heap* heap, Page* page) noexcept {
   // Keep the current page: a malloc/free ping-pong must not cycle pages.
   if (page->is_current) return;
   unlink_page(heap, page);
   release_page(heap, page);
 }
 
-void heap_page_unfull(Heap* heap, Page* page) {
+void heap_page_unfull(Heap* heap, Page* page) noexcept {
   heap->full.remove(page);
   heap->full_count--;
   page->in_full = false;
   heap->avail[page->size_class].push_front(page);
 }
 
-void heap_free_remote(Heap* heap, Page* page, Block* b) {
+void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   unsigned c = page->size_class;
   if (heap != &empty_heap) {
-    bump(heap->stats.frees[c]);
+    bump(heap->stats.remote_frees[c]);
   } else {
     orphan_frees[c].fetch_add(1, std::memory_order_relaxed);
   }
@@ -77,11 +83,11 @@ static void sweep_full(Heap* heap) {
   for (Page* page = heap->full.head; page;) {
     Page* next = page->next;
     if (page->thread_free.load(std::memory_order_relaxed)) {
-      page_collect(page);
+      collect(heap, page);
       heap->full.remove(page);
       heap->full_count--;
       page->in_full = false;
-      if (page->used == 0) {
+      if (page->used_count() == 0) {
         release_page(heap, page);
       } else {
         heap->avail[page->size_class].push_front(page);
@@ -96,20 +102,23 @@ static void make_current(Heap* heap, Page* page) {
   heap->current[page->size_class] = page;
 }
 
-static bool has_free_block(Page* page) { return page_collect(page) || page_extend(page); }
+static bool has_free_block(Heap* heap, Page* page) {
+  collect(heap, page);
+  return page->free || page_extend(page);
+}
 
 // Finds a page of class c with a free block and makes it current.
 static Page* find_page(Heap* heap, unsigned c) {
   Page* page = heap->current[c];
   if (page != &empty_page) {
-    if (has_free_block(page)) return page;
+    if (has_free_block(heap, page)) return page;
     page->is_current = false;
     heap->current[c] = &empty_page;
     move_to_full(heap, page);
   }
   for (int attempt = 0; attempt < 2; attempt++) {
     while ((page = heap->avail[c].pop_front())) {
-      if (has_free_block(page)) {
+      if (has_free_block(heap, page)) {
         make_current(heap, page);
         return page;
       }
@@ -128,13 +137,12 @@ static Page* find_page(Heap* heap, unsigned c) {
   page = arena::alloc_page(heap, c);
   if (!page) return nullptr;
   heap->fresh_since_sweep++;
-  bump(heap->stats.pages[c]);
   page_extend(page);
   make_current(heap, page);
   return page;
 }
 
-void* heap_malloc_slow(Heap* heap, size_t size) {
+void* heap_malloc_slow(Heap* heap, size_t size) noexcept {
   if (heap == &empty_heap) {
     heap = thread_heap_init();
     if (!heap) {
@@ -153,16 +161,16 @@ void heap_collect(Heap* heap, bool release_current) {
   for (unsigned c = 0; c < kNumClasses; c++) {
     Page* page = heap->current[c];
     if (page != &empty_page) {
-      page_collect(page);
-      if (page->used == 0 && release_current) {
+      collect(heap, page);
+      if (page->used_count() == 0 && release_current) {
         unlink_page(heap, page);
         release_page(heap, page);
       }
     }
     for (page = heap->avail[c].head; page;) {
       Page* next = page->next;
-      page_collect(page);
-      if (page->used == 0) {
+      collect(heap, page);
+      if (page->used_count() == 0) {
         unlink_page(heap, page);
         release_page(heap, page);
       }

@@ -42,14 +42,14 @@ struct PageQueue {
 // Counters written only by the owning thread (plain load+store, no locked
 // instruction) and read by anyone through relaxed atomics.
 using Counter = std::atomic<uint64_t>;
-MAPALLOC_INLINE void bump(Counter& c, uint64_t by = 1) {
-  c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
-}
 
+// With the pages' own counters these give every per-class number (stats.cpp).
+// The first three hold what pages counted before they went back to the arena.
 struct HeapStats {
-  Counter requests[kNumClasses] = {};
-  Counter frees[kNumClasses] = {};  // local and remote frees made by this thread
-  Counter pages[kNumClasses] = {};  // pages this heap holds
+  Counter allocated[kNumClasses] = {};
+  Counter freed[kNumClasses] = {};
+  Counter collected[kNumClasses] = {};
+  Counter remote_frees[kNumClasses] = {};  // frees by this thread into other heaps' pages
 };
 
 struct Heap {
@@ -73,16 +73,19 @@ struct Heap {
 extern Page empty_page;
 extern Heap empty_heap;
 extern __thread Heap* tls_heap;
-extern Counter orphan_frees[kNumClasses];  // frees by threads without a heap
+extern Counter orphan_frees[kNumClasses];  // remote frees by threads without a heap
 
-void* heap_malloc_slow(Heap* heap, size_t size);
-void heap_page_empty(Heap* heap, Page* page);
-void heap_page_unfull(Heap* heap, Page* page);
-void heap_free_remote(Heap* heap, Page* page, Block* block);
-[[noreturn]] void report_invalid_free(const void* p);
-[[noreturn]] void report_double_free(const void* p);
+void* heap_malloc_slow(Heap* heap, size_t size) noexcept;
+void heap_page_empty(Heap* heap, Page* page) noexcept;
+void heap_page_unfull(Heap* heap, Page* page) noexcept;
+void heap_free_remote(Heap* heap, Page* page, Block* block) noexcept;
+// These abort. They are not marked noreturn so that the fast paths can reach
+// them by a tail jump and need no stack frame of their own.
+void report_invalid_free(const void* p) noexcept;
+void report_double_free(const void* p) noexcept;
+void* report_corrupted(const Page* page, const void* block) noexcept;
 
-MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) {
+MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
   unsigned c = size_class(size);
   Page* page = heap->current[c];
   Block* b = page->free;
@@ -90,37 +93,40 @@ MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) {
   Block* next = decode_link(b);
 #if MAPALLOC_SECURE
   // A use-after-free write into a free block breaks its cookie or its link.
-  if (MAPALLOC_UNLIKELY(b->cookie != freed_cookie(b))) page_corrupted(page, b);
+  if (MAPALLOC_UNLIKELY(b->cookie != freed_cookie(b))) return report_corrupted(page, b);
   if (MAPALLOC_UNLIKELY(next && uintptr_t(reinterpret_cast<char*>(next) - page->start) >= page->span))
-    page_corrupted(page, b);
+    return report_corrupted(page, b);
 #endif
   page->free = next;
-  page->used++;
+  bump(page->allocated);
   b->cookie = 0;
-  bump(heap->stats.requests[c]);
   return b;
 }
 
 // Frees a block of an arena page (the page map said so).
-MAPALLOC_INLINE void heap_free(Page* page, void* p) {
-  uint32_t index = block_index(page, p);
-  if (MAPALLOC_UNLIKELY(index == UINT32_MAX)) report_invalid_free(p);
+MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
+  uintptr_t offset = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(page->start);
+  uint64_t index = (uint64_t(offset) * page->reciprocal) >> kReciprocalShift;
+  if (MAPALLOC_UNLIKELY(index * page->block_size != offset)) return report_invalid_free(p);
   Block* b = static_cast<Block*>(p);
-  if (MAPALLOC_UNLIKELY(b->cookie == freed_cookie(b))) report_double_free(p);
+  if (MAPALLOC_UNLIKELY(b->cookie == freed_cookie(b))) return report_double_free(p);
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
-    if (MAPALLOC_UNLIKELY(index >= page->carved)) report_invalid_free(p);
+    // Never handed out (also catches index >= capacity, as carved <= capacity).
+    if (MAPALLOC_UNLIKELY(index >= page->carved)) return report_invalid_free(p);
     b->link = encode_link(b, page->local_free);
     b->cookie = freed_cookie(b);
     page->local_free = b;
-    bump(heap->stats.frees[page->size_class]);
-    if (MAPALLOC_UNLIKELY(--page->used == 0)) {
-      if (!page->is_current) heap_page_empty(heap, page);
+    uint64_t freed = page->freed.load(std::memory_order_relaxed) + 1;
+    page->freed.store(freed, std::memory_order_relaxed);
+    if (MAPALLOC_UNLIKELY(freed == page->allocated.load(std::memory_order_relaxed))) {
+      if (!page->is_current) return heap_page_empty(heap, page);
     } else if (MAPALLOC_UNLIKELY(page->in_full)) {
-      heap_page_unfull(heap, page);
+      return heap_page_unfull(heap, page);
     }
     return;
   }
+  if (MAPALLOC_UNLIKELY(index >= page->capacity)) return report_invalid_free(p);
   heap_free_remote(heap, page, b);
 }
 

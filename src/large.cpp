@@ -2,8 +2,6 @@
 
 #include <errno.h>
 
-#include <new>
-
 #include "base/bits.h"
 #include "base/lock.h"
 #include "base/log.h"
@@ -16,6 +14,8 @@ namespace mapalloc::large {
 
 constexpr size_t kGuard = os::kPageSize;
 constexpr size_t kMaxCached = 64;
+constexpr unsigned char kCanary = 0xCB;
+constexpr size_t kMaxInner = size_t(1) << 46;
 
 static SpinLock lock;
 // All guarded by lock.
@@ -25,18 +25,19 @@ static size_t cache_count = 0, cache_bytes = 0;
 static LargeBlock* spare = nullptr;
 static uint64_t live_count = 0, live_bytes = 0, requests = 0, cache_hits = 0, mapped_bytes = 0;
 static uint64_t last_purge_ms = 0;
-static size_t cache_dirty = 0;  // resident bytes of cached blocks
-// Resident cache beyond this is purged at once (oldest first); the mappings
-// stay cached with their guards, so reuse costs faults but no syscalls.
-static constexpr size_t kDirtyCap = 8 << 20;
 
-static size_t dirty_size(const LargeBlock* b) { return size_t(b->inner_end() - b->dirty_from); }
+static char* page_down(char* p) { return reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(p), kGuard)); }
+
+// The page map knows a large block by the 64 KiB slot of its start. Keeping
+// at least a slot between the start and its mapping's end means no other
+// mapping's block can start in the same slot (each starts more than a slot
+// before its own end): the tail of a small over-aligned block is widened.
+static size_t tail_for(size_t usable) { return usable < kSlotSize ? kSlotSize : kGuard; }
 
 static void purge_block(LargeBlock* b) {
-  char* lo = reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(b->dirty_from), os::kPageSize));
-  if (lo < b->inner_end()) os::purge(lo, size_t(b->inner_end() - lo));
-  cache_dirty -= dirty_size(b);
-  b->dirty_from = b->inner_end();
+  char* lo = page_down(b->dirty_from);
+  if (lo < b->end) os::purge(lo, size_t(b->end - lo));
+  b->dirty_from = b->end;
 }
 
 static void cache_unlink(LargeBlock* b) {
@@ -45,7 +46,6 @@ static void cache_unlink(LargeBlock* b) {
   b->next = b->prev = nullptr;
   cache_count--;
   cache_bytes -= b->map_size;
-  cache_dirty -= dirty_size(b);
 }
 
 static void cache_push_front(LargeBlock* b) {
@@ -55,7 +55,6 @@ static void cache_push_front(LargeBlock* b) {
   cache_head = b;
   cache_count++;
   cache_bytes += b->map_size;
-  cache_dirty += dirty_size(b);
 }
 
 // Releases a descriptor's mapping; lock held.
@@ -67,6 +66,7 @@ static void release(LargeBlock* b) {
 }
 
 static LargeBlock* new_descriptor() {
+  LockGuard guard(lock);
   LargeBlock* b = spare;
   if (b) {
     spare = b->next;
@@ -75,23 +75,46 @@ static LargeBlock* new_descriptor() {
   return static_cast<LargeBlock*>(meta::allocate(sizeof(LargeBlock)));
 }
 
-// Best-fitting cached mapping for an inner size, wasting at most 1/4.
-static LargeBlock* cache_take(size_t inner) {
+static void give_back_descriptor(LargeBlock* b) {
+  LockGuard guard(lock);
+  b->next = spare;
+  spare = b;
+}
+
+// Best-fitting cached mapping for `inner` read-write bytes and a tail of at
+// least `tail`. A mapping much bigger than needed loses its front (munmap, and
+// a new guard by mprotect): two syscalls, but the pages kept stay resident,
+// where a fresh mapping would fault on every page.
+static LargeBlock* cache_take(size_t inner, size_t tail, bool guarded) {
   LargeBlock* best = nullptr;
   for (LargeBlock* b = cache_head; b; b = b->next) {
-    size_t have = size_t(b->inner_end() - b->inner_begin());
-    if (have < inner || have - inner > inner / 4) continue;
-    if (b->guarded != options.guard) continue;
-    if (!best || b->map_size < best->map_size) best = b;
+    size_t have = size_t(b->end - b->begin);
+    if (have < inner || size_t(b->map_end() - b->end) < tail || b->guarded != guarded) continue;
+    if (!best || have < size_t(best->end - best->begin)) best = b;
+    if (have - inner <= inner / 8) break;  // good enough, and recent
   }
-  if (best) cache_unlink(best);
+  if (!best) return nullptr;
+  cache_unlink(best);
+  size_t excess = size_t(best->end - best->begin) - inner;
+  if (excess > inner / 4) {
+    char* new_begin = best->end - inner;
+    char* new_base = new_begin - (guarded ? kGuard : 0);
+    if (guarded && !os::protect_none(new_base, kGuard)) return best;  // keep it whole
+    os::unmap(best->map_base, size_t(new_base - best->map_base));
+    mapped_bytes -= size_t(new_base - best->map_base);
+    best->map_size -= size_t(new_base - best->map_base);
+    best->map_base = new_base;
+    best->begin = new_begin;
+    if (best->dirty_from < new_begin) best->dirty_from = new_begin;
+  }
   return best;
 }
 
 static void purge_locked(bool force, uint64_t now) {
   last_purge_ms = now;
   // Oldest at the tail: purge those idle past the delay, unmap those idle
-  // ten delays (or everything when forced).
+  // ten delays (or everything when forced). Memory in use by a steady
+  // workload never waits that long, so it is never purged and re-faulted.
   uint64_t delay = options.purge_delay_ms;
   for (LargeBlock* b = cache_tail; b;) {
     LargeBlock* prev = b->prev;
@@ -99,92 +122,166 @@ static void purge_locked(bool force, uint64_t now) {
     if (force || idle >= 10 * delay + 100) {
       cache_unlink(b);
       release(b);
-    } else if ((idle >= delay || cache_dirty > kDirtyCap) && b->dirty_from < b->inner_end()) {
+    } else if (idle >= delay && b->dirty_from < b->end) {
       purge_block(b);
     }
     b = prev;
   }
 }
 
-void* alloc(size_t size, size_t alignment, bool zero) {
-  size_t usable = align_up(size, 16);
-  size_t extra = alignment > kGuard ? alignment : 0;
-  size_t inner;
-  if (usable < size || add_overflows(align_up(usable, kGuard), extra, &inner) || inner > (size_t(1) << 46)) {
-    errno = ENOMEM;
-    return nullptr;
-  }
-  bool guarded = options.guard;
-  uint64_t now = os::now_ms();
-  lock.lock();
-  requests++;
-  LargeBlock* b = cache_take(inner);
-  bool hit = b != nullptr;
-  if (hit) {
-    cache_hits++;
+static void maybe_purge_locked(uint64_t now) {
+  if (now - last_purge_ms >= options.purge_delay_ms) purge_locked(false, now);
+}
+
+// A new mapping of map_size bytes whose read-write part is [begin, end).
+static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bool guarded) {
+  char* base;
+  if (guarded) {
+    base = static_cast<char*>(os::reserve(map_size));
+    if (base && !os::protect_rw(base + head, rw)) {
+      os::unmap(base, map_size);
+      base = nullptr;
+    }
   } else {
-    b = new_descriptor();
+    base = static_cast<char*>(os::map(map_size));
   }
-  lock.unlock();
-  if (!b) {
-    errno = ENOMEM;
-    return nullptr;
-  }
-  if (!hit) {
-    size_t total = inner + (guarded ? 2 * kGuard : 0);
-    char* base;
-    if (guarded) {
-      base = static_cast<char*>(os::reserve(total));
-      if (base && !os::protect_rw(base + kGuard, inner)) {
-        os::unmap(base, total);
-        base = nullptr;
-      }
-    } else {
-      base = static_cast<char*>(os::map(total));
-    }
-    if (!base) {
-      LockGuard guard(lock);
-      b->next = spare;
-      spare = b;
-      errno = ENOMEM;
-      return nullptr;
-    }
-    b->map_base = base;
-    b->map_size = total;
-    b->guarded = guarded;
-    b->dirty_from = b->inner_end();  // fresh pages read as zero
-    LockGuard guard(lock);
-    mapped_bytes += total;
-  }
-  char* user = reinterpret_cast<char*>(
-      align_down(reinterpret_cast<uintptr_t>(b->inner_end() - usable), alignment < 16 ? 16 : alignment));
-  if (zero && b->dirty_from < b->inner_end()) {
-    char* from = user > b->dirty_from ? user : b->dirty_from;
-    __builtin_memset(from, 0, size_t(b->inner_end() - from));
-  }
-  if (user < b->dirty_from) b->dirty_from = user;
+  if (!base) return false;
+  b->map_base = base;
+  b->map_size = map_size;
+  b->begin = base + head;
+  b->end = base + head + rw;
+  b->dirty_from = b->end;  // fresh pages read as zero
+  b->guarded = guarded;
+  LockGuard guard(lock);
+  mapped_bytes += map_size;
+  return true;
+}
+
+// Hands out b with the block at user; false if the page map could not grow.
+static bool publish(LargeBlock* b, char* user, size_t size, uint64_t now) {
   b->user = user;
   b->size = size;
   b->live = true;
   b->next = b->prev = nullptr;
-  if (!pagemap::set(user, 1, reinterpret_cast<uintptr_t>(b) | pagemap::kLargeTag)) {
-    LockGuard guard(lock);
+  bool ok = pagemap::set(user, 1, reinterpret_cast<uintptr_t>(b));
+  LockGuard guard(lock);
+  if (!ok) {
     b->live = false;
     b->user = nullptr;
     release(b);
+    return false;
+  }
+  live_count++;
+  live_bytes += size;
+  maybe_purge_locked(now);
+  return true;
+}
+
+void* alloc(size_t size, size_t alignment, bool zero) {
+  size_t usable = align_up(size, 16);
+  size_t extra = alignment > kGuard ? alignment : 0;
+  size_t inner;
+  if (usable < size || add_overflows(align_up(usable, kGuard), extra, &inner) || inner > kMaxInner) {
     errno = ENOMEM;
     return nullptr;
   }
-  LockGuard guard(lock);
-  live_count++;
-  live_bytes += size;
-  if (now - last_purge_ms >= options.purge_delay_ms) purge_locked(false, now);
+  bool guarded = options.guard;
+  size_t tail = tail_for(usable);
+  uint64_t now = os::now_ms();
+  LargeBlock* b;
+  {
+    LockGuard guard(lock);
+    requests++;
+    b = cache_take(inner, tail, guarded);
+    if (b) cache_hits++;
+  }
+  if (!b) {
+    b = new_descriptor();
+    if (!b) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+    size_t head = guarded ? kGuard : 0;
+    if (!map_block(b, head, inner, head + inner + tail, guarded)) {
+      give_back_descriptor(b);
+      errno = ENOMEM;
+      return nullptr;
+    }
+    b->growable = false;
+  }
+  char* user = reinterpret_cast<char*>(
+      align_down(reinterpret_cast<uintptr_t>(b->end - usable), alignment < 16 ? 16 : alignment));
+  if (zero && b->dirty_from < b->end) {
+    char* from = user > b->dirty_from ? user : b->dirty_from;
+    __builtin_memset(from, 0, size_t(b->end - from));
+  }
+  if (user < b->dirty_from) b->dirty_from = user;
+  if (!publish(b, user, size, now)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
   return user;
+}
+
+// Growable blocks: user == begin, and [user + usable, end) holds the canary.
+static size_t growable_usable(size_t size) { return align_up(size, 16); }
+
+static void fill_canary(char* from, char* to) {
+  if (from < to) __builtin_memset(from, kCanary, size_t(to - from));
+}
+
+static void check_canary(const LargeBlock* b) {
+  for (const char* p = b->user + growable_usable(b->size); p < b->end; p++) {
+    if (static_cast<unsigned char>(*p) != kCanary) fatal("heap overflow past the end of large block", b->user);
+  }
+}
+
+// Address space for a block of `size` growing: twice its pages. Only the
+// pages in use are read-write; the rest is PROT_NONE, costing nothing.
+static bool growable_reservation(size_t size, size_t* rw, size_t* map_size) {
+  size_t pages = align_up(growable_usable(size), kGuard);
+  if (pages > kMaxInner) return false;
+  *rw = pages;
+  *map_size = kGuard + 2 * align_up(pages, kSlotSize) + kGuard;
+  return true;
+}
+
+void* alloc_growable(size_t size) {
+  size_t rw, map_size;
+  if (size > kMaxInner || !growable_reservation(size, &rw, &map_size)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  uint64_t now = os::now_ms();
+  {
+    LockGuard guard(lock);
+    requests++;
+  }
+  LargeBlock* b = new_descriptor();
+  if (!b) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  // Always a reservation: the headroom must be PROT_NONE to be a guard.
+  if (!map_block(b, kGuard, rw, map_size, true)) {
+    give_back_descriptor(b);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  b->growable = true;
+  b->guarded = options.guard;
+  if (!publish(b, b->begin, size, now)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  fill_canary(b->user + growable_usable(size), b->end);
+  return b->user;
 }
 
 void free(LargeBlock* b, void* p) {
   if (MAPALLOC_UNLIKELY(!b->live)) fatal("double free of large block", p);
   if (MAPALLOC_UNLIKELY(p != b->user)) fatal("invalid free (interior pointer into large block)", p);
+  if (b->growable) check_canary(b);
   pagemap::set(b->user, 1, 0);
   uint64_t now = os::now_ms();
   LockGuard guard(lock);
@@ -193,8 +290,8 @@ void free(LargeBlock* b, void* p) {
   b->live = false;
   b->user = nullptr;
   size_t bound = options.large_cache;
-  if (b->map_size > bound / 4 || b->guarded != options.guard) {
-    release(b);  // too big to be worth caching
+  if (b->growable || b->map_size > bound / 4 || b->guarded != options.guard) {
+    release(b);  // not worth caching, or of a layout alloc cannot reuse
   } else {
     b->cached_at_ms = now;
     cache_push_front(b);
@@ -204,21 +301,95 @@ void free(LargeBlock* b, void* p) {
       release(old);
     }
   }
-  if (now - last_purge_ms >= options.purge_delay_ms || cache_dirty > kDirtyCap) purge_locked(false, now);
+  maybe_purge_locked(now);
 }
 
-size_t usable_size(const LargeBlock* b) { return size_t(b->inner_end() - b->user); }
+size_t usable_size(const LargeBlock* b) {
+  return b->growable ? growable_usable(b->size) : size_t(b->end - b->user);
+}
 
-void* try_resize_in_place(LargeBlock* b, size_t new_size) {
+static void set_size(LargeBlock* b, size_t new_size) {
+  LockGuard guard(lock);
+  live_bytes = live_bytes - b->size + new_size;
+  b->size = new_size;
+}
+
+// Growable block: resize within its reservation, or move its pages to a
+// bigger one. False when out of memory, the block unchanged.
+static bool resize_growable(LargeBlock* b, size_t new_size) {
+  size_t rw, map_size;
+  if (!growable_reservation(new_size, &rw, &map_size)) return false;
+  size_t have = size_t(b->end - b->begin);
+  if (b->begin + rw > b->map_end() - kGuard) {
+    char* base = static_cast<char*>(os::reserve(map_size));
+    if (!base) return false;
+    char* begin = base + kGuard;
+    if (!pagemap::set(begin, 1, reinterpret_cast<uintptr_t>(b))) {
+      os::unmap(base, map_size);
+      return false;
+    }
+    if (!os::protect_rw(begin + have, rw - have) || !os::move_pages(b->begin, have, begin)) {
+      pagemap::set(begin, 1, 0);
+      os::unmap(base, map_size);  // a failed move leaves the old pages in place
+      return false;
+    }
+    pagemap::set(b->user, 1, 0);
+    os::unmap(b->map_base, b->map_size);
+    {
+      LockGuard guard(lock);
+      mapped_bytes += map_size - b->map_size;
+    }
+    b->map_base = base;
+    b->map_size = map_size;
+    b->begin = b->user = begin;
+    b->end = begin + rw;
+  } else if (b->begin + rw > b->end) {
+    if (!os::protect_rw(b->end, size_t(b->begin + rw - b->end))) return false;
+    b->end = b->begin + rw;
+  } else if (b->begin + rw < b->end) {
+    // Shrunk by whole pages: give them back and make them a guard again.
+    char* new_end = b->begin + rw;
+    os::purge(new_end, size_t(b->end - new_end));
+    os::protect_none(new_end, size_t(b->end - new_end));
+    b->end = new_end;
+  }
+  // [old canary, old end) is canary still; bytes given up by the block and
+  // new pages get it now.
+  char* old_canary = b->user + growable_usable(b->size);
+  char* old_end = b->user + have;
+  char* canary = b->user + growable_usable(new_size);
+  if (canary < old_canary) fill_canary(canary, old_canary < b->end ? old_canary : b->end);
+  fill_canary(canary > old_end ? canary : old_end, b->end);
+  set_size(b, new_size);
+  return true;
+}
+
+void* reallocate(LargeBlock* b, size_t new_size, bool* out_of_memory) {
+  *out_of_memory = false;
+  if (b->growable) {
+    check_canary(b);
+    if (resize_growable(b, new_size)) return b->user;
+    *out_of_memory = true;
+    return nullptr;
+  }
   // Shrinking a little or growing into the alignment slack keeps the block.
   size_t have = usable_size(b);
   if (new_size <= have && new_size >= have / 2) {
-    LockGuard guard(lock);
-    live_bytes = live_bytes - b->size + new_size;
-    b->size = new_size;
+    set_size(b, new_size);
     return b->user;
   }
-  return nullptr;
+  if (new_size > have) {
+    // Growing: copy once into the growable layout; later growth is cheap.
+    void* q = alloc_growable(new_size);
+    if (!q) {
+      *out_of_memory = true;
+      return nullptr;
+    }
+    __builtin_memcpy(q, b->user, b->size);
+    free(b, b->user);
+    return q;
+  }
+  return nullptr;  // shrinking a lot: the caller moves it to a smaller block
 }
 
 void purge(bool force) {

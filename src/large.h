@@ -3,6 +3,14 @@
 // alignment), so running off either end faults at once. Freed mappings wait
 // in a bounded cache, guards intact and pages resident, so that a program that
 // mallocs and frees the same large size pays no syscall or fault per round.
+//
+// A block that realloc grows is likely to grow again, so it moves to the
+// growable layout [guard | block ... | PROT_NONE headroom]: it starts at a
+// page and its read-write part ends at the page after its end. Growth opens
+// more headroom with one mprotect, and past the headroom the pages move to a
+// bigger reservation with mremap: no copy and no page fault, as glibc's
+// realloc. The few bytes between the block's end and that page boundary hold
+// a canary checked on free.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -10,28 +18,35 @@
 namespace mapalloc {
 
 struct LargeBlock {
-  char* map_base;     // whole mapping, guards included
+  char* map_base;     // whole mapping, guards and headroom included
   size_t map_size;
+  char* begin;        // [begin, end): the read-write part
+  char* end;
   char* user;         // the block handed out (nullptr while cached)
   size_t size;        // requested bytes
-  char* dirty_from;   // [dirty_from, inner_end) may hold old data
+  char* dirty_from;   // [dirty_from, end) may hold old data
   uint64_t cached_at_ms;
   LargeBlock* next;   // cache list (most recent first) or spare list
   LargeBlock* prev;
   bool live;
   bool guarded;
+  bool growable;
 
-  char* inner_begin() const { return map_base + (guarded ? 4096 : 0); }
-  char* inner_end() const { return map_base + map_size - (guarded ? 4096 : 0); }
+  char* map_end() const { return map_base + map_size; }
 };
 
 namespace large {
 
 void* alloc(size_t size, size_t alignment, bool zero);
+// A block in the growable layout, for realloc growing a block past the
+// threshold.
+void* alloc_growable(size_t size);
 void free(LargeBlock* block, void* p);
 size_t usable_size(const LargeBlock* block);
-// realloc of a large block: in place when it fits, else nullptr (caller copies).
-void* try_resize_in_place(LargeBlock* block, size_t new_size);
+// realloc of a large block to a size above the threshold: in place, by
+// moving pages, or nullptr when the caller must allocate and copy (errno
+// untouched) or when memory ran out (errno ENOMEM, block intact).
+void* reallocate(LargeBlock* block, size_t new_size, bool* out_of_memory);
 void purge(bool force);
 
 struct Usage {

@@ -10,7 +10,9 @@ void page_init(Page* page, Heap* heap, unsigned size_class) {
   const ClassInfo& info = kClasses[size_class];
   page->free = nullptr;
   page->local_free = nullptr;
-  page->used = 0;
+  page->allocated.store(0, std::memory_order_relaxed);
+  page->freed.store(0, std::memory_order_relaxed);
+  page->collected.store(0, std::memory_order_relaxed);
   page->carved = 0;
   page->capacity = info.capacity;
   page->block_size = info.block_size;
@@ -33,7 +35,7 @@ static MAPALLOC_INLINE void check_link(const Page* page, const Block* from, cons
   if (next && block_index(page, next) == UINT32_MAX) page_corrupted(page, from);
 }
 
-bool page_collect(Page* page) {
+uint32_t page_collect(Page* page) {
   if (page->local_free) {
     if (!page->free) {
       page->free = page->local_free;
@@ -57,10 +59,12 @@ bool page_collect(Page* page) {
       }
       tail->link = encode_link(tail, page->free);
       page->free = list;
-      page->used -= count;
+      bump(page->freed, count);
+      bump(page->collected, count);
+      return count;
     }
   }
-  return page->free != nullptr;
+  return 0;
 }
 
 bool page_extend(Page* page) {

@@ -23,6 +23,11 @@ namespace mapalloc {
 struct Heap;
 struct Chunk;
 
+// Owner-only counter update: a plain load and store, never a locked instruction.
+MAPALLOC_INLINE void bump(std::atomic<uint64_t>& c, uint64_t by = 1) {
+  c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+}
+
 struct Block {
   uintptr_t link;    // encoded next free block
   uintptr_t cookie;  // freed_cookie(this) while free, 0 while allocated
@@ -34,13 +39,11 @@ struct Keys {
 };
 extern Keys keys;  // set once at start-up, before the first block exists
 
-MAPALLOC_INLINE uintptr_t encode_link(const Block* self, const Block* next) {
-  uintptr_t v = reinterpret_cast<uintptr_t>(next) ^ keys.link;
-  return std::rotl(v, 17) + (reinterpret_cast<uintptr_t>(self) >> 4);
+MAPALLOC_INLINE uintptr_t encode_link(const Block*, const Block* next) {
+  return std::rotl(reinterpret_cast<uintptr_t>(next) ^ keys.link, 17);
 }
 MAPALLOC_INLINE Block* decode_link(const Block* self) {
-  uintptr_t v = self->link - (reinterpret_cast<uintptr_t>(self) >> 4);
-  return reinterpret_cast<Block*>(std::rotr(v, 17) ^ keys.link);
+  return reinterpret_cast<Block*>(std::rotr(self->link, 17) ^ keys.link);
 }
 MAPALLOC_INLINE uintptr_t freed_cookie(const Block* b) {
   return reinterpret_cast<uintptr_t>(b) ^ keys.cookie;
@@ -52,7 +55,14 @@ struct Page {
   Block* free = nullptr;        // malloc pops here
   Block* local_free = nullptr;  // the owner's frees; folded into free when it runs dry
   char* start = nullptr;        // first block (slot aligned)
-  uint32_t used = 0;            // blocks handed out and not yet collected back
+  // Blocks handed out, and blocks back (local frees plus collected remote
+  // ones), since the page left the arena. Separate counters keep malloc and
+  // free off each other's store-to-load chains; the page is empty when they
+  // meet. Written by the owner only (plain load and store), read by the
+  // statistics.
+  std::atomic<uint64_t> allocated{0};
+  std::atomic<uint64_t> freed{0};
+  std::atomic<uint64_t> collected{0};  // the remote part of freed
   uint32_t carved = 0;          // blocks carved from fresh memory so far
   uint32_t capacity = 0;        // 0 while the page belongs to the arena
   uint32_t block_size = 0;
@@ -74,6 +84,9 @@ struct Page {
   uint8_t slot_count = 0;
 
   char* end() const { return start + size_t(capacity) * block_size; }
+  uint64_t used_count() const {
+    return allocated.load(std::memory_order_relaxed) - freed.load(std::memory_order_relaxed);
+  }
 };
 
 // The block index of p in page, or UINT32_MAX if p is not a block start.
@@ -86,8 +99,9 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
 
 // Slow paths of page.cpp.
 void page_init(Page* page, Heap* heap, unsigned size_class);
-// Folds local_free and thread_free into free; returns true if free is non-empty.
-bool page_collect(Page* page);
+// Folds local_free and thread_free into free; returns how many blocks came
+// from thread_free (other threads' frees).
+uint32_t page_collect(Page* page);
 // Carves fresh blocks onto free; false when the page has none left.
 bool page_extend(Page* page);
 [[noreturn]] void page_corrupted(const Page* page, const void* block);

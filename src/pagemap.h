@@ -1,7 +1,8 @@
 // Layer 3: the page map, from any address to the metadata of the 64 KiB slot
 // holding it, in two dependent loads. Arena slots map to their Page, the slot
-// holding a large block's start maps to its LargeBlock (tagged with bit 0),
-// everything else maps to nothing: the basis of invalid-free detection.
+// holding a large block's start maps to its LargeBlock, everything else maps
+// to nothing (0): the basis of invalid-free detection. Page entries carry bit
+// 0, so free's fast path needs a single test to know it has a page.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -23,26 +24,27 @@ constexpr unsigned kRootBits = kAddressBits - kSlotShift - kLeafBits;
 using Leaf = std::atomic<uintptr_t>[size_t(1) << kLeafBits];
 extern std::atomic<Leaf*> root[size_t(1) << kRootBits];
 
+// Addresses above 2^48 alias lower ones here instead of costing a branch;
+// callers reject them anyway: a block's offset from its page start must be
+// below 2^40 to pass block_index, and a large block must match exactly.
 MAPALLOC_INLINE uintptr_t lookup(const void* p) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  if (MAPALLOC_UNLIKELY(a >> kAddressBits)) return 0;
-  Leaf* leaf = root[a >> (kSlotShift + kLeafBits)].load(std::memory_order_acquire);
+  Leaf* leaf = root[(a >> (kSlotShift + kLeafBits)) & ((size_t(1) << kRootBits) - 1)].load(std::memory_order_acquire);
   if (MAPALLOC_UNLIKELY(!leaf)) return 0;
   return (*leaf)[(a >> kSlotShift) & ((size_t(1) << kLeafBits) - 1)].load(std::memory_order_relaxed);
 }
 
-constexpr uintptr_t kLargeTag = 1;
-MAPALLOC_INLINE bool is_large(uintptr_t entry) { return entry & kLargeTag; }
-MAPALLOC_INLINE Page* as_page(uintptr_t entry) { return reinterpret_cast<Page*>(entry); }
-MAPALLOC_INLINE LargeBlock* as_large(uintptr_t entry) {
-  return reinterpret_cast<LargeBlock*>(entry & ~kLargeTag);
-}
+constexpr uintptr_t kPageTag = 1;
+MAPALLOC_INLINE bool is_page(uintptr_t entry) { return entry & kPageTag; }
+MAPALLOC_INLINE bool is_large(uintptr_t entry) { return entry && !(entry & kPageTag); }
+MAPALLOC_INLINE Page* as_page(uintptr_t entry) { return reinterpret_cast<Page*>(entry - kPageTag); }
+MAPALLOC_INLINE LargeBlock* as_large(uintptr_t entry) { return reinterpret_cast<LargeBlock*>(entry); }
 
 // Sets the entries of [p, p + size) (slot granularity); false if a leaf could
 // not be mapped. Callers serialise writes to the same slots.
 bool set(const void* p, size_t size, uintptr_t entry);
 inline bool set_page(const void* p, size_t size, Page* page) {
-  return set(p, size, reinterpret_cast<uintptr_t>(page));
+  return set(p, size, reinterpret_cast<uintptr_t>(page) | kPageTag);
 }
 
 }  // namespace pagemap

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "arena.h"
+#include "base/lock.h"
 #include "base/log.h"
 #include "heap.h"
 #include "large.h"
@@ -13,32 +14,51 @@
 
 namespace mapalloc {
 
+// Per class c, summed over heaps and pages:
+//   pending  = remote frees not yet collected by the pages' owners
+//   live     = allocated - freed - pending
+//   requests = allocated
 struct ClassSums {
-  uint64_t requests[kNumClasses], frees[kNumClasses], pages[kNumClasses];
+  uint64_t allocated[kNumClasses], freed[kNumClasses], collected[kNumClasses];
+  uint64_t remote[kNumClasses], pages[kNumClasses];
 };
 
 static void add_heap(const Heap* h, void* ctx) {
   auto* s = static_cast<ClassSums*>(ctx);
   for (unsigned c = 0; c < kNumClasses; c++) {
-    s->requests[c] += h->stats.requests[c].load(std::memory_order_relaxed);
-    s->frees[c] += h->stats.frees[c].load(std::memory_order_relaxed);
-    s->pages[c] += h->stats.pages[c].load(std::memory_order_relaxed);
+    s->allocated[c] += h->stats.allocated[c].load(std::memory_order_relaxed);
+    s->freed[c] += h->stats.freed[c].load(std::memory_order_relaxed);
+    s->collected[c] += h->stats.collected[c].load(std::memory_order_relaxed);
+    s->remote[c] += h->stats.remote_frees[c].load(std::memory_order_relaxed);
   }
+}
+
+static void add_page(const Page* p, void* ctx) {
+  auto* s = static_cast<ClassSums*>(ctx);
+  unsigned c = p->size_class;
+  s->allocated[c] += p->allocated.load(std::memory_order_relaxed);
+  s->freed[c] += p->freed.load(std::memory_order_relaxed);
+  s->collected[c] += p->collected.load(std::memory_order_relaxed);
+  s->pages[c]++;
 }
 
 void gather_stats(mapalloc_stats* out) {
   __builtin_memset(out, 0, sizeof(*out));
-  ClassSums sums{};
+  static SpinLock sums_lock;
+  static ClassSums sums;  // static: too big for small thread stacks
+  LockGuard guard(sums_lock);
+  __builtin_memset(&sums, 0, sizeof(sums));
   heaps_visit(add_heap, &sums);
-  const Heap* e = &empty_heap;  // frees by threads with no heap land nowhere else
-  (void)e;
+  arena::visit_pages(add_page, &sums);
   out->class_count = kNumClasses;
   for (unsigned c = 0; c < kNumClasses; c++) {
-    uint64_t frees = sums.frees[c] + orphan_frees[c].load(std::memory_order_relaxed);
-    uint64_t live = sums.requests[c] > frees ? sums.requests[c] - frees : 0;
+    uint64_t remote = sums.remote[c] + orphan_frees[c].load(std::memory_order_relaxed);
+    uint64_t pending = remote > sums.collected[c] ? remote - sums.collected[c] : 0;
+    uint64_t out_blocks = sums.allocated[c] - sums.freed[c];
+    uint64_t live = out_blocks > pending ? out_blocks - pending : 0;
     mapalloc_class_stats& cs = out->classes[c];
     cs.block_size = kClasses[c].block_size;
-    cs.requests = sums.requests[c];
+    cs.requests = sums.allocated[c];
     cs.live_blocks = live;
     cs.live_bytes = live * cs.block_size;
     cs.pages = sums.pages[c];
@@ -67,6 +87,7 @@ void gather_stats(mapalloc_stats* out) {
   out->munmap_calls = os::counters.munmap_calls.load(std::memory_order_relaxed);
   out->mprotect_calls = os::counters.mprotect_calls.load(std::memory_order_relaxed);
   out->madvise_calls = os::counters.madvise_calls.load(std::memory_order_relaxed);
+  out->mremap_calls = os::counters.mremap_calls.load(std::memory_order_relaxed);
   out->threads_seen = threads_seen();
   out->heaps = heaps_created();
 }
@@ -82,7 +103,9 @@ static void row(LineBuffer& b, int fd, const char* name, uint64_t v, bool as_byt
 }
 
 void print_stats(int fd) {
-  static mapalloc_stats s;  // too big for a small thread stack; racy only between concurrent printers
+  static SpinLock print_lock;
+  static mapalloc_stats s;  // static: too big for small thread stacks
+  LockGuard guard(print_lock);
   gather_stats(&s);
   LineBuffer b;
   b.str("mapalloc statistics\n").flush(fd);
@@ -106,6 +129,7 @@ void print_stats(int fd) {
   row(b, fd, "munmap calls", s.munmap_calls, false);
   row(b, fd, "mprotect calls", s.mprotect_calls, false);
   row(b, fd, "madvise calls", s.madvise_calls, false);
+  row(b, fd, "mremap calls", s.mremap_calls, false);
   row(b, fd, "threads seen", s.threads_seen, false);
   row(b, fd, "heaps", s.heaps, false);
   b.str("  class  block size    requests  live blocks    live bytes  pages\n").flush(fd);
@@ -118,7 +142,9 @@ void print_stats(int fd) {
 }
 
 void print_stats_json(int fd) {
+  static SpinLock print_lock;
   static mapalloc_stats s;
+  LockGuard guard(print_lock);
   gather_stats(&s);
   LineBuffer b;
   auto field = [&](const char* name, uint64_t v) { b.str("\"").str(name).str("\":").dec(v).str(","); };
@@ -145,6 +171,7 @@ void print_stats_json(int fd) {
   field("munmap_calls", s.munmap_calls);
   field("mprotect_calls", s.mprotect_calls);
   field("madvise_calls", s.madvise_calls);
+  field("mremap_calls", s.mremap_calls);
   field("threads_seen", s.threads_seen);
   field("heaps", s.heaps);
   b.str("\"classes\":[").flush(fd);

@@ -80,13 +80,12 @@ void purge(void* p, size_t size) {
   ::madvise(p, size, MADV_DONTNEED);
 }
 
-void* remap(void* old_p, size_t old_size, size_t new_size) {
+bool move_pages(void* old_p, size_t size, void* dest) {
   ErrnoGuard guard;
-  count(counters.mmap_calls);
-  void* p = ::mremap(old_p, old_size, new_size, MREMAP_MAYMOVE);
-  if (p == MAP_FAILED) return nullptr;
-  counters.mapped.fetch_add(new_size - old_size, std::memory_order_relaxed);
-  return p;
+  count(counters.mremap_calls);
+  // The bytes stay counted: dest was mapped already and the caller unmaps
+  // the old range's surroundings, hole and all.
+  return ::mremap(old_p, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, dest) != MAP_FAILED;
 }
 
 uint64_t now_ms() {

@@ -21,7 +21,9 @@ bool protect_rw(void* p, size_t size);
 // Releases the pages' contents; they read back as zero (MADV_DONTNEED) or
 // may (MADV_FREE, with use_madv_free) until reused.
 void purge(void* p, size_t size);
-void* remap(void* old_p, size_t old_size, size_t new_size);  // MREMAP_MAYMOVE
+// Moves the pages of [old_p, old_p + size) to dest, replacing what was mapped
+// there (MREMAP_FIXED): no copy, no fault. The old range becomes a hole.
+bool move_pages(void* old_p, size_t size, void* dest);
 
 uint64_t now_ms();            // CLOCK_MONOTONIC milliseconds
 uint64_t resident_bytes();    // from /proc/self/statm, without allocating
@@ -29,7 +31,7 @@ uint64_t random_u64();        // from getrandom, falls back to clock mixing
 
 struct Counters {
   std::atomic<uint64_t> mapped{0};  // bytes of address space we hold
-  std::atomic<uint64_t> mmap_calls{0}, munmap_calls{0}, mprotect_calls{0}, madvise_calls{0};
+  std::atomic<uint64_t> mmap_calls{0}, munmap_calls{0}, mprotect_calls{0}, madvise_calls{0}, mremap_calls{0};
   std::atomic<uint64_t> purges{0}, purged_bytes{0};
 };
 extern Counters counters;

@@ -1,0 +1,243 @@
+// Faults that must kill the process: touching the guard pages around a large
+// block (SIGSEGV), and misuse that mapalloc detects (double free, invalid
+// free), which must abort with a message naming mapalloc and the call.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+
+#include <thread>
+
+#include "mapalloc.h"
+
+#ifndef MAPALLOC_TEST_SECURE
+#define MAPALLOC_TEST_SECURE 1
+#endif
+
+namespace {
+
+constexpr size_t KiB = 1024;
+constexpr size_t MiB = 1024 * KiB;
+
+// Free-misuse reports look like "mapalloc: double free of 0x...".
+constexpr const char* kFreeMisuse = "mapalloc.*free";
+
+int global_int = 1;
+
+// A write the compiler cannot drop or move.
+void poke(char* p) { *static_cast<volatile char*>(p) = 1; }
+
+void skip_unless_secure() {
+  if (!MAPALLOC_TEST_SECURE) GTEST_SKIP() << "built with -Dsecure=false: misuse checks are off";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- guard pages
+
+// A large block is placed to end at its trailing guard page, its size
+// rounded up to 16: the byte at that rounded size is the guard's first.
+TEST(GuardPage, WriteOneBytePastLargeBlockEndFaults) {
+  size_t t = mapalloc_mmap_threshold();
+  for (size_t size : {t + 1, t + 16, t + 4096, 256 * KiB + 48, 256 * KiB + 40, 1 * MiB + 16, 3 * MiB}) {
+    auto* p = static_cast<char*>(mapalloc_malloc(size));
+    ASSERT_NE(p, nullptr) << "size " << size;
+    size_t end = (size + 15) / 16 * 16;
+    EXPECT_EQ(mapalloc_usable_size(p), end) << "size " << size << " ptr " << static_cast<void*>(p);
+    poke(p);
+    poke(p + end - 1);  // the last usable byte is fine
+    EXPECT_EXIT(poke(p + end), ::testing::KilledBySignal(SIGSEGV), "")
+        << "size " << size << " ptr " << static_cast<void*>(p) << " end " << end;
+    mapalloc_free(p);
+  }
+}
+
+// A freed large mapping is cached and reused for a smaller request: the new
+// block must again end at the trailing guard.
+TEST(GuardPage, WriteOneBytePastReusedLargeBlockEndFaults) {
+  size_t t = mapalloc_mmap_threshold();
+  for (size_t size : {t + 16, 512 * KiB + 32, 1 * MiB}) {
+    mapalloc_free(mapalloc_malloc(size + size / 8));
+    auto* p = static_cast<char*>(mapalloc_malloc(size));
+    ASSERT_NE(p, nullptr) << "size " << size;
+    size_t end = (size + 15) / 16 * 16;
+    EXPECT_EQ(mapalloc_usable_size(p), end) << "size " << size << " ptr " << static_cast<void*>(p);
+    poke(p + end - 1);
+    EXPECT_EXIT(poke(p + end), ::testing::KilledBySignal(SIGSEGV), "")
+        << "size " << size << " ptr " << static_cast<void*>(p) << " end " << end;
+    mapalloc_free(p);
+  }
+}
+
+// For sizes that are whole pages the block starts right after the leading
+// guard page, so p[-1] is in the guard.
+TEST(GuardPage, WriteOneByteBeforePageMultipleLargeBlockFaults) {
+  size_t t = mapalloc_mmap_threshold();
+  size_t above = (t / 4096 + 1) * 4096;
+  for (size_t size : {above, 256 * KiB, 1 * MiB, 2 * MiB + 4096}) {
+    auto* p = static_cast<char*>(mapalloc_malloc(size));
+    ASSERT_NE(p, nullptr) << "size " << size;
+    poke(p);
+    poke(p + size - 1);
+    EXPECT_EXIT(poke(p - 1), ::testing::KilledBySignal(SIGSEGV), "")
+        << "size " << size << " ptr " << static_cast<void*>(p);
+    mapalloc_free(p);
+  }
+}
+
+TEST(GuardPage, ReadPastLargeBlockEndFaults) {
+  size_t size = mapalloc_mmap_threshold() + 160;
+  auto* p = static_cast<char*>(mapalloc_malloc(size));
+  ASSERT_NE(p, nullptr);
+  EXPECT_EXIT((void)*static_cast<volatile char*>(p + mapalloc_usable_size(p)), ::testing::KilledBySignal(SIGSEGV), "")
+      << "size " << size << " ptr " << static_cast<void*>(p);
+  mapalloc_free(p);
+}
+
+// ---------------------------------------------------------------- misuse
+
+TEST(Misuse, DoubleFreeOfSmallBlockAborts) {
+  skip_unless_secure();
+  for (size_t size : {size_t(1), size_t(16), size_t(100), size_t(5000), 64 * KiB}) {
+    EXPECT_DEATH(
+        {
+          void* p = mapalloc_malloc(size);
+          mapalloc_free(p);
+          mapalloc_free(p);
+        },
+        kFreeMisuse)
+        << "size " << size;
+  }
+}
+
+TEST(Misuse, DoubleFreeOfSmallBlockNotAtFreeListHeadAborts) {
+  skip_unless_secure();
+  EXPECT_DEATH(
+      {
+        void* a = mapalloc_malloc(48);
+        void* b = mapalloc_malloc(48);
+        void* c = mapalloc_malloc(48);
+        mapalloc_free(a);
+        mapalloc_free(b);
+        mapalloc_free(c);
+        mapalloc_free(a);
+      },
+      kFreeMisuse);
+}
+
+TEST(Misuse, DoubleFreeFromAnotherThreadAborts) {
+  skip_unless_secure();
+  // Freed twice remotely, and freed remotely then by the owner.
+  EXPECT_DEATH(
+      {
+        void* p = mapalloc_malloc(48);
+        std::thread([p] { mapalloc_free(p); }).join();
+        std::thread([p] { mapalloc_free(p); }).join();
+      },
+      kFreeMisuse);
+  EXPECT_DEATH(
+      {
+        void* p = mapalloc_malloc(48);
+        std::thread([p] { mapalloc_free(p); }).join();
+        mapalloc_free(p);
+      },
+      kFreeMisuse);
+}
+
+TEST(Misuse, DoubleFreeAfterPageWasReleasedAborts) {
+  skip_unless_secure();
+  EXPECT_DEATH(
+      {
+        void* p = mapalloc_malloc(40000);
+        mapalloc_free(p);
+        mapalloc_collect();  // the empty page goes back to the arena, purged
+        mapalloc_free(p);
+      },
+      kFreeMisuse);
+}
+
+TEST(Misuse, DoubleFreeOfLargeBlockAborts) {
+  skip_unless_secure();
+  size_t t = mapalloc_mmap_threshold();
+  for (size_t size : {t + 1, 1 * MiB, 8 * MiB}) {
+    EXPECT_DEATH(
+        {
+          void* p = mapalloc_malloc(size);
+          mapalloc_free(p);
+          mapalloc_free(p);
+        },
+        kFreeMisuse)
+        << "size " << size;
+  }
+}
+
+TEST(Misuse, FreeOfStackPointerAborts) {
+  skip_unless_secure();
+  EXPECT_DEATH(
+      {
+        char buf[64];
+        poke(buf);
+        mapalloc_free(buf);
+      },
+      kFreeMisuse);
+}
+
+TEST(Misuse, FreeOfGlobalAborts) {
+  skip_unless_secure();
+  EXPECT_DEATH(mapalloc_free(&global_int), kFreeMisuse);
+}
+
+TEST(Misuse, FreeOfInteriorPointerOfSmallBlockAborts) {
+  skip_unless_secure();
+  for (size_t size : {size_t(64), size_t(1000), size_t(5000)}) {
+    EXPECT_DEATH(
+        {
+          auto* p = static_cast<char*>(mapalloc_malloc(size));
+          mapalloc_free(p + 16);
+        },
+        kFreeMisuse)
+        << "size " << size;
+  }
+}
+
+TEST(Misuse, FreeOfInteriorPointerOfLargeBlockAborts) {
+  skip_unless_secure();
+  size_t t = mapalloc_mmap_threshold();
+  for (size_t offset : {size_t(16), size_t(4096), size_t(64 * KiB)}) {
+    EXPECT_DEATH(
+        {
+          auto* p = static_cast<char*>(mapalloc_malloc(t + 128 * KiB));
+          mapalloc_free(p + offset);
+        },
+        kFreeMisuse)
+        << "offset " << offset;
+  }
+}
+
+TEST(Misuse, FreeOfGlibcPointerAborts) {
+  skip_unless_secure();
+  EXPECT_DEATH(mapalloc_free(std::malloc(32)), kFreeMisuse);
+  EXPECT_DEATH(mapalloc_free(std::malloc(4 * MiB)), kFreeMisuse);
+}
+
+TEST(Misuse, ReallocOfForeignPointerAborts) {
+  skip_unless_secure();
+  EXPECT_DEATH(mapalloc_realloc(&global_int, 100), "mapalloc.*realloc");
+  EXPECT_DEATH(
+      {
+        char buf[64];
+        poke(buf);
+        mapalloc_realloc(buf, 100);
+      },
+      "mapalloc.*realloc");
+}
+
+int main(int argc, char** argv) {
+  // No core files from the processes these tests kill on purpose.
+  struct rlimit no_core = {0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);
+  ::testing::InitGoogleTest(&argc, argv);
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  return RUN_ALL_TESTS();
+}

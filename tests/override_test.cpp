@@ -1,0 +1,149 @@
+// Proves that a program's plain malloc/free/new/delete are mapalloc's.
+//
+// Built twice: linked with the static override archive (libmapalloc-override.a,
+// whole-archive), and, with MAPALLOC_TEST_PRELOAD, as a plain program run under
+// LD_PRELOAD=libmapalloc.so, where mapalloc's own functions are found with
+// dlsym because the program does not link mapalloc at all.
+#include <dlfcn.h>
+#include <gtest/gtest.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "mapalloc.h"
+
+namespace {
+
+#ifdef MAPALLOC_TEST_PRELOAD
+template <typename F>
+F resolve(const char* name) {
+  void* sym = dlsym(RTLD_DEFAULT, name);
+  if (!sym) {
+    fprintf(stderr, "%s not found: is LD_PRELOAD=libmapalloc.so set?\n", name);
+    abort();
+  }
+  return reinterpret_cast<F>(sym);
+}
+int owns(const void* p) {
+  static auto fn = resolve<int (*)(const void*)>("mapalloc_owns");
+  return fn(p);
+}
+mapalloc_stats stats() {
+  static auto fn = resolve<void (*)(mapalloc_stats*)>("mapalloc_stats_get");
+  mapalloc_stats s;
+  fn(&s);
+  return s;
+}
+#else
+int owns(const void* p) { return mapalloc_owns(p); }
+mapalloc_stats stats() {
+  mapalloc_stats s;
+  mapalloc_stats_get(&s);
+  return s;
+}
+#endif
+
+struct alignas(256) OverAligned {
+  char bytes[300];
+};
+
+}  // namespace
+
+TEST(Override, MallocAndFreeAreMapalloc) {
+  void* p = malloc(10);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(owns(p), 1) << p;
+  EXPECT_GE(malloc_usable_size(p), 10u);
+  volatile uintptr_t address = reinterpret_cast<uintptr_t>(p);  // not a pointer after free
+  free(p);
+  EXPECT_EQ(owns(reinterpret_cast<void*>(address)), 0) << "free did not release " << std::hex << uintptr_t(address);
+  void* large = malloc(8 << 20);
+  ASSERT_NE(large, nullptr);
+  EXPECT_EQ(owns(large), 1) << large;
+  free(large);
+}
+
+TEST(Override, CallocReallocAndAlignedAllocatorsAreMapalloc) {
+  void* c = calloc(10, 10);
+  EXPECT_EQ(owns(c), 1) << c;
+  c = realloc(c, 1 << 20);
+  EXPECT_EQ(owns(c), 1) << c;
+  free(c);
+  void* r = realloc(nullptr, 100);
+  EXPECT_EQ(owns(r), 1) << r;
+  free(r);
+  void* pm = nullptr;
+  ASSERT_EQ(posix_memalign(&pm, 4096, 100), 0);
+  EXPECT_EQ(owns(pm), 1) << pm;
+  free(pm);
+  void* aa = aligned_alloc(64, 128);
+  EXPECT_EQ(owns(aa), 1) << aa;
+  free(aa);
+  void* ma = memalign(1 << 20, 100);
+  EXPECT_EQ(owns(ma), 1) << ma;
+  free(ma);
+  void* va = valloc(100);
+  EXPECT_EQ(owns(va), 1) << va;
+  free(va);
+}
+
+TEST(Override, OperatorNewAndDeleteAreMapalloc) {
+  int* one = new int(7);
+  EXPECT_EQ(owns(one), 1) << one;
+  delete one;
+  int* many = new int[1000];
+  EXPECT_EQ(owns(many), 1) << many;
+  delete[] many;
+  char* nothrow = new (std::nothrow) char[100];
+  EXPECT_EQ(owns(nothrow), 1) << static_cast<void*>(nothrow);
+  delete[] nothrow;
+  auto* aligned = new OverAligned;
+  EXPECT_EQ(owns(aligned), 1) << aligned;
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(aligned) % 256, 0u) << aligned;
+  delete aligned;
+  auto* aligned_array = new OverAligned[3];
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(aligned_array) % 256, 0u) << aligned_array;
+  delete[] aligned_array;
+}
+
+TEST(Override, OperatorNewThrowsBadAllocWhenExhausted) {
+  // The nothrow form returns null instead.
+  EXPECT_THROW((void)::operator new(SIZE_MAX / 2), std::bad_alloc);
+  EXPECT_EQ(::operator new(SIZE_MAX / 2, std::nothrow), nullptr);
+}
+
+TEST(Override, StandardLibraryContainersUseMapalloc) {
+  std::vector<int> v(1000, 1);
+  EXPECT_EQ(owns(v.data()), 1) << v.data();
+  std::string s(500, 'x');
+  EXPECT_EQ(owns(s.data()), 1) << static_cast<const void*>(s.data());
+  auto shared = std::make_shared<std::vector<char>>(100);
+  EXPECT_EQ(owns(shared->data()), 1);
+}
+
+TEST(Override, LibcInternalAllocationsUseMapalloc) {
+  char* dup = strdup("allocated inside libc");
+  ASSERT_NE(dup, nullptr);
+  EXPECT_EQ(owns(dup), 1) << static_cast<void*>(dup);
+  free(dup);
+}
+
+TEST(Override, PlainMallocCallsShowInMapallocStats) {
+  const int n = 100;
+  mapalloc_stats before = stats();
+  std::vector<void*> blocks;
+  blocks.reserve(n);
+  mapalloc_stats after_reserve = stats();
+  for (int i = 0; i < n; i++) blocks.push_back(malloc(24));
+  mapalloc_stats after = stats();
+  EXPECT_GE(after.small_requests - after_reserve.small_requests, uint64_t(n));
+  EXPECT_GE(after.small_live_blocks - after_reserve.small_live_blocks, uint64_t(n));
+  EXPECT_GT(after_reserve.small_requests, before.small_requests) << "vector::reserve did not go through mapalloc";
+  for (void* p : blocks) free(p);
+}
