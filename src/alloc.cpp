@@ -7,6 +7,7 @@
 #include "arena.h"
 #include "large.h"
 #include "thread.h"
+#include "zero.h"
 
 namespace mapalloc {
 
@@ -24,6 +25,7 @@ void* alloc_large(size_t size) noexcept {
 void free_slow(void* p, uintptr_t entry) noexcept {
   if (!p) return;
   if (!entry) report_invalid_free(p);
+  if (pagemap::is_zero(entry)) return zero::free(p);
   large::free(pagemap::as_large(entry), p);
 }
 
@@ -37,7 +39,17 @@ void* alloc_aligned(size_t alignment, size_t size) noexcept {
     // size, so a class whose size is a multiple of the alignment is aligned.
     unsigned c = size_class(want);
     while (c < kNumClasses && kClasses[c].block_size % alignment != 0) c++;
-    if (c < kNumClasses && kClasses[c].block_size <= threshold) return heap_malloc(tls_heap, kClasses[c].block_size);
+    if (c < kNumClasses && kClasses[c].block_size <= threshold) {
+      void* p = heap_malloc(tls_heap, kClasses[c].block_size);
+#if MAPALLOC_SECURE
+      // The canary goes after the requested size, not the class size.
+      if (p) {
+        Page* page = pagemap::as_page(pagemap::lookup(p));
+        canary_set(page, p, block_index_unchecked(page, p), size);
+      }
+#endif
+      return p;
+    }
   }
   ensure_init();
   return large::alloc(size, alignment, false);
@@ -55,12 +67,20 @@ void* alloc_zeroed(size_t count, size_t size) noexcept {
   return large::alloc(total, 16, true);  // zeroes only what was dirtied
 }
 
-// The page of a live small block, or a fatal report naming what was wrong.
-static Page* checked_page(const void* p, uintptr_t entry, const char* what) {
+// The page of a live small block, or a fatal report naming what was wrong;
+// *usable gets the bytes the block was asked for.
+static Page* checked_page(const void* p, uintptr_t entry, const char* what, size_t* usable) {
   Page* page = pagemap::as_page(entry);
-  if (block_index(page, p) == UINT32_MAX) fatal(what, p);
+  uint32_t index = block_index(page, p);
+  if (index == UINT32_MAX) fatal(what, p);
   const Block* b = static_cast<const Block*>(p);
   if (b->cookie == freed_cookie(b)) fatal("use of freed block", p);
+  *usable = page->block_size;
+#if MAPALLOC_SECURE
+  size_t slack = canary_check(page, p, index);
+  if (slack == SIZE_MAX) report_overflow(p);
+  *usable -= slack;
+#endif
   return page;
 }
 
@@ -76,6 +96,16 @@ void* reallocate(void* p, size_t size) noexcept {
   uintptr_t entry = pagemap::lookup(p);
   if (!entry) fatal("realloc of pointer not allocated by mapalloc:", p);
   size_t old_usable;
+  if (pagemap::is_zero(entry)) {
+    if (!zero::live(p)) fatal("realloc of freed or foreign zero-size pointer:", p);
+    if (size == 0) {
+      zero::free(p);
+      return nullptr;
+    }
+    void* q = alloc(size);
+    if (q) zero::free(p);
+    return q;
+  }
   if (pagemap::is_large(entry)) {
     LargeBlock* b = checked_large(p, entry, "realloc of pointer not allocated by mapalloc:");
     if (size == 0) {
@@ -90,14 +120,18 @@ void* reallocate(void* p, size_t size) noexcept {
     }
     old_usable = large::usable_size(b);
   } else {
-    Page* page = checked_page(p, entry, "realloc of pointer not allocated by mapalloc:");
+    Page* page = checked_page(p, entry, "realloc of pointer not allocated by mapalloc:", &old_usable);
     if (size == 0) {
       dealloc(p);
       return nullptr;
     }
     if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
-    old_usable = page->block_size;
-    if (size <= old_usable && size >= old_usable / 2) return p;
+    if (size <= page->block_size && size >= page->block_size / 2) {
+#if MAPALLOC_SECURE
+      canary_set(page, p, block_index_unchecked(page, p), size);
+#endif
+      return p;
+    }
   }
   // A block grown past the threshold is likely to grow again: give it the
   // layout that grows without copying.
@@ -114,15 +148,22 @@ size_t usable_size(const void* p) noexcept {
   if (!p) return 0;
   uintptr_t entry = pagemap::lookup(p);
   if (!entry) fatal("malloc_usable_size of pointer not allocated by mapalloc:", p);
+  if (pagemap::is_zero(entry)) {
+    if (!zero::live(p)) fatal("malloc_usable_size of freed or foreign zero-size pointer:", p);
+    return 0;
+  }
   if (pagemap::is_large(entry)) {
     return large::usable_size(checked_large(p, entry, "malloc_usable_size of pointer not allocated by mapalloc:"));
   }
-  return checked_page(p, entry, "malloc_usable_size of pointer not allocated by mapalloc:")->block_size;
+  size_t usable;
+  checked_page(p, entry, "malloc_usable_size of pointer not allocated by mapalloc:", &usable);
+  return usable;
 }
 
 bool owns(const void* p) {
   uintptr_t entry = pagemap::lookup(p);
   if (!entry) return false;
+  if (pagemap::is_zero(entry)) return zero::live(p);
   if (pagemap::is_large(entry)) {
     const LargeBlock* b = pagemap::as_large(entry);
     return b->live && b->user == p;

@@ -61,11 +61,14 @@ static Chunk* new_chunk() {
     spare_descriptors = c->next;
   } else {
     c = static_cast<Chunk*>(meta::allocate(sizeof(Chunk)));
-    if (!c) {
+    // Touched only as blocks are handed out: 1/16 of the slot's bytes at most.
+    uint8_t* slack = static_cast<uint8_t*>(meta::allocate(kSlotsPerChunk * kMaxBlocksPerSlot));
+    if (!c || !slack) {
       unmap_chunk(base);
-      return nullptr;
+      return nullptr;  // what meta handed out stays with it: rare, and bounded
     }
     new (c) Chunk();
+    c->slack = slack;
   }
   c->base = base;
   c->free_slots = ~uint64_t(0);
@@ -77,6 +80,7 @@ static Chunk* new_chunk() {
     p.slot_index = uint8_t(i);
     p.start = base + i * kSlotSize;
     p.capacity = 0;  // free slots reject every free
+    p.slack = c->slack + i * kMaxBlocksPerSlot;
     if (!pagemap::set_page(p.start, kSlotSize, &p)) {
       unmap_chunk(base);
       c->next = spare_descriptors;

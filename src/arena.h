@@ -11,12 +11,15 @@
 
 namespace mapalloc {
 
+constexpr size_t kMaxBlocksPerSlot = kSlotSize / kMinBlock;
+
 struct Chunk {
   char* base = nullptr;        // kChunkSize bytes, kChunkSize aligned
   uint64_t free_slots = 0;     // bit i: slot i belongs to no page
   uint64_t dirty_slots = 0;    // free slots whose memory may still be resident
   uint64_t last_free_ms = 0;   // when a slot was last freed (purge decay)
   Chunk* next = nullptr;       // all live chunks
+  uint8_t* slack = nullptr;    // kSlotsPerChunk * kMaxBlocksPerSlot: Page::slack
   Page pages[kSlotsPerChunk];  // slot i's descriptor; a run uses its first slot's
 };
 

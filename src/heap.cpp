@@ -3,6 +3,7 @@
 #include "heap.h"
 
 #include "arena.h"
+#include "zero.h"
 #include "thread.h"
 
 namespace mapalloc {
@@ -14,6 +15,7 @@ Counter orphan_frees[kNumClasses];
 
 void report_invalid_free(const void* p) noexcept { fatal("invalid free (pointer not allocated by mapalloc):", p); }
 void report_double_free(const void* p) noexcept { fatal("double free of", p); }
+void report_overflow(const void* p) noexcept { fatal("heap overflow: canary after the end of block broken, block", p); }
 void* report_corrupted(const Page* page, const void* block) noexcept { page_corrupted(page, block); }
 
 static void move_to_full(Heap* heap, Page* page) {
@@ -143,6 +145,10 @@ static Page* find_page(Heap* heap, unsigned c) {
 }
 
 void* heap_malloc_slow(Heap* heap, size_t size) noexcept {
+  if (size == 0) {
+    if (void* p = zero::alloc()) return p;
+    size = 1;  // the zero-size region is used up: a real block will do
+  }
   if (heap == &empty_heap) {
     heap = thread_heap_init();
     if (!heap) {

@@ -54,7 +54,7 @@ struct HeapStats {
 
 struct Heap {
   // Owner-only. current[c] is never null: &empty_page when the heap has none.
-  Page* current[kNumClasses];
+  Page* current[kNumClasses + 1];  // + kZeroClass, always &empty_page
   PageQueue avail[kNumClasses];  // non-full pages besides current
   PageQueue full;                // pages with no free block at last look
   uint32_t full_count = 0;
@@ -84,6 +84,7 @@ void heap_free_remote(Heap* heap, Page* page, Block* block) noexcept;
 void report_invalid_free(const void* p) noexcept;
 void report_double_free(const void* p) noexcept;
 void* report_corrupted(const Page* page, const void* block) noexcept;
+void report_overflow(const void* p) noexcept;
 
 MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
   unsigned c = size_class(size);
@@ -100,16 +101,24 @@ MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
   page->free = next;
   bump(page->allocated);
   b->cookie = 0;
+#if MAPALLOC_SECURE
+  canary_set(page, b, block_index_unchecked(page, b), size);
+#endif
   return b;
 }
 
 // Frees a block of an arena page (the page map said so).
 MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   uintptr_t offset = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(page->start);
-  uint64_t index = (uint64_t(offset) * page->reciprocal) >> kReciprocalShift;
-  if (MAPALLOC_UNLIKELY(index * page->block_size != offset)) return report_invalid_free(p);
+  uint64_t scaled = uint64_t(offset) * page->reciprocal;
+  uint64_t index = scaled >> kReciprocalShift;
+  if (MAPALLOC_UNLIKELY(!is_block_start(scaled, page->reciprocal))) return report_invalid_free(p);
   Block* b = static_cast<Block*>(p);
   if (MAPALLOC_UNLIKELY(b->cookie == freed_cookie(b))) return report_double_free(p);
+#if MAPALLOC_SECURE
+  if (MAPALLOC_UNLIKELY(index >= page->capacity)) return report_invalid_free(p);
+  if (MAPALLOC_UNLIKELY(canary_check(page, p, index) == SIZE_MAX)) return report_overflow(p);
+#endif
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
     // Never handed out (also catches index >= capacity, as carved <= capacity).

@@ -9,6 +9,7 @@
 #pragma once
 #include <atomic>
 #include <bit>
+#include <cstddef>
 #include <cstdint>
 
 #include "base/bits.h"
@@ -36,6 +37,7 @@ struct Block {
 struct Keys {
   uintptr_t link = 0x5bd1e9955bd1e995ull;
   uintptr_t cookie = 0x9e3779b97f4a7c15ull;
+  uintptr_t canary = 0xc2b2ae3d27d4eb4full;
 };
 extern Keys keys;  // set once at start-up, before the first block exists
 
@@ -78,6 +80,10 @@ struct Page {
   std::atomic<uintptr_t> thread_free{0};
   std::atomic<Heap*> heap{nullptr};
 
+  // Per block, the bytes between its requested size and block_size (255:
+  // see canary_set). Out of line, in the chunk's descriptor.
+  uint8_t* slack = nullptr;
+
   // Arena-only, under the arena lock.
   Chunk* chunk = nullptr;
   uint8_t slot_index = 0;
@@ -89,12 +95,76 @@ struct Page {
   }
 };
 
+// offset * reciprocal (the page map put p in this page's run, so offset <
+// 2^22) has a fraction below the reciprocal exactly when offset is a multiple
+// of the block size: a divisibility test without a second multiply.
+MAPALLOC_INLINE bool is_block_start(uint64_t scaled, uint64_t reciprocal) {
+  return (scaled & ((uint64_t(1) << kReciprocalShift) - 1)) < reciprocal;
+}
+
 // The block index of p in page, or UINT32_MAX if p is not a block start.
 MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
   uintptr_t offset = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(page->start);
   uint64_t index = (uint64_t(offset) * page->reciprocal) >> kReciprocalShift;
   if (MAPALLOC_UNLIKELY(index * page->block_size != offset || index >= page->capacity)) return UINT32_MAX;
   return uint32_t(index);
+}
+
+// Canaries (secure builds). The bytes right after a block's requested size,
+// up to 8 of them, hold a word derived from the secret and the block's
+// address, checked when the block is freed or reallocated: a write past the
+// end of a small block is caught then. The slack itself is kept out of line,
+// one byte per block; 255 means "at least 255, exact value in the block's
+// last four bytes" (never reached by an overflow that spared the canary).
+MAPALLOC_INLINE uint64_t block_index_unchecked(const Page* page, const void* p) {
+  uint64_t offset = uint64_t(reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(page->start));
+  return (offset * page->reciprocal) >> kReciprocalShift;
+}
+
+MAPALLOC_INLINE uint64_t canary_word(const void* block) {
+  return std::rotl(reinterpret_cast<uintptr_t>(block) ^ keys.canary, 23);
+}
+
+MAPALLOC_INLINE void canary_set(const Page* page, void* block, uint64_t index, size_t size) {
+  size_t slack = page->block_size - size;
+  page->slack[index] = uint8_t(slack < 255 ? slack : 255);
+  if (!slack) return;
+  char* b = static_cast<char*>(block);
+  uint64_t w = canary_word(block);
+  if (slack >= 8) {
+    __builtin_memcpy(b + size, &w, 8);
+    if (MAPALLOC_UNLIKELY(slack >= 255)) {
+      uint32_t exact = uint32_t(slack);
+      __builtin_memcpy(b + page->block_size - 4, &exact, 4);
+    }
+  } else {
+    // Fewer than 8 bytes: they are the top of the block's last word.
+    uint64_t last, mask = ~uint64_t(0) << (8 * (8 - slack));
+    __builtin_memcpy(&last, b + page->block_size - 8, 8);
+    last = (last & ~mask) | (w & mask);
+    __builtin_memcpy(b + page->block_size - 8, &last, 8);
+  }
+}
+
+// The block's slack, or SIZE_MAX when its canary is broken.
+MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block, uint64_t index) {
+  size_t slack = page->slack[index];
+  if (MAPALLOC_LIKELY(slack == 0)) return 0;
+  const char* b = static_cast<const char*>(block);
+  uint64_t w = canary_word(block), got;
+  if (slack < 8) {
+    uint64_t mask = ~uint64_t(0) << (8 * (8 - slack));
+    __builtin_memcpy(&got, b + page->block_size - 8, 8);
+    return ((got ^ w) & mask) == 0 ? slack : SIZE_MAX;
+  }
+  if (MAPALLOC_UNLIKELY(slack == 255)) {
+    uint32_t exact;
+    __builtin_memcpy(&exact, b + page->block_size - 4, 4);
+    if (exact < 255 || exact > page->block_size) return SIZE_MAX;
+    slack = exact;
+  }
+  __builtin_memcpy(&got, b + page->block_size - slack, 8);
+  return got == w ? slack : SIZE_MAX;
 }
 
 // Slow paths of page.cpp.

@@ -35,8 +35,10 @@ MAPALLOC_INLINE uintptr_t lookup(const void* p) {
 }
 
 constexpr uintptr_t kPageTag = 1;
+constexpr uintptr_t kZeroEntry = 2;  // the malloc(0) region (zero.h)
 MAPALLOC_INLINE bool is_page(uintptr_t entry) { return entry & kPageTag; }
-MAPALLOC_INLINE bool is_large(uintptr_t entry) { return entry && !(entry & kPageTag); }
+MAPALLOC_INLINE bool is_zero(uintptr_t entry) { return entry == kZeroEntry; }
+MAPALLOC_INLINE bool is_large(uintptr_t entry) { return entry > kZeroEntry && !(entry & kPageTag); }
 MAPALLOC_INLINE Page* as_page(uintptr_t entry) { return reinterpret_cast<Page*>(entry - kPageTag); }
 MAPALLOC_INLINE LargeBlock* as_large(uintptr_t entry) { return reinterpret_cast<LargeBlock*>(entry); }
 

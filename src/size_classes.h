@@ -73,10 +73,16 @@ constexpr std::array<ClassInfo, kNumClasses> make_class_table() {
 inline constexpr std::array<ClassInfo, kNumClasses> kClasses = make_class_table();
 
 // Byte lookup for requests up to 1 KiB, indexed by (size + 15) / 16.
+// malloc(0) maps to this class, whose heap entry never holds a page, so the
+// fast path needs no test for zero: it falls into the slow path (zero.h).
+constexpr unsigned kZeroClass = kNumClasses;
+static_assert(kZeroClass < 256);
+
 constexpr size_t kLookupMax = 1024;
 constexpr std::array<uint8_t, kLookupMax / 16 + 1> make_lookup() {
   std::array<uint8_t, kLookupMax / 16 + 1> t{};
   for (size_t i = 0; i < t.size(); i++) t[i] = uint8_t(class_of_computed(i * 16));
+  t[0] = kZeroClass;
   return t;
 }
 inline constexpr std::array<uint8_t, kLookupMax / 16 + 1> kClassLookup = make_lookup();
@@ -98,8 +104,20 @@ constexpr bool check_classes() {
     // Waste bound above 128 bytes: (b - smallest) / smallest <= 12.5%.
     if (smallest > 128 && (b - smallest) * 8 > smallest) return false;
     if (kClasses[c].capacity < 4) return false;
+    // The divisibility test of page.h (is_block_start) at the edges of blocks.
+    uint64_t rec = kClasses[c].reciprocal, mask = (uint64_t(1) << kReciprocalShift) - 1;
+    uint64_t run = uint64_t(kClasses[c].page_slots) * kSlotSize;
+    for (uint64_t q : {uint64_t(0), uint64_t(1), uint64_t(kClasses[c].capacity) - 1, run / b}) {
+      for (uint64_t r : {uint64_t(0), uint64_t(1), uint64_t(8), uint64_t(16), b / 2, b - 16, b - 1}) {
+        uint64_t off = q * b + r;
+        if (off >= run) continue;
+        if ((((off * rec) & mask) < rec) != (off % b == 0)) return false;
+        if (((off * rec) >> kReciprocalShift) != off / b) return false;
+      }
+    }
   }
-  for (size_t s = 0; s <= kLookupMax; s++)
+  if (kClassLookup[0] != kZeroClass) return false;
+  for (size_t s = 1; s <= kLookupMax; s++)
     if (kClassLookup[(s + 15) >> 4] != class_of_computed(s)) return false;
   return class_block_size(kNumClasses - 1) == kMaxClassSize;
 }

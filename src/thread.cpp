@@ -9,6 +9,7 @@
 #include "base/lock.h"
 #include "heap.h"
 #include "large.h"
+#include "zero.h"
 #include "meta.h"
 #include "options.h"
 #include "os/os.h"
@@ -147,16 +148,18 @@ unsigned long long threads_seen() { return thread_count; }
 unsigned long long heaps_created() { return heap_count; }
 
 // fork: every lock is taken before, released in the parent, reset in the
-// child. Lock order: heaps, arena, large, meta.
+// child. Lock order: heaps, arena, large, zero, meta.
 static void before_fork() {
   heaps_lock.lock();
   arena::lock_for_fork();
   large::lock_for_fork();
+  zero::lock_for_fork();
   meta::lock_for_fork();
 }
 
 static void after_fork_parent() {
   meta::unlock_for_fork();
+  zero::unlock_for_fork();
   large::unlock_for_fork();
   arena::unlock_for_fork();
   heaps_lock.unlock();
@@ -164,6 +167,7 @@ static void after_fork_parent() {
 
 static void after_fork_child() {
   meta::reset_after_fork();
+  zero::reset_after_fork();
   large::reset_after_fork();
   arena::reset_after_fork();
   heaps_lock.reset_after_fork();
