@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 
 #include <thread>
@@ -231,6 +232,139 @@ TEST(Misuse, ReallocOfForeignPointerAborts) {
         mapalloc_realloc(buf, 100);
       },
       "mapalloc.*realloc");
+}
+
+// ------------------------------------------------------ zero-size blocks
+
+TEST(ZeroSize, ReadOfMallocZeroFaults) {
+  char* p = static_cast<char*>(mapalloc_malloc(0));
+  ASSERT_NE(p, nullptr);
+  EXPECT_EXIT((void)*static_cast<volatile char*>(p), ::testing::KilledBySignal(SIGSEGV), "");
+  mapalloc_free(p);
+}
+
+TEST(ZeroSize, WriteToMallocZeroFaults) {
+  char* p = static_cast<char*>(mapalloc_malloc(0));
+  ASSERT_NE(p, nullptr);
+  EXPECT_EXIT(poke(p), ::testing::KilledBySignal(SIGSEGV), "");
+  EXPECT_EXIT(poke(p + 8), ::testing::KilledBySignal(SIGSEGV), "");
+  mapalloc_free(p);
+}
+
+TEST(ZeroSize, DoubleFreeAborts) {
+  EXPECT_DEATH(
+      {
+        void* p = mapalloc_malloc(0);
+        mapalloc_free(p);
+        mapalloc_free(p);
+      },
+      "mapalloc: double free of zero-size block 0x");
+}
+
+TEST(ZeroSize, ReallocAndUsableSizeOfFreedAbort) {
+  EXPECT_DEATH(
+      {
+        void* p = mapalloc_malloc(0);
+        mapalloc_free(p);
+        mapalloc_realloc(p, 10);
+      },
+      "mapalloc.*realloc.*zero-size");
+  EXPECT_DEATH(
+      {
+        void* p = mapalloc_malloc(0);
+        mapalloc_free(p);
+        (void)mapalloc_usable_size(p);
+      },
+      "mapalloc.*malloc_usable_size.*zero-size");
+}
+
+// ------------------------------------------- small-block overflow canaries
+
+// Every request size whose class has spare bytes: one byte written past the
+// requested end is caught when the block is freed.
+TEST(Canary, OneBytePastSmallBlockCaughtOnFree) {
+  skip_unless_secure();
+  for (size_t n : {1, 8, 15, 17, 20, 24, 100, 129, 1000, 1500, 5000, 40000, 100000}) {
+    EXPECT_DEATH(
+        {
+          char* p = static_cast<char*>(mapalloc_malloc(n));
+          memset(p, 0x5a, n);
+          poke(p + n);
+          mapalloc_free(p);
+        },
+        "mapalloc: heap overflow.*0x")
+        << "size " << n;
+  }
+}
+
+TEST(Canary, OverflowCaughtByReallocAndUsableSize) {
+  skip_unless_secure();
+  EXPECT_DEATH(
+      {
+        char* p = static_cast<char*>(mapalloc_malloc(40));
+        poke(p + 40);
+        mapalloc_realloc(p, 44);
+      },
+      "mapalloc: heap overflow");
+  EXPECT_DEATH(
+      {
+        char* p = static_cast<char*>(mapalloc_malloc(300));
+        poke(p + 301);
+        (void)mapalloc_usable_size(p);
+      },
+      "mapalloc: heap overflow");
+}
+
+TEST(Canary, OverflowFromThreadFreeCaught) {
+  skip_unless_secure();
+  EXPECT_DEATH(
+      {
+        char* p = static_cast<char*>(mapalloc_malloc(50));
+        poke(p + 50);
+        std::thread([p] { mapalloc_free(p); }).join();
+      },
+      "mapalloc: heap overflow");
+}
+
+// An exact-fit block has no spare bytes: the overflow lands in the next
+// block, and is caught when that block, free, is handed out.
+TEST(Canary, ExactFitOverflowCaughtAtNeighboursHandout) {
+  skip_unless_secure();
+  for (size_t n : {16, 64, 128, 1024}) {
+    EXPECT_DEATH(
+        {
+          char* p = static_cast<char*>(mapalloc_malloc(n));
+          memset(p, 0x5a, n + 1);
+          for (int i = 0; i < 10000; i++) mapalloc_free(mapalloc_malloc(n));
+          void* keep[64];
+          for (void*& k : keep) k = mapalloc_malloc(n);
+        },
+        "mapalloc: heap corruption")
+        << "size " << n;
+  }
+}
+
+TEST(Canary, UsableSizeIsTheRequestedSize) {
+  skip_unless_secure();
+  for (size_t n : {1, 20, 100, 1000, 5000}) {
+    void* p = mapalloc_malloc(n);
+    EXPECT_EQ(mapalloc_usable_size(p), n);
+    mapalloc_free(p);
+  }
+}
+
+// A write into a freed block is caught when the block is handed out again.
+TEST(Misuse, WriteAfterFreeCaughtAtNextHandout) {
+  skip_unless_secure();
+  EXPECT_DEATH(
+      {
+        char* p = static_cast<char*>(mapalloc_malloc(48));
+        mapalloc_free(p);
+        memset(p, 0, 16);
+        // Until the freed block comes back (the page's fresh blocks first).
+        for (int i = 0; i < 5000; i++) (void)mapalloc_malloc(48);
+      },
+      "mapalloc: heap corruption");
 }
 
 int main(int argc, char** argv) {
