@@ -90,7 +90,13 @@ MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
   unsigned c = size_class(size);
   Page* page = heap->current[c];
   Block* b = page->free;
-  if (MAPALLOC_UNLIKELY(!b)) return heap_malloc_slow(heap, size);
+  if (MAPALLOC_UNLIKELY(!b)) {
+    // The owner's own frees first: a malloc/free ping-pong on a page whose
+    // fresh blocks are carved one at a time must not live in the slow path.
+    b = page->local_free;
+    if (!b) return heap_malloc_slow(heap, size);
+    page->local_free = nullptr;
+  }
   Block* next = decode_link(b);
 #if MAPALLOC_SECURE
   // A use-after-free write into a free block breaks its cookie or its link.

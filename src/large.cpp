@@ -25,6 +25,14 @@ static size_t cache_count = 0, cache_bytes = 0;
 static LargeBlock* spare = nullptr;
 static uint64_t live_count = 0, live_bytes = 0, requests = 0, cache_hits = 0, mapped_bytes = 0;
 static uint64_t last_purge_ms = 0;
+static size_t cache_dirty = 0;  // resident (not purged) bytes of cached blocks
+// Cached blocks may keep this much resident beyond the purge delay's reach:
+// the live large bytes, at least 16 MiB. Past it the oldest are purged (they
+// stay cached, guards and all), so a burst of frees cannot hold RSS up.
+static constexpr size_t kMinDirtyCap = 16 * MiB;
+
+static size_t dirty_size(const LargeBlock* b) { return size_t(b->end - b->dirty_from); }
+static size_t dirty_cap() { return live_bytes > kMinDirtyCap ? live_bytes : kMinDirtyCap; }
 
 static char* page_down(char* p) { return reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(p), kGuard)); }
 
@@ -37,6 +45,7 @@ static size_t tail_for(size_t usable) { return usable < kSlotSize ? kSlotSize : 
 static void purge_block(LargeBlock* b) {
   char* lo = page_down(b->dirty_from);
   if (lo < b->end) os::purge(lo, size_t(b->end - lo));
+  cache_dirty -= dirty_size(b);
   b->dirty_from = b->end;
 }
 
@@ -46,6 +55,7 @@ static void cache_unlink(LargeBlock* b) {
   b->next = b->prev = nullptr;
   cache_count--;
   cache_bytes -= b->map_size;
+  cache_dirty -= dirty_size(b);
 }
 
 static void cache_push_front(LargeBlock* b) {
@@ -55,6 +65,7 @@ static void cache_push_front(LargeBlock* b) {
   cache_head = b;
   cache_count++;
   cache_bytes += b->map_size;
+  cache_dirty += dirty_size(b);
 }
 
 // Releases a descriptor's mapping; lock held.
@@ -122,7 +133,7 @@ static void purge_locked(bool force, uint64_t now) {
     if (force || idle >= 10 * delay + 100) {
       cache_unlink(b);
       release(b);
-    } else if (idle >= delay && b->dirty_from < b->end) {
+    } else if ((idle >= delay || cache_dirty > dirty_cap()) && b->dirty_from < b->end) {
       purge_block(b);
     }
     b = prev;
@@ -130,7 +141,7 @@ static void purge_locked(bool force, uint64_t now) {
 }
 
 static void maybe_purge_locked(uint64_t now) {
-  if (now - last_purge_ms >= options.purge_delay_ms) purge_locked(false, now);
+  if (now - last_purge_ms >= options.purge_delay_ms || cache_dirty > dirty_cap()) purge_locked(false, now);
 }
 
 // A new mapping of map_size bytes whose read-write part is [begin, end).
