@@ -61,11 +61,13 @@ static Chunk* new_chunk() {
     spare_descriptors = c->next;
   } else {
     c = static_cast<Chunk*>(meta::allocate(sizeof(Chunk)));
-    // Touched only as blocks are handed out: 1/16 of the slot's bytes at most.
-    uint8_t* slack = static_cast<uint8_t*>(meta::allocate(kSlotsPerChunk * kMaxBlocksPerSlot));
+    // One OS page per slot, touched only as blocks are handed out, and purged
+    // with its slot.
+    uint8_t* slack = static_cast<uint8_t*>(os::map(kSlotsPerChunk * kMaxBlocksPerSlot));
     if (!c || !slack) {
+      if (slack) os::unmap(slack, kSlotsPerChunk * kMaxBlocksPerSlot);
       unmap_chunk(base);
-      return nullptr;  // what meta handed out stays with it: rare, and bounded
+      return nullptr;  // a descriptor meta handed out stays with it: rare, and bounded
     }
     new (c) Chunk();
     c->slack = slack;
@@ -158,6 +160,7 @@ static void purge_chunk(Chunk* c, uint64_t which) {
     unsigned len = 0;
     while (first + len < 64 && (which >> (first + len) & 1)) len++;
     os::purge(c->base + first * kSlotSize, len * kSlotSize);
+    os::purge(c->slack + first * kMaxBlocksPerSlot, len * kMaxBlocksPerSlot);
     which &= ~(run_mask(len) << first);
   }
   dirty_bytes -= uint64_t(__builtin_popcountll(c->dirty_slots)) * kSlotSize;

@@ -12,6 +12,7 @@
 namespace mapalloc {
 
 constexpr size_t kMaxBlocksPerSlot = kSlotSize / kMinBlock;
+static_assert(kMaxBlocksPerSlot % 4096 == 0, "a slot's slack bytes must fill whole OS pages to be purged with it");
 
 struct Chunk {
   char* base = nullptr;        // kChunkSize bytes, kChunkSize aligned

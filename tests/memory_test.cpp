@@ -407,6 +407,9 @@ TEST(MemorySteady, LargeMallocFreeLoopHitsCache) {
   constexpr size_t kSize = 200 * KiB;
   constexpr int kIterations = 10000;
   ASSERT_GT(kSize, mapalloc_mmap_threshold());
+  // Warm-up: the first large block of a process also maps the metadata
+  // region and a page-map leaf.
+  mapalloc_free(mapalloc_malloc(kSize));
   const mapalloc_stats before = stats();
   const long faults_before = thread_minor_faults();
   auto t0 = std::chrono::steady_clock::now();
@@ -428,6 +431,8 @@ TEST(MemorySteady, LargeMallocFreeLoopHitsCache) {
               (unsigned long long)(after.munmap_calls - before.munmap_calls),
               (unsigned long long)(after.madvise_calls - before.madvise_calls),
               (unsigned long long)(after.purges - before.purges), faults);
+  // Every round should hit; a few misses are allowed for a preemption of over
+  // 10 * purge_delay_ms + 100 ms between a free and the next malloc.
   EXPECT_GE(after.large_cache_hits - before.large_cache_hits, uint64_t(kIterations - 10));
   EXPECT_EQ(after.large_requests - before.large_requests, uint64_t(kIterations));
   EXPECT_LE(after.mmap_calls - before.mmap_calls, 2u);
@@ -838,7 +843,10 @@ TEST(MemoryStats, JsonReportParsesAndMatchesStats) {
   for (int i = 0; i < 77; i++) blocks.push_back(mapalloc_malloc(5000));
   void* big = mapalloc_malloc(2 * MiB);
   ASSERT_NE(big, nullptr);
-  char path[] = "/tmp/mapalloc-stats-XXXXXX";
+  const char* tmpdir = std::getenv("TMPDIR");
+  std::string dir = tmpdir && *tmpdir ? tmpdir : "/tmp";
+  std::string path_s = dir + "/mapalloc-stats-XXXXXX", script_s = dir + "/mapalloc-json-check-XXXXXX";
+  char* path = path_s.data();
   int fd = mkstemp(path);
   ASSERT_GE(fd, 0) << strerror(errno);
   mapalloc_stats_print_json(fd);
@@ -879,7 +887,7 @@ TEST(MemoryStats, JsonReportParsesAndMatchesStats) {
       "    else:\n"
       "        assert isinstance(v, int), k\n"
       "        print(k, v)\n";
-  char script_path[] = "/tmp/mapalloc-json-check-XXXXXX";
+  char* script_path = script_s.data();
   int sfd = mkstemp(script_path);
   ASSERT_GE(sfd, 0);
   ASSERT_EQ(write(sfd, script.data(), script.size()), ssize_t(script.size()));
@@ -1136,7 +1144,7 @@ TEST(MemoryOptions, ValidSetsAreSilentAndApplied) {
       {"mmap_threshold=64k", 64 * KiB, 1, -1},
       {"mmap_threshold=1m,guard=0", 1 * MiB, 1, 0},
       {"mmap_threshold=1MB", 1 * MiB, 1, -1},
-      {"mmap_threshold=200000,madv_free=1,verbose=1", 200000, 1, -1},
+      {"mmap_threshold=200000,madv_free=1", 200000, 1, -1},
       {"mmap_threshold=65536,,large_cache=64m,", 64 * KiB, 1, -1},
       {"purge_delay_ms=0,large_cache=1G", default_threshold(), 1, -1},
   };
