@@ -135,4 +135,13 @@ void load_options_from_environment() {
   }
 }
 
+void print_options() {
+  LineBuffer line;
+  line.str("mapalloc: options: mmap_threshold=").dec(options.mmap_threshold.load(std::memory_order_relaxed));
+  line.str(",purge_delay_ms=").dec(options.purge_delay_ms).str(",large_cache=").dec(options.large_cache);
+  line.str(",guard=").dec(options.guard).str(",stats=").dec(options.stats).str(",verbose=").dec(options.verbose);
+  line.str(",madv_free=").dec(options.madv_free).str(MAPALLOC_SECURE ? " (secure build)\n" : " (unprotected build)\n");
+  line.flush(2);
+}
+
 }  // namespace mapalloc

@@ -17,7 +17,7 @@ struct Options {
   size_t large_cache = 64 << 20;  // bytes of freed large mappings kept for reuse
   bool guard = true;              // PROT_NONE guard pages around arena chunks and large blocks
   bool stats = false;             // print statistics at exit
-  bool verbose = false;           // log mappings and option values
+  bool verbose = false;           // print the options in effect at start-up
   bool madv_free = false;         // purge with MADV_FREE instead of MADV_DONTNEED
 };
 extern Options options;
@@ -30,5 +30,7 @@ void parse_options(const char* text);
 // Finds MAPALLOC_OPTIONS in the environment (environ, else /proc/self/environ).
 void load_options_from_environment();
 bool set_mmap_threshold(size_t bytes);
+// One line on stderr with every option's value (verbose=1).
+void print_options();
 
 }  // namespace mapalloc

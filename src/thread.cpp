@@ -40,6 +40,7 @@ void ensure_init() {
       init_state.store(1, std::memory_order_relaxed);
       if (sysconf(_SC_PAGESIZE) != long(os::kPageSize)) fatal("unsupported OS page size");
       load_options_from_environment();
+      if (options.verbose) print_options();
       keys.link = os::random_u64();
       keys.cookie = os::random_u64();
       if (pthread_key_create(&exit_key, thread_exit) != 0) fatal("cannot create the thread-exit key");
