@@ -15,7 +15,6 @@ Counter orphan_frees[kNumClasses];
 
 void report_invalid_free(const void* p) noexcept { fatal("invalid free (pointer not allocated by mapalloc):", p); }
 void report_double_free(const void* p) noexcept { fatal("double free of", p); }
-void report_overflow(const void* p) noexcept { fatal("heap overflow: canary after the end of block broken, block", p); }
 void* report_corrupted(const Page* page, const void* block) noexcept { page_corrupted(page, block); }
 
 static void move_to_full(Heap* heap, Page* page) {

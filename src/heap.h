@@ -84,7 +84,6 @@ void heap_free_remote(Heap* heap, Page* page, Block* block) noexcept;
 void report_invalid_free(const void* p) noexcept;
 void report_double_free(const void* p) noexcept;
 void* report_corrupted(const Page* page, const void* block) noexcept;
-void report_overflow(const void* p) noexcept;
 
 MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
   unsigned c = size_class(size);
@@ -121,14 +120,13 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   if (MAPALLOC_UNLIKELY(!is_block_start(scaled, page->reciprocal))) return report_invalid_free(p);
   Block* b = static_cast<Block*>(p);
   if (MAPALLOC_UNLIKELY(b->cookie == freed_cookie(b))) return report_double_free(p);
-#if MAPALLOC_SECURE
-  if (MAPALLOC_UNLIKELY(index >= page->capacity)) return report_invalid_free(p);
-  if (MAPALLOC_UNLIKELY(canary_check(page, p, index) == SIZE_MAX)) return report_overflow(p);
-#endif
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
     // Never handed out (also catches index >= capacity, as carved <= capacity).
     if (MAPALLOC_UNLIKELY(index >= page->carved)) return report_invalid_free(p);
+#if MAPALLOC_SECURE
+    if (MAPALLOC_UNLIKELY(canary_check(page, p, index) == SIZE_MAX)) return report_overflow(p);
+#endif
     b->link = encode_link(b, page->local_free);
     b->cookie = freed_cookie(b);
     page->local_free = b;

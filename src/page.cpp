@@ -35,6 +35,27 @@ static MAPALLOC_INLINE void check_link(const Page* page, const Block* from, cons
   if (next && block_index(page, next) == UINT32_MAX) page_corrupted(page, from);
 }
 
+void report_overflow(const void* block) noexcept {
+  fatal("heap overflow: canary after the end of block broken, block", block);
+}
+
+// Other threads' frees are checked here, by the owner, rather than by the
+// freeing thread: the slack bytes are written by the owner's mallocs, and
+// reading them from another core would bounce their cache line between the
+// two on every producer/consumer hand-off. The free wrote the first 16 bytes
+// (link and cookie), so a canary starting inside them is not checked.
+static MAPALLOC_INLINE void check_remote_canary(const Page* page, const Block* b) {
+#if MAPALLOC_SECURE
+  uint64_t index = block_index_unchecked(page, b);
+  size_t slack = page->slack[index];
+  if (!slack || (slack != 255 && page->block_size - slack < sizeof(Block))) return;
+  if (canary_check(page, b, index) == SIZE_MAX) report_overflow(b);
+#else
+  (void)page;
+  (void)b;
+#endif
+}
+
 uint32_t page_collect(Page* page) {
   if (page->local_free) {
     if (!page->free) {
@@ -53,9 +74,11 @@ uint32_t page_collect(Page* page) {
     if (list) {
       uint32_t count = 1;
       Block* tail = list;
+      check_remote_canary(page, tail);
       for (Block* n; (n = decode_link(tail)); tail = n, count++) {
         check_link(page, tail, n);
         if (count > page->capacity) page_corrupted(page, tail);  // a cycle
+        check_remote_canary(page, n);
       }
       tail->link = encode_link(tail, page->free);
       page->free = list;

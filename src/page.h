@@ -175,5 +175,7 @@ uint32_t page_collect(Page* page);
 // Carves fresh blocks onto free; false when the page has none left.
 bool page_extend(Page* page);
 [[noreturn]] void page_corrupted(const Page* page, const void* block);
+// Aborts; not noreturn so that the free fast path reaches it by a tail jump.
+void report_overflow(const void* block) noexcept;
 
 }  // namespace mapalloc
