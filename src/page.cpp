@@ -13,7 +13,7 @@ void page_init(Page* page, Heap* heap, unsigned size_class) {
   page->allocated.store(0, std::memory_order_relaxed);
   page->freed.store(0, std::memory_order_relaxed);
   page->collected.store(0, std::memory_order_relaxed);
-  page->carved = 0;
+  __atomic_store_n(&page->carved, 0, __ATOMIC_RELAXED);
   page->capacity = info.capacity;
   page->block_size = info.block_size;
   page->span = info.capacity * info.block_size;
@@ -105,7 +105,8 @@ bool page_extend(Page* page) {
     next = b;
   }
   page->free = next;
-  page->carved += n;
+  // Other threads read carved (owns, malloc_usable_size): a relaxed store.
+  __atomic_store_n(&page->carved, page->carved + n, __ATOMIC_RELAXED);
   return true;
 }
 

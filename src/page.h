@@ -65,7 +65,7 @@ struct Page {
   std::atomic<uint64_t> allocated{0};
   std::atomic<uint64_t> freed{0};
   std::atomic<uint64_t> collected{0};  // the remote part of freed
-  uint32_t carved = 0;          // blocks carved from fresh memory so far
+  uint32_t carved = 0;          // blocks carved from fresh memory so far (owner writes)
   uint32_t capacity = 0;        // 0 while the page belongs to the arena
   uint32_t block_size = 0;
   uint32_t span = 0;  // capacity * block_size
@@ -102,11 +102,14 @@ MAPALLOC_INLINE bool is_block_start(uint64_t scaled, uint64_t reciprocal) {
   return (scaled & ((uint64_t(1) << kReciprocalShift) - 1)) < reciprocal;
 }
 
-// The block index of p in page, or UINT32_MAX if p is not a block start.
+// The block index of p in page, or UINT32_MAX if p is not the start of a
+// block ever handed out (blocks past `carved` never were).
 MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
   uintptr_t offset = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(page->start);
   uint64_t index = (uint64_t(offset) * page->reciprocal) >> kReciprocalShift;
-  if (MAPALLOC_UNLIKELY(index * page->block_size != offset || index >= page->capacity)) return UINT32_MAX;
+  if (MAPALLOC_UNLIKELY(index * page->block_size != offset ||
+                        index >= __atomic_load_n(&page->carved, __ATOMIC_RELAXED)))
+    return UINT32_MAX;
   return uint32_t(index);
 }
 
