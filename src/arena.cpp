@@ -205,6 +205,7 @@ void free_page(Page* page) {
   uint64_t now = os::now_ms();
   LockGuard guard(lock);
   page->capacity = 0;  // from now on every free of a block here is invalid
+  __atomic_store_n(&page->carved, 0, __ATOMIC_RELAXED);  // and no block here is live
   page->heap.store(nullptr, std::memory_order_relaxed);
   uint64_t m = run_mask(slots) << index;
   c->free_slots |= m;
