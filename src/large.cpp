@@ -27,9 +27,9 @@ static uint64_t live_count = 0, live_bytes = 0, requests = 0, cache_hits = 0, ma
 static uint64_t last_purge_ms = 0;
 static size_t cache_dirty = 0;  // resident (not purged) bytes of cached blocks
 // Cached blocks may keep this much resident beyond the purge delay's reach:
-// the live large bytes, at least 16 MiB. Past it the oldest are purged (they
+// the live large bytes, at least 24 MiB. Past it the oldest are purged (they
 // stay cached, guards and all), so a burst of frees cannot hold RSS up.
-static constexpr size_t kMinDirtyCap = 16 * MiB;
+static constexpr size_t kMinDirtyCap = 24 * MiB;
 
 static size_t dirty_size(const LargeBlock* b) { return size_t(b->end - b->dirty_from); }
 static size_t dirty_cap() { return live_bytes > kMinDirtyCap ? live_bytes : kMinDirtyCap; }
@@ -76,8 +76,7 @@ static void release(LargeBlock* b) {
   spare = b;
 }
 
-static LargeBlock* new_descriptor() {
-  LockGuard guard(lock);
+static LargeBlock* new_descriptor_locked() {
   LargeBlock* b = spare;
   if (b) {
     spare = b->next;
@@ -86,16 +85,58 @@ static LargeBlock* new_descriptor() {
   return static_cast<LargeBlock*>(meta::allocate(sizeof(LargeBlock)));
 }
 
+static LargeBlock* new_descriptor() {
+  LockGuard guard(lock);
+  return new_descriptor_locked();
+}
+
 static void give_back_descriptor(LargeBlock* b) {
   LockGuard guard(lock);
   b->next = spare;
   spare = b;
 }
 
+// Pieces of a split below this stay with the block (too small to reuse).
+constexpr size_t kMinSplitInner = 128 * KiB;
+
+// Splits the front off a cached mapping so that its read-write part becomes
+// the last `inner` bytes; the front becomes a cached mapping of its own. One
+// mprotect (the two guard pages between them), no fault: the pages of both
+// parts stay resident. A front too small to be reused is unmapped instead.
+// Lock held.
+static void split_front(LargeBlock* b, size_t inner) {
+  bool guarded = b->guarded;
+  char* new_begin = b->end - inner;
+  char* new_base = new_begin - (guarded ? kGuard : 0);
+  char* front_end = new_base - (guarded ? kGuard : 0);  // front's tail guard below new_base
+  LargeBlock* front = nullptr;
+  if (front_end >= b->begin + kMinSplitInner) front = new_descriptor_locked();
+  if (front) {
+    if (guarded && !os::protect_none(front_end, size_t(new_begin - front_end))) {
+      front->next = spare;
+      spare = front;
+      return;  // keep b whole
+    }
+    *front = *b;
+    front->map_size = size_t(new_base - b->map_base);
+    front->end = front_end;
+    if (front->dirty_from > front_end) front->dirty_from = front_end;
+    cache_push_front(front);
+  } else {
+    if (guarded && !os::protect_none(new_base, kGuard)) return;  // keep it whole
+    os::unmap(b->map_base, size_t(new_base - b->map_base));
+    mapped_bytes -= size_t(new_base - b->map_base);
+  }
+  b->map_size -= size_t(new_base - b->map_base);
+  b->map_base = new_base;
+  b->begin = new_begin;
+  if (b->dirty_from < new_begin) b->dirty_from = new_begin;
+}
+
 // Best-fitting cached mapping for `inner` read-write bytes and a tail of at
-// least `tail`. A mapping much bigger than needed loses its front (munmap, and
-// a new guard by mprotect): two syscalls, but the pages kept stay resident,
-// where a fresh mapping would fault on every page.
+// least `tail`; a much bigger one is split (split_front). Either way no page
+// faults for the pages still resident, where a fresh mapping would fault on
+// every page.
 static LargeBlock* cache_take(size_t inner, size_t tail, bool guarded) {
   LargeBlock* best = nullptr;
   for (LargeBlock* b = cache_head; b; b = b->next) {
@@ -106,18 +147,7 @@ static LargeBlock* cache_take(size_t inner, size_t tail, bool guarded) {
   }
   if (!best) return nullptr;
   cache_unlink(best);
-  size_t excess = size_t(best->end - best->begin) - inner;
-  if (excess > inner / 4) {
-    char* new_begin = best->end - inner;
-    char* new_base = new_begin - (guarded ? kGuard : 0);
-    if (guarded && !os::protect_none(new_base, kGuard)) return best;  // keep it whole
-    os::unmap(best->map_base, size_t(new_base - best->map_base));
-    mapped_bytes -= size_t(new_base - best->map_base);
-    best->map_size -= size_t(new_base - best->map_base);
-    best->map_base = new_base;
-    best->begin = new_begin;
-    if (best->dirty_from < new_begin) best->dirty_from = new_begin;
-  }
+  if (size_t(best->end - best->begin) - inner > inner / 4) split_front(best, inner);
   return best;
 }
 
