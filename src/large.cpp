@@ -267,13 +267,21 @@ void* alloc(size_t size, size_t alignment, bool zero) {
 // Growable blocks: user == begin, and [user + usable, end) holds the canary.
 static size_t growable_usable(size_t size) { return align_up(size, 16); }
 
-static void fill_canary(char* from, char* to) {
-  if (from < to) __builtin_memset(from, kCanary, size_t(to - from));
+// The canary of a growable block: up to 16 bytes right after its usable
+// end, as many as fit before the end of the read-write part.
+constexpr size_t kGrowableCanary = 16;
+
+static void set_canary(const LargeBlock* b) {
+  char* from = b->user + growable_usable(b->size);
+  size_t n = size_t(b->end - from) < kGrowableCanary ? size_t(b->end - from) : kGrowableCanary;
+  __builtin_memset(from, kCanary, n);
 }
 
 static void check_canary(const LargeBlock* b) {
-  for (const char* p = b->user + growable_usable(b->size); p < b->end; p++) {
-    if (static_cast<unsigned char>(*p) != kCanary) fatal("heap overflow past the end of large block", b->user);
+  const char* from = b->user + growable_usable(b->size);
+  size_t n = size_t(b->end - from) < kGrowableCanary ? size_t(b->end - from) : kGrowableCanary;
+  for (size_t i = 0; i < n; i++) {
+    if (static_cast<unsigned char>(from[i]) != kCanary) fatal("heap overflow past the end of large block", b->user);
   }
 }
 
@@ -315,7 +323,7 @@ void* alloc_growable(size_t size) {
     errno = ENOMEM;
     return nullptr;
   }
-  fill_canary(b->user + growable_usable(size), b->end);
+  set_canary(b);
   return b->user;
 }
 
@@ -385,23 +393,23 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
     b->begin = b->user = begin;
     b->end = begin + rw;
   } else if (b->begin + rw > b->end) {
-    if (!os::protect_rw(b->end, size_t(b->begin + rw - b->end))) return false;
-    b->end = b->begin + rw;
-  } else if (b->begin + rw < b->end) {
-    // Shrunk by whole pages: give them back and make them a guard again.
+    // Open a quarter more than asked at once: one mprotect per step of
+    // growth, not per page (the pages cost nothing until touched).
+    size_t step = align_up(have / 4, kGuard);
+    size_t room = size_t(b->map_end() - kGuard - b->begin);
+    size_t open = rw > have + step ? rw : have + step;
+    if (open > room) open = room;
+    if (!os::protect_rw(b->end, open - have)) return false;
+    b->end = b->begin + open;
+  } else if (rw < have / 2) {
+    // Shrunk to less than half: give the rest back, a guard again.
     char* new_end = b->begin + rw;
     os::purge(new_end, size_t(b->end - new_end));
     os::protect_none(new_end, size_t(b->end - new_end));
     b->end = new_end;
   }
-  // [old canary, old end) is canary still; bytes given up by the block and
-  // new pages get it now.
-  char* old_canary = b->user + growable_usable(b->size);
-  char* old_end = b->user + have;
-  char* canary = b->user + growable_usable(new_size);
-  if (canary < old_canary) fill_canary(canary, old_canary < b->end ? old_canary : b->end);
-  fill_canary(canary > old_end ? canary : old_end, b->end);
   set_size(b, new_size);
+  set_canary(b);
   return true;
 }
 
