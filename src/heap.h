@@ -107,7 +107,7 @@ MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
   bump(page->allocated);
   b->cookie = 0;
 #if MAPALLOC_SECURE
-  canary_set(page, b, block_index_unchecked(page, b), size);
+  canary_set_fresh(page, b, block_index_unchecked(page, b), size);
 #endif
   return b;
 }

@@ -128,46 +128,65 @@ MAPALLOC_INLINE uint64_t canary_word(const void* block) {
   return std::rotl(reinterpret_cast<uintptr_t>(block) ^ keys.canary, 23);
 }
 
+// The canary's word sits at block_size - max(slack, 8); its bytes in mask
+// (the top min(slack, 8) of them, none for an exact fit) are the canary.
+// Computed without branches but for exact fits: slack varies from block to
+// block, and a mispredicted branch costs more than these few instructions.
+struct CanarySpot {
+  size_t offset;
+  uint64_t mask;
+};
+MAPALLOC_INLINE CanarySpot canary_spot(size_t block_size, size_t slack) {
+  size_t covered = slack < 8 ? slack : 8;
+  uint64_t mask = ~((~uint64_t(0) >> (4 * covered)) >> (4 * covered));  // no shift by 64
+  return {block_size - (slack > 8 ? slack : 8), mask};
+}
+
+MAPALLOC_INLINE void canary_record_slack(const Page* page, void* block, uint64_t index, size_t slack) {
+  page->slack[index] = uint8_t(slack < 255 ? slack : 255);
+  if (MAPALLOC_UNLIKELY(slack >= 255)) {
+    uint32_t exact = uint32_t(slack);
+    __builtin_memcpy(static_cast<char*>(block) + page->block_size - 4, &exact, 4);
+  }
+}
+
+// For a block being handed out: its bytes are not the caller's yet, so the
+// whole word is written, one store and no load.
+MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, uint64_t index, size_t size) {
+  size_t slack = page->block_size - size;
+  canary_record_slack(page, block, index, slack);
+  if (!slack) return;  // exact fits: nothing to write, nothing to check
+  uint64_t w = canary_word(block);
+  __builtin_memcpy(static_cast<char*>(block) + canary_spot(page->block_size, slack).offset, &w, 8);
+}
+
+// For a live block (realloc in place): only the canary's bytes change.
 MAPALLOC_INLINE void canary_set(const Page* page, void* block, uint64_t index, size_t size) {
   size_t slack = page->block_size - size;
-  page->slack[index] = uint8_t(slack < 255 ? slack : 255);
-  if (!slack) return;
-  char* b = static_cast<char*>(block);
-  uint64_t w = canary_word(block);
-  if (slack >= 8) {
-    __builtin_memcpy(b + size, &w, 8);
-    if (MAPALLOC_UNLIKELY(slack >= 255)) {
-      uint32_t exact = uint32_t(slack);
-      __builtin_memcpy(b + page->block_size - 4, &exact, 4);
-    }
-  } else {
-    // Fewer than 8 bytes: they are the top of the block's last word.
-    uint64_t last, mask = ~uint64_t(0) << (8 * (8 - slack));
-    __builtin_memcpy(&last, b + page->block_size - 8, 8);
-    last = (last & ~mask) | (w & mask);
-    __builtin_memcpy(b + page->block_size - 8, &last, 8);
-  }
+  canary_record_slack(page, block, index, slack);
+  CanarySpot spot = canary_spot(page->block_size, slack);
+  char* at = static_cast<char*>(block) + spot.offset;
+  uint64_t word;
+  __builtin_memcpy(&word, at, 8);
+  word ^= (word ^ canary_word(block)) & spot.mask;
+  __builtin_memcpy(at, &word, 8);
 }
 
 // The block's slack, or SIZE_MAX when its canary is broken.
 MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block, uint64_t index) {
   size_t slack = page->slack[index];
-  if (MAPALLOC_LIKELY(slack == 0)) return 0;
+  if (!slack) return 0;
   const char* b = static_cast<const char*>(block);
-  uint64_t w = canary_word(block), got;
-  if (slack < 8) {
-    uint64_t mask = ~uint64_t(0) << (8 * (8 - slack));
-    __builtin_memcpy(&got, b + page->block_size - 8, 8);
-    return ((got ^ w) & mask) == 0 ? slack : SIZE_MAX;
-  }
   if (MAPALLOC_UNLIKELY(slack == 255)) {
     uint32_t exact;
     __builtin_memcpy(&exact, b + page->block_size - 4, 4);
     if (exact < 255 || exact > page->block_size) return SIZE_MAX;
     slack = exact;
   }
-  __builtin_memcpy(&got, b + page->block_size - slack, 8);
-  return got == w ? slack : SIZE_MAX;
+  CanarySpot spot = canary_spot(page->block_size, slack);
+  uint64_t word;
+  __builtin_memcpy(&word, b + spot.offset, 8);
+  return ((word ^ canary_word(block)) & spot.mask) == 0 ? slack : SIZE_MAX;
 }
 
 // Slow paths of page.cpp.
