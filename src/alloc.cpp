@@ -26,6 +26,7 @@ void free_slow(void* p, uintptr_t entry) noexcept {
   if (!p) return;
   if (!entry) report_invalid_free(p);
   if (pagemap::is_zero(entry)) return zero::free(p);
+  if (pagemap::is_slow_page(entry)) return quarantine_free(pagemap::as_page(entry), p);
   large::free(pagemap::as_large(entry), p);
 }
 

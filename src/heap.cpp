@@ -3,6 +3,7 @@
 #include "heap.h"
 
 #include "arena.h"
+#include "options.h"
 #include "zero.h"
 #include "thread.h"
 
@@ -162,7 +163,74 @@ void* heap_malloc_slow(Heap* heap, size_t size) noexcept {
   return heap_malloc(heap, size);
 }
 
+// ---------------------------------------------------------------- quarantine
+
+constexpr unsigned char kQuarantineFill = 0xDF;
+
+// Bytes of the block the program asked for (its canary follows them).
+static size_t requested_bytes(const Page* page, const void* p, uint64_t index) {
+#if MAPALLOC_SECURE
+  size_t slack = canary_check(page, p, index);
+  if (slack == SIZE_MAX) report_overflow(p);
+  return page->block_size - slack;
+#else
+  (void)p, (void)index;
+  return page->block_size;
+#endif
+}
+
+static void quarantine_release_oldest(Heap* heap) {
+  Quarantine& q = heap->quarantine;
+  void* p = q.ring[q.head];
+  q.head = (q.head + 1) % kQuarantineSlots;
+  q.count--;
+  Page* page = pagemap::as_page(pagemap::lookup(p));
+  q.bytes -= page->block_size;
+  uint64_t index = block_index_unchecked(page, p);
+#if MAPALLOC_SECURE
+  // A canary inside the first 16 bytes (requests under 16) met the cookie
+  // when the block came in: only the others can still be checked.
+  size_t slack = page->slack[index];
+  if (slack == 255) __builtin_memcpy(&slack, static_cast<char*>(p) + page->block_size - 4, 4), slack &= 0xffffffffu;
+  size_t used = page->block_size - slack;
+  if (used >= sizeof(Block) && canary_check(page, p, index) == SIZE_MAX) report_overflow(p);
+#else
+  size_t used = page->block_size;
+#endif
+  const unsigned char* c = static_cast<const unsigned char*>(p);
+  for (size_t i = sizeof(Block); i < used; i++) {
+    if (c[i] != kQuarantineFill) fatal("write after free (into a quarantined block) at", p);
+  }
+  static_cast<Block*>(p)->cookie = 0;
+#if MAPALLOC_SECURE
+  canary_set(page, p, index, used);  // whole again for heap_free's check
+#endif
+  heap_free(page, p);
+}
+
+void quarantine_free(Page* page, void* p) noexcept {
+  Heap* heap = tls_heap;
+  if (heap == &empty_heap) return heap_free(page, p);  // no heap, nowhere to hold it
+  uint32_t index = block_index(page, p);
+  if (index == UINT32_MAX) return report_invalid_free(p);
+  Block* b = static_cast<Block*>(p);
+  if (b->cookie == freed_cookie(b)) return report_double_free(p);
+  size_t used = requested_bytes(page, p, index);
+  if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
+  b->cookie = freed_cookie(b);
+  Quarantine& q = heap->quarantine;
+  q.ring[(q.head + q.count) % kQuarantineSlots] = p;
+  q.count++;
+  q.bytes += page->block_size;
+  while (q.count == kQuarantineSlots || q.bytes > options.quarantine) quarantine_release_oldest(heap);
+}
+
+static void quarantine_flush(Heap* heap) {
+  while (heap->quarantine.count) quarantine_release_oldest(heap);
+}
+
 void heap_collect(Heap* heap, bool release_current) {
+  quarantine_flush(heap);
   for (unsigned c = 0; c < kNumClasses; c++) {
     Page* page = heap->current[c];
     if (page != &empty_page) {

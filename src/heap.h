@@ -52,6 +52,18 @@ struct HeapStats {
   Counter remote_frees[kNumClasses] = {};  // frees by this thread into other heaps' pages
 };
 
+// quarantine=<bytes>: the thread's last freed small blocks, held back (FIFO)
+// before they really go free. Filled with a pattern that is checked when
+// they leave, so writes after free are caught; still marked freed, so a
+// second free is caught too. Owner-only.
+constexpr uint32_t kQuarantineSlots = 512;
+struct Quarantine {
+  void* ring[kQuarantineSlots] = {};
+  uint32_t head = 0;
+  uint32_t count = 0;
+  size_t bytes = 0;
+};
+
 struct Heap {
   // Owner-only. current[c] is never null: &empty_page when the heap has none.
   Page* current[kNumClasses + 1];  // + kZeroClass, always &empty_page
@@ -60,6 +72,7 @@ struct Heap {
   uint32_t full_count = 0;
   uint32_t fresh_since_sweep = 0;
   HeapStats stats;
+  Quarantine quarantine;
   // Under the heap pool lock (thread.cpp).
   Heap* next_all = nullptr;
   Heap* next_abandoned = nullptr;
@@ -142,6 +155,9 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   if (MAPALLOC_UNLIKELY(index >= page->capacity)) return report_invalid_free(p);
   heap_free_remote(heap, page, b);
 }
+
+// Frees through the quarantine (options.quarantine != 0).
+void quarantine_free(Page* page, void* p) noexcept;
 
 // Whole-heap operations (heap.cpp).
 // Collects every page's pending frees and gives empty pages back.

@@ -19,8 +19,12 @@ struct Options {
   bool stats = false;             // print statistics at exit
   bool verbose = false;           // print the options in effect at start-up
   bool madv_free = false;         // purge with MADV_FREE instead of MADV_DONTNEED
+  bool random = false;            // hand out a page's fresh blocks in random order
+  size_t quarantine = 0;          // bytes of freed small blocks each thread holds back (0: off)
 };
 extern Options options;
+
+constexpr size_t kMaxQuarantine = 1 << 30;
 
 // Below one page-map slot two large blocks could share a slot's entry.
 constexpr size_t kMinThreshold = 64 * 1024;

@@ -1,6 +1,7 @@
 #include "page.h"
 
 #include "base/log.h"
+#include "options.h"
 
 namespace mapalloc {
 
@@ -97,9 +98,24 @@ bool page_extend(Page* page) {
   uint32_t n = page->block_size >= 4096 ? 1 : 4096 / page->block_size;
   if (n > page->capacity - page->carved) n = page->capacity - page->carved;
   char* first = page->start + size_t(page->carved) * page->block_size;
+  // With random=1 the fresh blocks go on the list in a random order, so the
+  // address of the next block cannot be predicted from the last one.
+  uint16_t order[4096 / kMinBlock];
+  for (uint32_t i = 0; i < n; i++) order[i] = uint16_t(i);
+  if (options.random) {
+    static __thread uint64_t rng = 0;
+    if (!rng) rng = (keys.link ^ reinterpret_cast<uintptr_t>(&rng)) | 1;
+    for (uint32_t i = n; i > 1; i--) {
+      rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;  // xorshift64
+      uint32_t j = uint32_t(rng % i);
+      uint16_t t = order[i - 1];
+      order[i - 1] = order[j];
+      order[j] = t;
+    }
+  }
   Block* next = page->free;  // free is empty when we extend, but keep it general
   for (uint32_t i = n; i-- > 0;) {
-    Block* b = reinterpret_cast<Block*>(first + size_t(i) * page->block_size);
+    Block* b = reinterpret_cast<Block*>(first + size_t(order[i]) * page->block_size);
     b->link = encode_link(b, next);
     b->cookie = freed_cookie(b);
     next = b;

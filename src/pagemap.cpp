@@ -6,6 +6,7 @@ namespace mapalloc::pagemap {
 
 // 256 KiB of zeroed .bss: untouched entries cost no memory.
 std::atomic<Leaf*> root[size_t(1) << kRootBits];
+uintptr_t page_tag = kPageTag;
 
 static Leaf* leaf_for(uintptr_t slot) {
   auto& r = root[slot >> kLeafBits];

@@ -34,19 +34,25 @@ MAPALLOC_INLINE uintptr_t lookup(const void* p) {
   return (*leaf)[(a >> kSlotShift) & ((size_t(1) << kLeafBits) - 1)].load(std::memory_order_relaxed);
 }
 
+// Page entries carry a tag in their low bits: kPageTag, or kSlowPageTag when
+// every free must take the slow path (quarantine=, chosen at start-up), so
+// that the fast path's single test also keeps the quarantine off it.
 constexpr uintptr_t kPageTag = 1;
-constexpr uintptr_t kZeroEntry = 2;  // the malloc(0) region (zero.h)
+constexpr uintptr_t kSlowPageTag = 2;
+constexpr uintptr_t kZeroEntry = 2;  // the malloc(0) region (zero.h); no page is at address 0
 MAPALLOC_INLINE bool is_page(uintptr_t entry) { return entry & kPageTag; }
 MAPALLOC_INLINE bool is_zero(uintptr_t entry) { return entry == kZeroEntry; }
-MAPALLOC_INLINE bool is_large(uintptr_t entry) { return entry > kZeroEntry && !(entry & kPageTag); }
-MAPALLOC_INLINE Page* as_page(uintptr_t entry) { return reinterpret_cast<Page*>(entry - kPageTag); }
+MAPALLOC_INLINE bool is_slow_page(uintptr_t entry) { return (entry & 3) == kSlowPageTag && entry != kZeroEntry; }
+MAPALLOC_INLINE bool is_large(uintptr_t entry) { return entry > kZeroEntry && !(entry & 3); }
+MAPALLOC_INLINE Page* as_page(uintptr_t entry) { return reinterpret_cast<Page*>(entry & ~uintptr_t(3)); }
 MAPALLOC_INLINE LargeBlock* as_large(uintptr_t entry) { return reinterpret_cast<LargeBlock*>(entry); }
 
 // Sets the entries of [p, p + size) (slot granularity); false if a leaf could
 // not be mapped. Callers serialise writes to the same slots.
 bool set(const void* p, size_t size, uintptr_t entry);
+extern uintptr_t page_tag;  // kPageTag, or kSlowPageTag with a quarantine
 inline bool set_page(const void* p, size_t size, Page* page) {
-  return set(p, size, reinterpret_cast<uintptr_t>(page) | kPageTag);
+  return set(p, size, reinterpret_cast<uintptr_t>(page) | page_tag);
 }
 
 }  // namespace pagemap

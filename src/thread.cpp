@@ -9,6 +9,7 @@
 #include "base/lock.h"
 #include "heap.h"
 #include "large.h"
+#include "pagemap.h"
 #include "zero.h"
 #include "meta.h"
 #include "options.h"
@@ -41,6 +42,8 @@ void ensure_init() {
       if (sysconf(_SC_PAGESIZE) != long(os::kPageSize)) fatal("unsupported OS page size");
       load_options_from_environment();
       if (options.verbose) print_options();
+      // Before the first page exists: every page's frees then take the slow path.
+      if (options.quarantine) pagemap::page_tag = pagemap::kSlowPageTag;
       keys.link = os::random_u64();
       keys.cookie = os::random_u64();
       if (pthread_key_create(&exit_key, thread_exit) != 0) fatal("cannot create the thread-exit key");

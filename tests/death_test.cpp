@@ -371,6 +371,73 @@ TEST(Misuse, WriteAfterFreeCaughtAtNextHandout) {
       "mapalloc: heap corruption");
 }
 
+// ------------------------------------------------ options: quarantine, random
+// Options are read when a process first allocates; a death test's child is a
+// fresh process (threadsafe style), so it sees the environment set here.
+
+struct ScopedOptions {
+  explicit ScopedOptions(const char* value) { setenv("MAPALLOC_OPTIONS", value, 1); }
+  ~ScopedOptions() { unsetenv("MAPALLOC_OPTIONS"); }
+};
+
+TEST(Quarantine, WriteAfterFreeBeyondFirst16BytesCaught) {
+  ScopedOptions opts("quarantine=64k");
+  EXPECT_DEATH(
+      {
+        char* p = static_cast<char*>(mapalloc_malloc(200));
+        memset(p, 1, 200);
+        mapalloc_free(p);
+        p[150] = 7;
+        for (int i = 0; i < 2000; i++) mapalloc_free(mapalloc_malloc(200));
+      },
+      "mapalloc: write after free \\(into a quarantined block\\) at 0x");
+}
+
+TEST(Quarantine, DoubleFreeWhileQuarantinedCaught) {
+  ScopedOptions opts("quarantine=64k");
+  EXPECT_DEATH(
+      {
+        void* p = mapalloc_malloc(40);
+        mapalloc_free(p);
+        mapalloc_free(p);
+      },
+      "mapalloc: double free of 0x");
+}
+
+TEST(Quarantine, HeldBlocksAreNotReusedAtOnce) {
+  ScopedOptions opts("quarantine=1m");
+  EXPECT_EXIT(
+      {
+        void* first = mapalloc_malloc(64);
+        mapalloc_free(first);
+        bool reused = false;
+        void* keep[100];
+        for (void*& k : keep) {
+          k = mapalloc_malloc(64);
+          reused |= k == first;
+        }
+        for (void* k : keep) mapalloc_free(k);
+        std::_Exit(reused ? 1 : 0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST(RandomOrder, FreshBlocksAreNotHandedOutInAddressOrder) {
+  ScopedOptions opts("random=1");
+  EXPECT_EXIT(
+      {
+        char* prev = static_cast<char*>(mapalloc_malloc(64));
+        int sequential = 0;
+        for (int i = 0; i < 200; i++) {
+          char* p = static_cast<char*>(mapalloc_malloc(64));
+          sequential += p == prev + 64;
+          prev = p;
+        }
+        std::_Exit(sequential < 50 ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
 int main(int argc, char** argv) {
   // No core files from the processes these tests kill on purpose.
   struct rlimit no_core = {0, 0};
