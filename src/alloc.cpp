@@ -46,7 +46,7 @@ void* alloc_aligned(size_t alignment, size_t size) noexcept {
       // The canary goes after the requested size, not the class size.
       if (p) {
         Page* page = pagemap::as_page(pagemap::lookup(p));
-        canary_set(page, p, block_index_unchecked(page, p), size);
+        canary_set(page, p, slack_slot(page, p), size);
       }
 #endif
       return p;
@@ -78,7 +78,7 @@ static Page* checked_page(const void* p, uintptr_t entry, const char* what, size
   if (b->cookie == freed_cookie(b)) fatal("use of freed block", p);
   *usable = page->block_size;
 #if MAPALLOC_SECURE
-  size_t slack = canary_check(page, p, index);
+  size_t slack = canary_check(page, p, slack_slot(page, p));
   if (slack == SIZE_MAX) report_overflow(p);
   *usable -= slack;
 #endif
@@ -129,7 +129,7 @@ void* reallocate(void* p, size_t size) noexcept {
     if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
     if (size <= page->block_size && size >= page->block_size / 2) {
 #if MAPALLOC_SECURE
-      canary_set(page, p, block_index_unchecked(page, p), size);
+      canary_set(page, p, slack_slot(page, p), size);
 #endif
       return p;
     }

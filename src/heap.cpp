@@ -168,13 +168,13 @@ void* heap_malloc_slow(Heap* heap, size_t size) noexcept {
 constexpr unsigned char kQuarantineFill = 0xDF;
 
 // Bytes of the block the program asked for (its canary follows them).
-static size_t requested_bytes(const Page* page, const void* p, uint64_t index) {
+static size_t requested_bytes(const Page* page, const void* p) {
 #if MAPALLOC_SECURE
-  size_t slack = canary_check(page, p, index);
+  size_t slack = canary_check(page, p, slack_slot(page, p));
   if (slack == SIZE_MAX) report_overflow(p);
   return page->block_size - slack;
 #else
-  (void)p, (void)index;
+  (void)p;
   return page->block_size;
 #endif
 }
@@ -186,14 +186,14 @@ static void quarantine_release_oldest(Heap* heap) {
   q.count--;
   Page* page = pagemap::as_page(pagemap::lookup(p));
   q.bytes -= page->block_size;
-  uint64_t index = block_index_unchecked(page, p);
+  uint64_t slot = slack_slot(page, p);
 #if MAPALLOC_SECURE
   // A canary inside the first 16 bytes (requests under 16) met the cookie
   // when the block came in: only the others can still be checked.
-  size_t slack = page->slack[index];
+  size_t slack = page->slack[slot];
   if (slack == 255) __builtin_memcpy(&slack, static_cast<char*>(p) + page->block_size - 4, 4), slack &= 0xffffffffu;
   size_t used = page->block_size - slack;
-  if (used >= sizeof(Block) && canary_check(page, p, index) == SIZE_MAX) report_overflow(p);
+  if (used >= sizeof(Block) && canary_check(page, p, slot) == SIZE_MAX) report_overflow(p);
 #else
   size_t used = page->block_size;
 #endif
@@ -203,7 +203,7 @@ static void quarantine_release_oldest(Heap* heap) {
   }
   static_cast<Block*>(p)->cookie = 0;
 #if MAPALLOC_SECURE
-  canary_set(page, p, index, used);  // whole again for heap_free's check
+  canary_set(page, p, slot, used);  // whole again for heap_free's check
 #endif
   heap_free(page, p);
 }
@@ -215,7 +215,7 @@ void quarantine_free(Page* page, void* p) noexcept {
   if (index == UINT32_MAX) return report_invalid_free(p);
   Block* b = static_cast<Block*>(p);
   if (b->cookie == freed_cookie(b)) return report_double_free(p);
-  size_t used = requested_bytes(page, p, index);
+  size_t used = requested_bytes(page, p);
   if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
   b->cookie = freed_cookie(b);
   Quarantine& q = heap->quarantine;

@@ -120,7 +120,7 @@ MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
   bump(page->allocated);
   b->cookie = 0;
 #if MAPALLOC_SECURE
-  canary_set_fresh(page, b, block_index_unchecked(page, b), size);
+  canary_set_fresh(page, b, slack_slot(page, b), size);
 #endif
   return b;
 }
@@ -138,7 +138,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
     // Never handed out (also catches index >= capacity, as carved <= capacity).
     if (MAPALLOC_UNLIKELY(index >= page->carved)) return report_invalid_free(p);
 #if MAPALLOC_SECURE
-    if (MAPALLOC_UNLIKELY(canary_check(page, p, index) == SIZE_MAX)) return report_overflow(p);
+    if (MAPALLOC_UNLIKELY(canary_check(page, p, offset / kMinBlock) == SIZE_MAX)) return report_overflow(p);
 #endif
     b->link = encode_link(b, page->local_free);
     b->cookie = freed_cookie(b);

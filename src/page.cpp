@@ -47,10 +47,10 @@ void report_overflow(const void* block) noexcept {
 // (link and cookie), so a canary starting inside them is not checked.
 static MAPALLOC_INLINE void check_remote_canary(const Page* page, const Block* b) {
 #if MAPALLOC_SECURE
-  uint64_t index = block_index_unchecked(page, b);
-  size_t slack = page->slack[index];
+  uint64_t slot = slack_slot(page, b);
+  size_t slack = page->slack[slot];
   if (!slack || (slack != 255 && page->block_size - slack < sizeof(Block))) return;
-  if (canary_check(page, b, index) == SIZE_MAX) report_overflow(b);
+  if (canary_check(page, b, slot) == SIZE_MAX) report_overflow(b);
 #else
   (void)page;
   (void)b;

@@ -81,7 +81,8 @@ struct Page {
   std::atomic<Heap*> heap{nullptr};
 
   // Per block, the bytes between its requested size and block_size (255:
-  // see canary_set). Out of line, in the chunk's descriptor.
+  // see the canaries below), at slack[slack_slot(block)]. Out of line, in an
+  // array of the chunk's: one byte per 16 bytes of the slot.
   uint8_t* slack = nullptr;
 
   // Arena-only, under the arena lock.
@@ -117,11 +118,18 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
 // up to 8 of them, hold a word derived from the secret and the block's
 // address, checked when the block is freed or reallocated: a write past the
 // end of a small block is caught then. The slack itself is kept out of line,
-// one byte per block; 255 means "at least 255, exact value in the block's
+// one byte per block (Page::slack); 255 means "at least 255, exact value in the block's
 // last four bytes" (never reached by an overflow that spared the canary).
 MAPALLOC_INLINE uint64_t block_index_unchecked(const Page* page, const void* p) {
   uint64_t offset = uint64_t(reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(page->start));
   return (offset * page->reciprocal) >> kReciprocalShift;
+}
+
+// Where a block's slack byte is: one byte per 16 bytes of the page (a run's
+// slots are contiguous in the chunk's array), so finding it takes a shift,
+// not the multiply that finds the block's index.
+MAPALLOC_INLINE uint64_t slack_slot(const Page* page, const void* p) {
+  return uint64_t(reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(page->start)) / kMinBlock;
 }
 
 MAPALLOC_INLINE uint64_t canary_word(const void* block) {
@@ -142,8 +150,8 @@ MAPALLOC_INLINE CanarySpot canary_spot(size_t block_size, size_t slack) {
   return {block_size - (slack > 8 ? slack : 8), mask};
 }
 
-MAPALLOC_INLINE void canary_record_slack(const Page* page, void* block, uint64_t index, size_t slack) {
-  page->slack[index] = uint8_t(slack < 255 ? slack : 255);
+MAPALLOC_INLINE void canary_record_slack(const Page* page, void* block, uint64_t slot, size_t slack) {
+  page->slack[slot] = uint8_t(slack < 255 ? slack : 255);
   if (MAPALLOC_UNLIKELY(slack >= 255)) {
     uint32_t exact = uint32_t(slack);
     __builtin_memcpy(static_cast<char*>(block) + page->block_size - 4, &exact, 4);
@@ -152,18 +160,18 @@ MAPALLOC_INLINE void canary_record_slack(const Page* page, void* block, uint64_t
 
 // For a block being handed out: its bytes are not the caller's yet, so the
 // whole word is written, one store and no load.
-MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, uint64_t index, size_t size) {
+MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, uint64_t slot, size_t size) {
   size_t slack = page->block_size - size;
-  canary_record_slack(page, block, index, slack);
+  canary_record_slack(page, block, slot, slack);
   if (!slack) return;  // exact fits: nothing to write, nothing to check
   uint64_t w = canary_word(block);
   __builtin_memcpy(static_cast<char*>(block) + canary_spot(page->block_size, slack).offset, &w, 8);
 }
 
 // For a live block (realloc in place): only the canary's bytes change.
-MAPALLOC_INLINE void canary_set(const Page* page, void* block, uint64_t index, size_t size) {
+MAPALLOC_INLINE void canary_set(const Page* page, void* block, uint64_t slot, size_t size) {
   size_t slack = page->block_size - size;
-  canary_record_slack(page, block, index, slack);
+  canary_record_slack(page, block, slot, slack);
   CanarySpot spot = canary_spot(page->block_size, slack);
   char* at = static_cast<char*>(block) + spot.offset;
   uint64_t word;
@@ -173,8 +181,8 @@ MAPALLOC_INLINE void canary_set(const Page* page, void* block, uint64_t index, s
 }
 
 // The block's slack, or SIZE_MAX when its canary is broken.
-MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block, uint64_t index) {
-  size_t slack = page->slack[index];
+MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block, uint64_t slot) {
+  size_t slack = page->slack[slot];
   if (!slack) return 0;
   const char* b = static_cast<const char*>(block);
   if (MAPALLOC_UNLIKELY(slack == 255)) {
