@@ -2,6 +2,8 @@
 // moving pages between the class queues and the full list, remote frees.
 #include "heap.h"
 
+#include <bit>
+
 #include "arena.h"
 #include "options.h"
 #include "zero.h"
@@ -167,6 +169,10 @@ void* heap_malloc_slow(Heap* heap, size_t size) noexcept {
 
 constexpr unsigned char kQuarantineFill = 0xDF;
 
+// A held block's first word, so that writes there show too (its second word
+// is the freed cookie).
+static uintptr_t quarantine_tag(const void* p) { return std::rotl(reinterpret_cast<uintptr_t>(p) ^ keys.cookie, 29); }
+
 // Bytes of the block the program asked for (its canary follows them).
 static size_t requested_bytes(const Page* page, const void* p) {
 #if MAPALLOC_SECURE
@@ -197,6 +203,8 @@ static void quarantine_release_oldest(Heap* heap) {
 #else
   size_t used = page->block_size;
 #endif
+  const Block* b = static_cast<const Block*>(p);
+  if (b->link != quarantine_tag(p) || b->cookie != freed_cookie(b)) fatal("write after free (into a quarantined block) at", p);
   const unsigned char* c = static_cast<const unsigned char*>(p);
   for (size_t i = sizeof(Block); i < used; i++) {
     if (c[i] != kQuarantineFill) fatal("write after free (into a quarantined block) at", p);
@@ -217,6 +225,7 @@ void quarantine_free(Page* page, void* p) noexcept {
   if (b->cookie == freed_cookie(b)) return report_double_free(p);
   size_t used = requested_bytes(page, p);
   if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
+  b->link = quarantine_tag(p);
   b->cookie = freed_cookie(b);
   Quarantine& q = heap->quarantine;
   q.ring[(q.head + q.count) % kQuarantineSlots] = p;

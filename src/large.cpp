@@ -68,8 +68,17 @@ static void cache_push_front(LargeBlock* b) {
   cache_dirty += dirty_size(b);
 }
 
+// A freed block keeps its page-map entry while its mapping is cached, so a
+// second free reads "double free" rather than "invalid free"; the entry goes
+// when the mapping is reused for another block, split away or released.
+static void forget_user(LargeBlock* b) {
+  if (b->user) pagemap::set(b->user, 1, 0);
+  b->user = nullptr;
+}
+
 // Releases a descriptor's mapping; lock held.
 static void release(LargeBlock* b) {
+  forget_user(b);
   os::unmap(b->map_base, b->map_size);
   mapped_bytes -= b->map_size;
   b->next = spare;
@@ -107,6 +116,7 @@ constexpr size_t kMinSplitInner = 128 * KiB;
 static void split_front(LargeBlock* b, size_t inner) {
   bool guarded = b->guarded;
   char* new_begin = b->end - inner;
+  if (b->user < new_begin) forget_user(b);  // its start is not in what b keeps
   char* new_base = new_begin - (guarded ? kGuard : 0);
   char* front_end = new_base - (guarded ? kGuard : 0);  // front's tail guard below new_base
   LargeBlock* front = nullptr;
@@ -118,6 +128,7 @@ static void split_front(LargeBlock* b, size_t inner) {
       return;  // keep b whole
     }
     *front = *b;
+    front->user = nullptr;
     front->map_size = size_t(new_base - b->map_base);
     front->end = front_end;
     if (front->dirty_from > front_end) front->dirty_from = front_end;
@@ -200,6 +211,7 @@ static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bo
 
 // Hands out b with the block at user; false if the page map could not grow.
 static bool publish(LargeBlock* b, char* user, size_t size, uint64_t now) {
+  if (b->user != user) forget_user(b);  // the entry of the block it held before
   b->user = user;
   b->size = size;
   b->live = true;
@@ -331,13 +343,11 @@ void free(LargeBlock* b, void* p) {
   if (MAPALLOC_UNLIKELY(!b->live)) fatal("double free of large block", p);
   if (MAPALLOC_UNLIKELY(p != b->user)) fatal("invalid free (interior pointer into large block)", p);
   if (b->growable) check_canary(b);
-  pagemap::set(b->user, 1, 0);
   uint64_t now = os::now_ms();
   LockGuard guard(lock);
   live_count--;
   live_bytes -= b->size;
-  b->live = false;
-  b->user = nullptr;
+  b->live = false;  // b->user and its page-map entry stay: see forget_user
   size_t bound = options.large_cache;
   if (b->growable || b->map_size > bound / 4 || b->guarded != options.guard) {
     release(b);  // not worth caching, or of a layout alloc cannot reuse

@@ -438,6 +438,45 @@ TEST(RandomOrder, FreshBlocksAreNotHandedOutInAddressOrder) {
       ::testing::ExitedWithCode(0), "");
 }
 
+// A freed large block's mapping waits in the cache with its page-map entry,
+// so misuse of it is named for what it is.
+TEST(Misuse, FreedLargeBlockMisuseIsNamed) {
+  skip_unless_secure();
+  for (size_t n : {size_t(200 * KiB), size_t(MiB + 1)}) {
+    EXPECT_DEATH(
+        {
+          void* p = mapalloc_malloc(n);
+          mapalloc_free(p);
+          mapalloc_free(p);
+        },
+        "mapalloc: double free of large block 0x")
+        << "size " << n;
+    EXPECT_DEATH(
+        {
+          void* p = mapalloc_malloc(n);
+          mapalloc_free(p);
+          mapalloc_realloc(p, 10);
+        },
+        "mapalloc: use of freed block 0x")
+        << "size " << n;
+  }
+}
+
+TEST(Quarantine, WriteAfterFreeIntoFirst16BytesCaught) {
+  ScopedOptions opts("quarantine=64k");
+  for (int offset : {0, 8}) {
+    EXPECT_DEATH(
+        {
+          char* p = static_cast<char*>(mapalloc_malloc(200));
+          mapalloc_free(p);
+          p[offset] = 7;
+          for (int i = 0; i < 2000; i++) mapalloc_free(mapalloc_malloc(200));
+        },
+        "mapalloc: write after free \\(into a quarantined block\\)")
+        << "offset " << offset;
+  }
+}
+
 int main(int argc, char** argv) {
   // No core files from the processes these tests kill on purpose.
   struct rlimit no_core = {0, 0};
