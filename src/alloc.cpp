@@ -40,17 +40,7 @@ void* alloc_aligned(size_t alignment, size_t size) noexcept {
     // size, so a class whose size is a multiple of the alignment is aligned.
     unsigned c = size_class(want);
     while (c < kNumClasses && kClasses[c].block_size % alignment != 0) c++;
-    if (c < kNumClasses && kClasses[c].block_size <= threshold) {
-      void* p = heap_malloc(tls_heap, kClasses[c].block_size);
-#if MAPALLOC_SECURE
-      // The canary goes after the requested size, not the class size.
-      if (p) {
-        Page* page = pagemap::as_page(pagemap::lookup(p));
-        canary_set(page, p, slack_slot(page, p), size);
-      }
-#endif
-      return p;
-    }
+    if (c < kNumClasses && kClasses[c].block_size <= threshold) return heap_malloc_class(tls_heap, c, size);
   }
   ensure_init();
   return large::alloc(size, alignment, false);

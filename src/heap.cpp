@@ -34,8 +34,6 @@ static void release_page(Heap* heap, Page* page) {
   arena::free_page(page);
 }
 
-static void collect(Heap*, Page* page) { page_collect(page); }
-
 // Unlinks page from whichever list holds it.
 static void unlink_page(Heap* heap, Page* page) {
   if (page->is_current) {
@@ -87,7 +85,7 @@ static void sweep_full(Heap* heap) {
   for (Page* page = heap->full.head; page;) {
     Page* next = page->next;
     if (page->thread_free.load(std::memory_order_relaxed)) {
-      collect(heap, page);
+      page_collect(page);
       heap->full.remove(page);
       heap->full_count--;
       page->in_full = false;
@@ -106,8 +104,8 @@ static void make_current(Heap* heap, Page* page) {
   heap->current[page->size_class] = page;
 }
 
-static bool has_free_block(Heap* heap, Page* page) {
-  collect(heap, page);
+static bool has_free_block(Page* page) {
+  page_collect(page);
   return page->free || page_extend(page);
 }
 
@@ -115,14 +113,14 @@ static bool has_free_block(Heap* heap, Page* page) {
 static Page* find_page(Heap* heap, unsigned c) {
   Page* page = heap->current[c];
   if (page != &empty_page) {
-    if (has_free_block(heap, page)) return page;
+    if (has_free_block(page)) return page;
     page->is_current = false;
     heap->current[c] = &empty_page;
     move_to_full(heap, page);
   }
   for (int attempt = 0; attempt < 2; attempt++) {
     while ((page = heap->avail[c].pop_front())) {
-      if (has_free_block(heap, page)) {
+      if (has_free_block(page)) {
         make_current(heap, page);
         return page;
       }
@@ -146,10 +144,10 @@ static Page* find_page(Heap* heap, unsigned c) {
   return page;
 }
 
-void* heap_malloc_slow(Heap* heap, size_t size) noexcept {
-  if (size == 0) {
+void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
+  if (c == kZeroClass) {
     if (void* p = zero::alloc()) return p;
-    size = 1;  // the zero-size region is used up: a real block will do
+    c = size_class(1);  // the zero-size region is used up: a real block will do
   }
   if (heap == &empty_heap) {
     heap = thread_heap_init();
@@ -158,11 +156,11 @@ void* heap_malloc_slow(Heap* heap, size_t size) noexcept {
       return nullptr;
     }
   }
-  if (!find_page(heap, size_class(size))) {
+  if (!find_page(heap, c)) {
     errno = ENOMEM;
     return nullptr;
   }
-  return heap_malloc(heap, size);
+  return heap_malloc_class(heap, c, size);
 }
 
 // ---------------------------------------------------------------- quarantine
@@ -173,18 +171,6 @@ constexpr unsigned char kQuarantineFill = 0xDF;
 // is the freed cookie).
 static uintptr_t quarantine_tag(const void* p) { return std::rotl(reinterpret_cast<uintptr_t>(p) ^ keys.cookie, 29); }
 
-// Bytes of the block the program asked for (its canary follows them).
-static size_t requested_bytes(const Page* page, const void* p) {
-#if MAPALLOC_SECURE
-  size_t slack = canary_check(page, p, slack_slot(page, p));
-  if (slack == SIZE_MAX) report_overflow(p);
-  return page->block_size - slack;
-#else
-  (void)p;
-  return page->block_size;
-#endif
-}
-
 static void quarantine_release_oldest(Heap* heap) {
   Quarantine& q = heap->quarantine;
   void* p = q.ring[q.head];
@@ -192,17 +178,7 @@ static void quarantine_release_oldest(Heap* heap) {
   q.count--;
   Page* page = pagemap::as_page(pagemap::lookup(p));
   q.bytes -= page->block_size;
-  uint64_t slot = slack_slot(page, p);
-#if MAPALLOC_SECURE
-  // A canary inside the first 16 bytes (requests under 16) met the cookie
-  // when the block came in: only the others can still be checked.
-  size_t slack = page->slack[slot];
-  if (slack == 255) __builtin_memcpy(&slack, static_cast<char*>(p) + page->block_size - 4, 4), slack &= 0xffffffffu;
-  size_t used = page->block_size - slack;
-  if (used >= sizeof(Block) && canary_check(page, p, slot) == SIZE_MAX) report_overflow(p);
-#else
-  size_t used = page->block_size;
-#endif
+  size_t used = check_canary_past_header(page, p);
   const Block* b = static_cast<const Block*>(p);
   if (b->link != quarantine_tag(p) || b->cookie != freed_cookie(b)) fatal("write after free (into a quarantined block) at", p);
   const unsigned char* c = static_cast<const unsigned char*>(p);
@@ -211,7 +187,7 @@ static void quarantine_release_oldest(Heap* heap) {
   }
   static_cast<Block*>(p)->cookie = 0;
 #if MAPALLOC_SECURE
-  canary_set(page, p, slot, used);  // whole again for heap_free's check
+  canary_set(page, p, slack_slot(page, p), used);  // whole again for heap_free's check
 #endif
   heap_free(page, p);
 }
@@ -223,7 +199,12 @@ void quarantine_free(Page* page, void* p) noexcept {
   if (index == UINT32_MAX) return report_invalid_free(p);
   Block* b = static_cast<Block*>(p);
   if (b->cookie == freed_cookie(b)) return report_double_free(p);
-  size_t used = requested_bytes(page, p);
+  size_t used = page->block_size;
+#if MAPALLOC_SECURE
+  size_t slack = canary_check(page, p, slack_slot(page, p));
+  if (slack == SIZE_MAX) return report_overflow(p);
+  used -= slack;
+#endif
   if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
   b->link = quarantine_tag(p);
   b->cookie = freed_cookie(b);
@@ -243,7 +224,7 @@ void heap_collect(Heap* heap, bool release_current) {
   for (unsigned c = 0; c < kNumClasses; c++) {
     Page* page = heap->current[c];
     if (page != &empty_page) {
-      collect(heap, page);
+      page_collect(page);
       if (page->used_count() == 0 && release_current) {
         unlink_page(heap, page);
         release_page(heap, page);
@@ -251,7 +232,7 @@ void heap_collect(Heap* heap, bool release_current) {
     }
     for (page = heap->avail[c].head; page;) {
       Page* next = page->next;
-      collect(heap, page);
+      page_collect(page);
       if (page->used_count() == 0) {
         unlink_page(heap, page);
         release_page(heap, page);

@@ -88,7 +88,7 @@ extern Heap empty_heap;
 extern __thread Heap* tls_heap;
 extern Counter orphan_frees[kNumClasses];  // remote frees by threads without a heap
 
-void* heap_malloc_slow(Heap* heap, size_t size) noexcept;
+void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept;
 void heap_page_empty(Heap* heap, Page* page) noexcept;
 void heap_page_unfull(Heap* heap, Page* page) noexcept;
 void heap_free_remote(Heap* heap, Page* page, Block* block) noexcept;
@@ -98,15 +98,16 @@ void report_invalid_free(const void* p) noexcept;
 void report_double_free(const void* p) noexcept;
 void* report_corrupted(const Page* page, const void* block) noexcept;
 
-MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
-  unsigned c = size_class(size);
+// A block of class c for a request of size bytes (size <= the class size;
+// the canary goes right after size).
+MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noexcept {
   Page* page = heap->current[c];
   Block* b = page->free;
   if (MAPALLOC_UNLIKELY(!b)) {
     // The owner's own frees first: a malloc/free ping-pong on a page whose
     // fresh blocks are carved one at a time must not live in the slow path.
     b = page->local_free;
-    if (!b) return heap_malloc_slow(heap, size);
+    if (!b) return heap_malloc_slow(heap, c, size);
     page->local_free = nullptr;
   }
   Block* next = decode_link(b);
@@ -123,6 +124,10 @@ MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
   canary_set_fresh(page, b, slack_slot(page, b), size);
 #endif
   return b;
+}
+
+MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
+  return heap_malloc_class(heap, size_class(size), size);
 }
 
 // Frees a block of an arena page (the page map said so).

@@ -40,24 +40,25 @@ void report_overflow(const void* block) noexcept {
   fatal("heap overflow: canary after the end of block broken, block", block);
 }
 
-// Other threads' frees are checked here, by the owner, rather than by the
-// freeing thread: the slack bytes are written by the owner's mallocs, and
-// reading them from another core would bounce their cache line between the
-// two on every producer/consumer hand-off. The free wrote the first 16 bytes
-// (link and cookie), so a canary starting inside them is not checked.
-static MAPALLOC_INLINE void check_remote_canary(const Page* page, const Block* b) {
+size_t check_canary_past_header(const Page* page, const void* block) {
 #if MAPALLOC_SECURE
-  uint64_t slot = slack_slot(page, b);
-  size_t slack = page->slack[slot];
-  if (!slack || (slack != 255 && page->block_size - slack < sizeof(Block))) return;
-  if (canary_check(page, b, slot) == SIZE_MAX) report_overflow(b);
+  uint64_t slot = slack_slot(page, block);
+  size_t slack = recorded_slack(page, block, slot);
+  if (slack == SIZE_MAX) report_overflow(block);
+  size_t used = page->block_size - slack;
+  if (used >= sizeof(Block) && canary_check(page, block, slot) == SIZE_MAX) report_overflow(block);
+  return used;
 #else
-  (void)page;
-  (void)b;
+  (void)block;
+  return page->block_size;
 #endif
 }
 
-uint32_t page_collect(Page* page) {
+// Other threads' frees are checked here, by the owner, rather than by the
+// freeing thread: the slack bytes are written by the owner's mallocs, and
+// reading them from another core would bounce their cache line between the
+// two on every producer/consumer hand-off.
+void page_collect(Page* page) {
   if (page->local_free) {
     if (!page->free) {
       page->free = page->local_free;
@@ -75,20 +76,18 @@ uint32_t page_collect(Page* page) {
     if (list) {
       uint32_t count = 1;
       Block* tail = list;
-      check_remote_canary(page, tail);
+      check_canary_past_header(page, tail);
       for (Block* n; (n = decode_link(tail)); tail = n, count++) {
         check_link(page, tail, n);
         if (count > page->capacity) page_corrupted(page, tail);  // a cycle
-        check_remote_canary(page, n);
+        check_canary_past_header(page, n);
       }
       tail->link = encode_link(tail, page->free);
       page->free = list;
       bump(page->freed, count);
       bump(page->collected, count);
-      return count;
     }
   }
-  return 0;
 }
 
 bool page_extend(Page* page) {

@@ -120,11 +120,6 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
 // end of a small block is caught then. The slack itself is kept out of line,
 // one byte per block (Page::slack); 255 means "at least 255, exact value in the block's
 // last four bytes" (never reached by an overflow that spared the canary).
-MAPALLOC_INLINE uint64_t block_index_unchecked(const Page* page, const void* p) {
-  uint64_t offset = uint64_t(reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(page->start));
-  return (offset * page->reciprocal) >> kReciprocalShift;
-}
-
 // Where a block's slack byte is: one byte per 16 bytes of the page (a run's
 // slots are contiguous in the chunk's array), so finding it takes a shift,
 // not the multiply that finds the block's index.
@@ -180,32 +175,38 @@ MAPALLOC_INLINE void canary_set(const Page* page, void* block, uint64_t slot, si
   __builtin_memcpy(at, &word, 8);
 }
 
+// The slack recorded for a block (SIZE_MAX if its record is broken).
+MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint64_t slot) {
+  size_t slack = page->slack[slot];
+  if (MAPALLOC_LIKELY(slack != 255)) return slack;
+  uint32_t exact;
+  __builtin_memcpy(&exact, static_cast<const char*>(block) + page->block_size - 4, 4);
+  return exact < 255 || exact > page->block_size ? SIZE_MAX : exact;
+}
+
 // The block's slack, or SIZE_MAX when its canary is broken.
 MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block, uint64_t slot) {
-  size_t slack = page->slack[slot];
-  if (!slack) return 0;
-  const char* b = static_cast<const char*>(block);
-  if (MAPALLOC_UNLIKELY(slack == 255)) {
-    uint32_t exact;
-    __builtin_memcpy(&exact, b + page->block_size - 4, 4);
-    if (exact < 255 || exact > page->block_size) return SIZE_MAX;
-    slack = exact;
-  }
+  size_t slack = recorded_slack(page, block, slot);
+  if (!slack || slack == SIZE_MAX) return slack;
   CanarySpot spot = canary_spot(page->block_size, slack);
   uint64_t word;
-  __builtin_memcpy(&word, b + spot.offset, 8);
+  __builtin_memcpy(&word, static_cast<const char*>(block) + spot.offset, 8);
   return ((word ^ canary_word(block)) & spot.mask) == 0 ? slack : SIZE_MAX;
 }
 
 // Slow paths of page.cpp.
 void page_init(Page* page, Heap* heap, unsigned size_class);
-// Folds local_free and thread_free into free; returns how many blocks came
-// from thread_free (other threads' frees).
-uint32_t page_collect(Page* page);
+// Folds local_free and thread_free into free.
+void page_collect(Page* page);
 // Carves fresh blocks onto free; false when the page has none left.
 bool page_extend(Page* page);
 [[noreturn]] void page_corrupted(const Page* page, const void* block);
 // Aborts; not noreturn so that the free fast path reaches it by a tail jump.
 void report_overflow(const void* block) noexcept;
+// For a freed block whose first 16 bytes were overwritten by the free list
+// (a free from another thread, a quarantined block): checks its canary
+// unless that canary began inside those 16 bytes. Returns the bytes the
+// block was asked for.
+size_t check_canary_past_header(const Page* page, const void* block);
 
 }  // namespace mapalloc
