@@ -46,6 +46,7 @@ void ensure_init() {
       if (options.quarantine) pagemap::page_tag = pagemap::kSlowPageTag;
       keys.link = os::random_u64();
       keys.cookie = os::random_u64();
+      keys.canary = os::random_u64();
       if (pthread_key_create(&exit_key, thread_exit) != 0) fatal("cannot create the thread-exit key");
       init_state.store(2, std::memory_order_release);
     }

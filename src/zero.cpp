@@ -28,7 +28,8 @@ static bool setup() {
   live_bits = static_cast<uint64_t*>(os::map(kSlots / 8));
   free_stack = static_cast<uint32_t*>(os::map(kSlots * sizeof(uint32_t)));
   if (region && live_bits && free_stack && pagemap::set(region, kRegion, pagemap::kZeroEntry)) return true;
-  failed = true;  // leave whatever was mapped: this happens at most once
+  region = nullptr;  // alloc tests region; what was mapped stays: this happens at most once
+  failed = true;
   return false;
 }
 
