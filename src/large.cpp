@@ -276,22 +276,28 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   return user;
 }
 
-// Growable blocks: user == begin, and [user + usable, end) holds the canary.
+// Growable blocks start at begin (user == begin); their canary is up to 16
+// bytes right after the usable end, as many as fit before the end of the
+// read-write part (which a guard follows).
 static size_t growable_usable(size_t size) { return align_up(size, 16); }
 
-// The canary of a growable block: up to 16 bytes right after its usable
-// end, as many as fit before the end of the read-write part.
 constexpr size_t kGrowableCanary = 16;
 
-static void set_canary(const LargeBlock* b) {
+static char* canary_span(const LargeBlock* b, size_t* n) {
   char* from = b->user + growable_usable(b->size);
-  size_t n = size_t(b->end - from) < kGrowableCanary ? size_t(b->end - from) : kGrowableCanary;
+  *n = size_t(b->end - from) < kGrowableCanary ? size_t(b->end - from) : kGrowableCanary;
+  return from;
+}
+
+static void set_canary(const LargeBlock* b) {
+  size_t n;
+  char* from = canary_span(b, &n);
   __builtin_memset(from, kCanary, n);
 }
 
 static void check_canary(const LargeBlock* b) {
-  const char* from = b->user + growable_usable(b->size);
-  size_t n = size_t(b->end - from) < kGrowableCanary ? size_t(b->end - from) : kGrowableCanary;
+  size_t n;
+  const char* from = canary_span(b, &n);
   for (size_t i = 0; i < n; i++) {
     if (static_cast<unsigned char>(from[i]) != kCanary) fatal("heap overflow past the end of large block", b->user);
   }

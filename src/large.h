@@ -6,11 +6,11 @@
 //
 // A block that realloc grows is likely to grow again, so it moves to the
 // growable layout [guard | block ... | PROT_NONE headroom]: it starts at a
-// page and its read-write part ends at the page after its end. Growth opens
-// more headroom with one mprotect, and past the headroom the pages move to a
-// bigger reservation with mremap: no copy and no page fault, as glibc's
-// realloc. The few bytes between the block's end and that page boundary hold
-// a canary checked on free.
+// page and its read-write part ends at or a little past its end. Growth opens
+// a quarter more headroom at a time with one mprotect, and past the headroom
+// the pages move to a bigger reservation with mremap: no copy and no page
+// fault, as glibc's realloc. Up to 16 bytes after the block's end hold a
+// canary checked on realloc and free.
 #pragma once
 #include <cstddef>
 #include <cstdint>
