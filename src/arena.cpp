@@ -1,8 +1,9 @@
 #include "arena.h"
 
+#include <bit>
+
 #include "base/lock.h"
 #include "base/log.h"
-#include "meta.h"
 #include "options.h"
 #include "os/os.h"
 #include "pagemap.h"
@@ -11,20 +12,62 @@ namespace mapalloc::arena {
 
 static SpinLock lock;
 static Chunk* chunks = nullptr;        // guarded by lock
-static Chunk* spare_descriptors = nullptr;
 static uint64_t pages_in_use = 0;
 static uint64_t last_purge_ms = 0;
 static uint64_t dirty_bytes = 0;  // free but possibly resident
-// Free pages are purged once idle for the purge delay, so a steady workload
-// reuses them without faults. Beyond this much free resident memory the
-// excess goes at once, so a burst of frees cannot hold RSS up for long; only
-// down to half of it, so a workload cycling through more than the cap does
-// not purge and re-fault everything each time.
-static constexpr uint64_t kDirtyCap = 64 * MiB;
+// Free pages are purged once their chunk has been idle for ten purge delays
+// (100 ms by default), so a program that frees a phase's data and builds the
+// next reuses the pages without faults. Beyond kDirtyCap of free resident
+// memory the excess goes at once, so a burst of frees cannot hold RSS up for
+// long; only down to half of it, so a workload cycling through more than the
+// cap does not purge and re-fault everything each time. (Measured on bench
+// frag: a 64 MiB cap and a 10 ms delay re-faulted twice what glibc faults.)
+static constexpr uint64_t kIdleFactor = 10;
+static constexpr uint64_t kDirtyCap = 256 * MiB;
 static constexpr size_t kGuard = os::kPageSize;
 
 static uint64_t run_mask(unsigned slots) {
   return slots == 64 ? ~uint64_t(0) : ((uint64_t(1) << slots) - 1);
+}
+
+// Chunks binned by their longest aligned run of free slots (2^bin slots), so
+// a page is found without walking every chunk, from the bin that fits best:
+// long runs are kept whole for the classes that need them. Within a bin the
+// chunk freed into last comes first (its memory is the likeliest resident).
+constexpr int kBins = 7;  // runs of 1..64 slots
+static Chunk* bins[kBins];
+
+static int longest_run_log(uint64_t free) {
+  // Bits at multiples of 2, 4, ... 64: where aligned runs of that width start.
+  static constexpr uint64_t kStarts[] = {0x5555555555555555ull, 0x1111111111111111ull, 0x0101010101010101ull,
+                                         0x0001000100010001ull, 0x0000000100000001ull, 0x1ull};
+  if (!free) return -1;
+  int log = 0;
+  for (unsigned width = 1; width < 64; width *= 2) {
+    free &= (free >> width) & kStarts[log];  // bit i: the run of 2 * width from i is free
+    if (!free) break;
+    log++;
+  }
+  return log;
+}
+
+static void unbin(Chunk* c) {
+  if (c->bin < 0) return;
+  (c->bin_prev ? c->bin_prev->bin_next : bins[c->bin]) = c->bin_next;
+  if (c->bin_next) c->bin_next->bin_prev = c->bin_prev;
+  c->bin_next = c->bin_prev = nullptr;
+  c->bin = -1;
+}
+
+// Puts c at the front of the bin its free slots now call for.
+static void rebin(Chunk* c) {
+  unbin(c);
+  int b = longest_run_log(c->free_slots);
+  if (b < 0) return;
+  c->bin = b;
+  c->bin_next = bins[b];
+  if (bins[b]) bins[b]->bin_prev = c;
+  bins[b] = c;
 }
 
 // Maps a chunk-aligned chunk; with guards, a PROT_NONE page on each side.
@@ -53,29 +96,28 @@ static void unmap_chunk(char* base) {
   }
 }
 
+constexpr size_t kDescriptorBytes = align_up(sizeof(Chunk), os::kPageSize);
+constexpr size_t kSlackBytes = kSlotsPerChunk * kMaxBlocksPerSlot;
+
+// A chunk's descriptor goes with it. (Only a free racing with the unmapping
+// of its wholly free chunk, a double free, could still be reading it.)
+static void unmap_descriptor(Chunk* c) { os::unmap(c, kDescriptorBytes + kSlackBytes); }
+
 static Chunk* new_chunk() {
   char* base = map_chunk();
   if (!base) return nullptr;
-  Chunk* c = spare_descriptors;
-  if (c) {
-    spare_descriptors = c->next;
-  } else {
-    c = static_cast<Chunk*>(meta::allocate(sizeof(Chunk)));
-    // One OS page per slot, touched only as blocks are handed out, and purged
-    // with its slot.
-    uint8_t* slack = static_cast<uint8_t*>(os::map(kSlotsPerChunk * kMaxBlocksPerSlot));
-    if (!c || !slack) {
-      if (slack) os::unmap(slack, kSlotsPerChunk * kMaxBlocksPerSlot);
-      unmap_chunk(base);
-      return nullptr;  // a descriptor meta handed out stays with it: rare, and bounded
-    }
-    new (c) Chunk();
-    c->slack = slack;
+  // The descriptor and the chunk's slack bytes (one OS page per
+  // kSlotsPerSlackPage slots, touched only as blocks are handed out and
+  // purged with the slots) in one mapping of their own.
+  void* mem = os::map(kDescriptorBytes + kSlackBytes);
+  if (!mem) {
+    unmap_chunk(base);
+    return nullptr;
   }
+  Chunk* c = new (mem) Chunk();
+  c->slack = static_cast<uint8_t*>(mem) + kDescriptorBytes;
   c->base = base;
   c->free_slots = ~uint64_t(0);
-  c->dirty_slots = 0;
-  c->last_free_ms = 0;
   for (unsigned i = 0; i < kSlotsPerChunk; i++) {
     Page& p = c->pages[i];
     p.chunk = c;
@@ -84,14 +126,15 @@ static Chunk* new_chunk() {
     p.capacity = 0;  // free slots reject every free
     p.slack = c->slack + i * kMaxBlocksPerSlot;
     if (!pagemap::set_page(p.start, kSlotSize, &p)) {
+      pagemap::set(base, i * kSlotSize, 0);
       unmap_chunk(base);
-      c->next = spare_descriptors;
-      spare_descriptors = c;
+      unmap_descriptor(c);
       return nullptr;
     }
   }
   c->next = chunks;
   chunks = c;
+  rebin(c);
   return c;
 }
 
@@ -116,21 +159,10 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
   unsigned index = 64;
   {
     LockGuard guard(lock);
-    // Prefer a run that is still resident anywhere, then any free run.
-    Chunk* fallback = nullptr;
-    unsigned fallback_index = 64;
-    for (Chunk* c = chunks; c; c = c->next) {
-      if (!c->free_slots) continue;
-      unsigned i = find_run(c, slots);
-      if (i == 64) continue;
-      if (((c->dirty_slots >> i) & run_mask(slots)) == run_mask(slots)) {
-        chosen = c;
-        index = i;
-        break;
-      }
-      if (!fallback) fallback = c, fallback_index = i;
+    // The best-fitting bin first; in it, the chunk freed into last.
+    for (int b = std::countr_zero(slots); b < kBins && !chosen; b++) {
+      if ((chosen = bins[b])) index = find_run(chosen, slots);
     }
-    if (!chosen && fallback) chosen = fallback, index = fallback_index;
     if (!chosen) {
       chosen = new_chunk();
       if (!chosen) return nullptr;
@@ -138,6 +170,7 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
     }
     uint64_t m = run_mask(slots) << index;
     chosen->free_slots &= ~m;
+    rebin(chosen);
     dirty_bytes -= uint64_t(__builtin_popcountll(chosen->dirty_slots & m)) * kSlotSize;
     chosen->dirty_slots &= ~m;
     pages_in_use++;
@@ -154,15 +187,34 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
   return page;
 }
 
-static void purge_chunk(Chunk* c, uint64_t which) {
-  while (which) {
-    unsigned first = unsigned(__builtin_ctzll(which));
-    unsigned len = 0;
-    while (first + len < 64 && (which >> (first + len) & 1)) len++;
-    os::purge(c->base + first * kSlotSize, len * kSlotSize);
-    os::purge(c->slack + first * kMaxBlocksPerSlot, len * kMaxBlocksPerSlot);
-    which &= ~(run_mask(len) << first);
+// Purges the runs of units set in mask, unit bytes each, from base.
+static void purge_runs(char* base, size_t unit, uint64_t mask) {
+  while (mask) {
+    unsigned first = unsigned(__builtin_ctzll(mask));
+    uint64_t rest = ~(mask >> first);  // 0 when the run reaches bit 63
+    unsigned len = rest ? unsigned(__builtin_ctzll(rest)) : 64 - first;
+    os::purge(base + first * unit, len * unit);
+    mask &= ~(run_mask(len) << first);
   }
+}
+
+// One OS page of slack bytes serves this many slots: it is purged once all
+// of them are free.
+constexpr unsigned kSlotsPerSlackPage = os::kPageSize / kMaxBlocksPerSlot;
+static_assert(kSlotsPerSlackPage >= 1 && 64 % kSlotsPerSlackPage == 0);
+
+static void purge_chunk(Chunk* c, uint64_t which) {
+  purge_runs(c->base, kSlotSize, which);
+  uint64_t free_groups = c->free_slots, touched_groups = which;
+  for (unsigned w = 1; w < kSlotsPerSlackPage; w *= 2) {
+    free_groups &= free_groups >> w;
+    touched_groups |= touched_groups >> w;
+  }
+  uint64_t starts = 0;  // bits at multiples of kSlotsPerSlackPage
+  for (unsigned i = 0; i < 64; i += kSlotsPerSlackPage) starts |= uint64_t(1) << i;
+  uint64_t groups = free_groups & touched_groups & starts, slack_pages = 0;
+  for (unsigned i = 0; i < 64; i += kSlotsPerSlackPage) slack_pages |= ((groups >> i) & 1) << (i / kSlotsPerSlackPage);
+  purge_runs(reinterpret_cast<char*>(c->slack), os::kPageSize, slack_pages);
   dirty_bytes -= uint64_t(__builtin_popcountll(c->dirty_slots)) * kSlotSize;
   c->dirty_slots = 0;
 }
@@ -173,17 +225,19 @@ static void purge_locked(bool force, uint64_t now) {
   last_purge_ms = now;
   Chunk** link = &chunks;
   while (Chunk* c = *link) {
-    bool idle = force || now - c->last_free_ms >= options.purge_delay_ms;
-    if (c->dirty_slots && idle) purge_chunk(c, c->dirty_slots);
-    if (force && c->free_slots == ~uint64_t(0) && !c->dirty_slots) {
-      // A wholly free chunk: give the address space back too.
+    bool idle = force || now - c->last_free_ms >= kIdleFactor * options.purge_delay_ms;
+    if (idle && c->free_slots == ~uint64_t(0)) {
+      // A wholly free idle chunk: the address space and the descriptor go
+      // back too (the descriptors are near 1 % of the chunk).
+      dirty_bytes -= uint64_t(__builtin_popcountll(c->dirty_slots)) * kSlotSize;
       pagemap::set(c->base, kChunkSize, 0);
       unmap_chunk(c->base);
+      unbin(c);
       *link = c->next;
-      c->next = spare_descriptors;
-      spare_descriptors = c;
+      unmap_descriptor(c);
       continue;
     }
+    if (idle && c->dirty_slots) purge_chunk(c, c->dirty_slots);
     link = &c->next;
   }
   for (Chunk* c = chunks; c && dirty_bytes > kDirtyCap / 2; c = c->next) {
@@ -210,6 +264,7 @@ void free_page(Page* page) {
   uint64_t m = run_mask(slots) << index;
   c->free_slots |= m;
   c->dirty_slots |= m;
+  rebin(c);
   dirty_bytes += uint64_t(slots) * kSlotSize;
   c->last_free_ms = now;
   pages_in_use--;

@@ -12,7 +12,6 @@
 namespace mapalloc {
 
 constexpr size_t kMaxBlocksPerSlot = kSlotSize / kMinBlock;
-static_assert(kMaxBlocksPerSlot % 4096 == 0, "a slot's slack bytes must fill whole OS pages to be purged with it");
 
 struct Chunk {
   char* base = nullptr;        // kChunkSize bytes, kChunkSize aligned
@@ -20,6 +19,9 @@ struct Chunk {
   uint64_t dirty_slots = 0;    // free slots whose memory may still be resident
   uint64_t last_free_ms = 0;   // when a slot was last freed (purge decay)
   Chunk* next = nullptr;       // all live chunks
+  Chunk* bin_next = nullptr;   // the chunks of one free-run bin (arena.cpp)
+  Chunk* bin_prev = nullptr;
+  int bin = -1;                // log2 of its longest aligned free run; -1: full
   uint8_t* slack = nullptr;    // kSlotsPerChunk * kMaxBlocksPerSlot: Page::slack
   Page pages[kSlotsPerChunk];  // slot i's descriptor; a run uses its first slot's
 };

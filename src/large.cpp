@@ -399,7 +399,10 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
       return false;
     }
     pagemap::set(b->user, 1, 0);
-    os::unmap(b->map_base, b->map_size);
+    // The moved pages left a hole that another thread's mmap may already
+    // have taken: unmap only what is still ours, on either side of it.
+    os::unmap(b->map_base, size_t(b->begin - b->map_base));
+    os::unmap(b->begin + have, size_t(b->map_end() - (b->begin + have)));
     {
       LockGuard guard(lock);
       mapped_bytes += map_size - b->map_size;

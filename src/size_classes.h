@@ -21,7 +21,7 @@ constexpr unsigned kNumClasses = kSmallClasses + (kLastPow2Log - kFirstPow2Log +
 constexpr size_t kMaxClassSize = size_t(1) << (kLastPow2Log + 1);  // 1 MiB
 
 // Arena geometry: 64 KiB slots, chunks of 64 slots (4 MiB).
-constexpr unsigned kSlotShift = 16;
+constexpr unsigned kSlotShift = 14;
 constexpr size_t kSlotSize = size_t(1) << kSlotShift;
 constexpr unsigned kSlotsPerChunk = 64;
 constexpr size_t kChunkSize = kSlotSize * kSlotsPerChunk;
@@ -46,9 +46,13 @@ constexpr size_t class_block_size(unsigned c) {
 }
 
 // Pages are runs of 1, 8 or 64 slots, so a page holds at least 4 blocks.
+// The smallest power-of-two run of slots that holds at least 4 blocks. Few
+// blocks per page for medium sizes, so that one survivor pins little memory.
 constexpr unsigned class_page_slots(unsigned c) {
   size_t b = class_block_size(c);
-  return b <= 8 * KiB ? 1 : b <= 128 * KiB ? 8 : 64;
+  unsigned slots = 1;
+  while (slots * kSlotSize < 4 * b && slots < kSlotsPerChunk) slots *= 2;
+  return slots;
 }
 
 struct ClassInfo {
@@ -103,7 +107,7 @@ constexpr bool check_classes() {
     if (class_of_computed(smallest) != c) return false;
     // Waste bound above 128 bytes: (b - smallest) / smallest <= 12.5%.
     if (smallest > 128 && (b - smallest) * 8 > smallest) return false;
-    if (kClasses[c].capacity < 4) return false;
+    if (kClasses[c].capacity < (b <= kMaxClassSize / 4 ? 4 : 1)) return false;
     // The divisibility test of page.h (is_block_start) at the edges of blocks.
     uint64_t rec = kClasses[c].reciprocal, mask = (uint64_t(1) << kReciprocalShift) - 1;
     uint64_t run = uint64_t(kClasses[c].page_slots) * kSlotSize;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <sys/resource.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -90,6 +91,14 @@ inline long rss_kib() {
     return res * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
-inline void report_rss(const char* label) { std::fprintf(stderr, "rss %-12s %8ld KiB\n", label, rss_kib()); }
+// RSS now, and the page faults since the last report (a purged page that is
+// used again costs one).
+inline void report_rss(const char* label) {
+    static long last_faults = 0;
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    std::fprintf(stderr, "rss %-12s %8ld KiB %8ld faults\n", label, rss_kib(), u.ru_minflt - last_faults);
+    last_faults = u.ru_minflt;
+}
 
 }  // namespace wl

@@ -83,9 +83,10 @@ void purge(void* p, size_t size) {
 bool move_pages(void* old_p, size_t size, void* dest) {
   ErrnoGuard guard;
   count(counters.mremap_calls);
-  // The bytes stay counted: dest was mapped already and the caller unmaps
-  // the old range's surroundings, hole and all.
-  return ::mremap(old_p, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, dest) != MAP_FAILED;
+  // dest was mapped (and counted) already; the source range becomes a hole.
+  if (::mremap(old_p, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, dest) == MAP_FAILED) return false;
+  counters.mapped.fetch_sub(size, std::memory_order_relaxed);
+  return true;
 }
 
 uint64_t now_ms() {
