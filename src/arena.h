@@ -1,5 +1,5 @@
-// Layer 4: the arena hands out pages (runs of 1, 8 or 64 slots) carved from
-// 4 MiB chunks, each chunk mapped once between two PROT_NONE guard pages.
+// Layer 4: the arena hands out pages (runs of 1 to 64 slots) carved from
+// 1 MiB chunks, each chunk mapped once between two PROT_NONE guard pages.
 // Free pages stay resident for purge_delay_ms so that a steady workload reuses
 // them without faults; after that their memory is purged (and whole idle
 // chunks are unmapped by a forced collect). All of it under one lock: these

@@ -56,6 +56,9 @@ void heap_page_empty(Heap* heap, Page* page) noexcept {
 }
 
 void heap_page_unfull(Heap* heap, Page* page) noexcept {
+  // Back in the class queue only with an eighth of it free: a page taken
+  // for one or two free blocks costs a slow-path trip per malloc.
+  if (page->used_count() > page->capacity - page->capacity / 8) return;
   heap->full.remove(page);
   heap->full_count--;
   page->in_full = false;

@@ -36,7 +36,7 @@ static size_t dirty_cap() { return live_bytes > kMinDirtyCap ? live_bytes : kMin
 
 static char* page_down(char* p) { return reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(p), kGuard)); }
 
-// The page map knows a large block by the 64 KiB slot of its start. Keeping
+// The page map knows a large block by the slot (16 KiB) of its start. Keeping
 // at least a slot between the start and its mapping's end means no other
 // mapping's block can start in the same slot (each starts more than a slot
 // before its own end): the tail of a small over-aligned block is widened.

@@ -1,4 +1,4 @@
-// Layer 3: a page is a run of 64 KiB slots holding blocks of one size class.
+// Layer 3: a page is a run of 16 KiB slots holding blocks of one size class.
 // Its metadata lives out of line (in the chunk descriptor), so an overflow
 // out of a user block can never reach it.
 //

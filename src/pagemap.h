@@ -1,4 +1,4 @@
-// Layer 3: the page map, from any address to the metadata of the 64 KiB slot
+// Layer 3: the page map, from any address to the metadata of the 16 KiB slot
 // holding it, in two dependent loads. Arena slots map to their Page, the slot
 // holding a large block's start maps to its LargeBlock, everything else maps
 // to nothing (0): the basis of invalid-free detection. Page entries carry bit

@@ -20,7 +20,7 @@ constexpr unsigned kLastPow2Log = 19;  // up to 2^20
 constexpr unsigned kNumClasses = kSmallClasses + (kLastPow2Log - kFirstPow2Log + 1) * 8;
 constexpr size_t kMaxClassSize = size_t(1) << (kLastPow2Log + 1);  // 1 MiB
 
-// Arena geometry: 64 KiB slots, chunks of 64 slots (4 MiB).
+// Arena geometry: 16 KiB slots (the page map's granule), chunks of 64 slots (1 MiB).
 constexpr unsigned kSlotShift = 14;
 constexpr size_t kSlotSize = size_t(1) << kSlotShift;
 constexpr unsigned kSlotsPerChunk = 64;
@@ -45,9 +45,10 @@ constexpr size_t class_block_size(unsigned c) {
   return (size_t(1) << k) + j * (size_t(1) << (k - 3));
 }
 
-// Pages are runs of 1, 8 or 64 slots, so a page holds at least 4 blocks.
-// The smallest power-of-two run of slots that holds at least 4 blocks. Few
-// blocks per page for medium sizes, so that one survivor pins little memory.
+// A page is the smallest power-of-two run of slots holding at least 4 blocks
+// (a whole chunk, at least one block, above 256 KiB). Few blocks per page for
+// medium sizes, so that one survivor pins little memory: with 64 KiB slots
+// and 512 KiB pages for 8..128 KiB, bench frag's survivors pinned most pages.
 constexpr unsigned class_page_slots(unsigned c) {
   size_t b = class_block_size(c);
   unsigned slots = 1;

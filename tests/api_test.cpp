@@ -504,7 +504,7 @@ TEST(PosixMemalign, HugeSizeOrAlignmentReturnsENOMEM) {
 }
 
 // An alignment above the mmap threshold sends even a tiny request to its own
-// mapping. Such a block may start within 64 KiB (one page-map slot) of the
+// mapping. Such a block may start within one page-map slot (16 KiB) of the
 // next mapping, which can be another large block: both must stay valid.
 TEST(PosixMemalign, TinyBlocksAlignedAboveThresholdLeaveNeighboursValid) {
   size_t t = mapalloc_mmap_threshold();

@@ -258,7 +258,7 @@ void check_rss_returns(Category c, unsigned threads, uint64_t total, Release how
     after = rss_bytes();
   } else {
     // Cached large mappings are unmapped after 10 * purge_delay_ms + 100 ms
-    // idle (200 ms by default); free arena pages are purged after 10 ms.
+    // idle (200 ms by default); free arena pages after 10 * purge_delay_ms.
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     after_sleep = rss_bytes();
     purge_triggering_activity();
@@ -308,7 +308,7 @@ TEST(MemoryRss, LargeFourThreadsReturnOnCollect) { check_rss_returns(Category::k
 // delay, so nothing is purged, mapped or re-faulted after the first round.
 //
 // A round during which this thread is preempted (2 cores, maybe busy) really
-// leaves pages idle past the 10 ms delay, and purging them then is the
+// leaves pages idle past the purge delay, and purging them then is the
 // policy, not a loop. So purges and faults are counted per round and judged
 // in the "quiet" rounds: those for which this round and the one before spent
 // under 4 ms together off the CPU (wall time minus thread CPU time). Purging
