@@ -66,12 +66,8 @@ static Page* checked_page(const void* p, uintptr_t entry, const char* what, size
   if (index == UINT32_MAX) fatal(what, p);
   const Block* b = static_cast<const Block*>(p);
   if (b->cookie == freed_cookie(b)) fatal("use of freed block", p);
-  *usable = page->block_size;
-#if MAPALLOC_SECURE
-  size_t slack = canary_check(page, p, slack_slot(page, p));
-  if (slack == SIZE_MAX) report_overflow(p);
-  *usable -= slack;
-#endif
+  *usable = requested_bytes(page, p);
+  if (*usable == SIZE_MAX) report_overflow(p);
   return page;
 }
 

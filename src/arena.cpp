@@ -205,15 +205,11 @@ static_assert(kSlotsPerSlackPage >= 1 && 64 % kSlotsPerSlackPage == 0);
 
 static void purge_chunk(Chunk* c, uint64_t which) {
   purge_runs(c->base, kSlotSize, which);
-  uint64_t free_groups = c->free_slots, touched_groups = which;
-  for (unsigned w = 1; w < kSlotsPerSlackPage; w *= 2) {
-    free_groups &= free_groups >> w;
-    touched_groups |= touched_groups >> w;
+  uint64_t slack_pages = 0;  // bit g: the slack page of slots g * kSlotsPerSlackPage...
+  for (unsigned g = 0; g < kSlotsPerChunk / kSlotsPerSlackPage; g++) {
+    uint64_t slots = run_mask(kSlotsPerSlackPage) << (g * kSlotsPerSlackPage);
+    if ((which & slots) && (c->free_slots & slots) == slots) slack_pages |= uint64_t(1) << g;
   }
-  uint64_t starts = 0;  // bits at multiples of kSlotsPerSlackPage
-  for (unsigned i = 0; i < 64; i += kSlotsPerSlackPage) starts |= uint64_t(1) << i;
-  uint64_t groups = free_groups & touched_groups & starts, slack_pages = 0;
-  for (unsigned i = 0; i < 64; i += kSlotsPerSlackPage) slack_pages |= ((groups >> i) & 1) << (i / kSlotsPerSlackPage);
   purge_runs(reinterpret_cast<char*>(c->slack), os::kPageSize, slack_pages);
   dirty_bytes -= uint64_t(__builtin_popcountll(c->dirty_slots)) * kSlotSize;
   c->dirty_slots = 0;

@@ -202,12 +202,8 @@ void quarantine_free(Page* page, void* p) noexcept {
   if (index == UINT32_MAX) return report_invalid_free(p);
   Block* b = static_cast<Block*>(p);
   if (b->cookie == freed_cookie(b)) return report_double_free(p);
-  size_t used = page->block_size;
-#if MAPALLOC_SECURE
-  size_t slack = canary_check(page, p, slack_slot(page, p));
-  if (slack == SIZE_MAX) return report_overflow(p);
-  used -= slack;
-#endif
+  size_t used = requested_bytes(page, p);
+  if (used == SIZE_MAX) return report_overflow(p);
   if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
   b->link = quarantine_tag(p);
   b->cookie = freed_cookie(b);

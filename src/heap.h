@@ -103,13 +103,7 @@ void* report_corrupted(const Page* page, const void* block) noexcept;
 MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noexcept {
   Page* page = heap->current[c];
   Block* b = page->free;
-  if (MAPALLOC_UNLIKELY(!b)) {
-    // The owner's own frees first: a malloc/free ping-pong on a page whose
-    // fresh blocks are carved one at a time must not live in the slow path.
-    b = page->local_free;
-    if (!b) return heap_malloc_slow(heap, c, size);
-    page->local_free = nullptr;
-  }
+  if (MAPALLOC_UNLIKELY(!b)) return heap_malloc_slow(heap, c, size);
   Block* next = decode_link(b);
 #if MAPALLOC_SECURE
   // A use-after-free write into a free block breaks its cookie or its link.
@@ -145,9 +139,9 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
 #if MAPALLOC_SECURE
     if (MAPALLOC_UNLIKELY(canary_check(page, p, offset / kMinBlock) == SIZE_MAX)) return report_overflow(p);
 #endif
-    b->link = encode_link(b, page->local_free);
+    b->link = encode_link(b, page->free);
     b->cookie = freed_cookie(b);
-    page->local_free = b;
+    page->free = b;
     uint64_t freed = page->freed.load(std::memory_order_relaxed) + 1;
     page->freed.store(freed, std::memory_order_relaxed);
     if (MAPALLOC_UNLIKELY(freed == page->allocated.load(std::memory_order_relaxed))) {

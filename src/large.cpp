@@ -315,7 +315,7 @@ static bool growable_reservation(size_t size, size_t* rw, size_t* map_size) {
 
 void* alloc_growable(size_t size) {
   size_t rw, map_size;
-  if (size > kMaxInner || !growable_reservation(size, &rw, &map_size)) {
+  if (!growable_reservation(size, &rw, &map_size)) {
     errno = ENOMEM;
     return nullptr;
   }
@@ -336,7 +336,6 @@ void* alloc_growable(size_t size) {
     return nullptr;
   }
   b->growable = true;
-  b->guarded = options.guard;
   if (!publish(b, b->begin, size, now)) {
     errno = ENOMEM;
     return nullptr;

@@ -10,7 +10,6 @@ Keys keys;
 void page_init(Page* page, Heap* heap, unsigned size_class) {
   const ClassInfo& info = kClasses[size_class];
   page->free = nullptr;
-  page->local_free = nullptr;
   page->allocated.store(0, std::memory_order_relaxed);
   page->freed.store(0, std::memory_order_relaxed);
   page->collected.store(0, std::memory_order_relaxed);
@@ -59,18 +58,6 @@ size_t check_canary_past_header(const Page* page, const void* block) {
 // reading them from another core would bounce their cache line between the
 // two on every producer/consumer hand-off.
 void page_collect(Page* page) {
-  if (page->local_free) {
-    if (!page->free) {
-      page->free = page->local_free;
-    } else {
-      // Splice the local list in front of free.
-      Block* tail = page->local_free;
-      for (Block* n; (n = decode_link(tail)); tail = n) check_link(page, tail, n);
-      tail->link = encode_link(tail, page->free);
-      page->free = page->local_free;
-    }
-    page->local_free = nullptr;
-  }
   if (page->thread_free.load(std::memory_order_relaxed)) {
     Block* list = reinterpret_cast<Block*>(page->thread_free.exchange(0, std::memory_order_acquire));
     if (list) {

@@ -54,8 +54,7 @@ MAPALLOC_INLINE uintptr_t freed_cookie(const Block* b) {
 struct Page {
   // Owner-only: touched by the owning heap's thread (or by whoever holds an
   // abandoned heap exclusively).
-  Block* free = nullptr;        // malloc pops here
-  Block* local_free = nullptr;  // the owner's frees; folded into free when it runs dry
+  Block* free = nullptr;        // malloc pops here; the owner's frees push here
   char* start = nullptr;        // first block (slot aligned)
   // Blocks handed out, and blocks back (local frees plus collected remote
   // ones), since the page left the arena. Separate counters keep malloc and
@@ -194,9 +193,21 @@ MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block, uint64_
   return ((word ^ canary_word(block)) & spot.mask) == 0 ? slack : SIZE_MAX;
 }
 
+// The bytes a live block was asked for, or SIZE_MAX when its canary is
+// broken. Unprotected builds know only the class size.
+MAPALLOC_INLINE size_t requested_bytes(const Page* page, const void* block) {
+#if MAPALLOC_SECURE
+  size_t slack = canary_check(page, block, slack_slot(page, block));
+  return slack == SIZE_MAX ? SIZE_MAX : page->block_size - slack;
+#else
+  (void)block;
+  return page->block_size;
+#endif
+}
+
 // Slow paths of page.cpp.
 void page_init(Page* page, Heap* heap, unsigned size_class);
-// Folds local_free and thread_free into free.
+// Folds thread_free (other threads' frees) into free.
 void page_collect(Page* page);
 // Carves fresh blocks onto free; false when the page has none left.
 bool page_extend(Page* page);
