@@ -72,6 +72,13 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   } else {
     orphan_frees[c].fetch_add(1, std::memory_order_relaxed);
   }
+#if MAPALLOC_SECURE
+  // A request under 16 bytes has its canary in the two words the list is
+  // about to overwrite, so it is checked here rather than by the owner. Only
+  // for 16-byte blocks (where such requests go): elsewhere the slack bytes
+  // stay off this core (page_collect).
+  if (page->block_size == kMinBlock && canary_check(page, b, slack_slot(page, b)) == SIZE_MAX) return report_overflow(b);
+#endif
   b->cookie = freed_cookie(b);
   uintptr_t old = page->thread_free.load(std::memory_order_relaxed);
   do {

@@ -336,6 +336,23 @@ TEST(Canary, OverflowFromThreadFreeCaught) {
       "mapalloc: heap overflow");
 }
 
+// A request under 16 bytes has its canary where the cross-thread free list
+// writes its link: the freeing thread checks it first.
+TEST(Canary, TinyOverflowFromThreadFreeCaught) {
+  skip_unless_secure();
+  for (size_t n : {1, 7, 8, 12, 15}) {
+    EXPECT_DEATH(
+        {
+          char* p = static_cast<char*>(mapalloc_malloc(n));
+          memset(p, 0x5a, n);
+          poke(p + n);
+          std::thread([p] { mapalloc_free(p); }).join();
+        },
+        "mapalloc: heap overflow")
+        << "size " << n;
+  }
+}
+
 // An exact-fit block has no spare bytes: the overflow lands in the next
 // block, and is caught when that block, free, is handed out.
 TEST(Canary, ExactFitOverflowCaughtAtNeighboursHandout) {
