@@ -124,7 +124,7 @@ static Chunk* new_chunk() {
     p.slot_index = uint8_t(i);
     p.start = base + i * kSlotSize;
     p.capacity = 0;  // free slots reject every free
-    p.slack = c->slack + i * kMaxBlocksPerSlot;
+    p.slack_offset = int32_t(c->slack + i * kMaxBlocksPerSlot - reinterpret_cast<uint8_t*>(&p));
     if (!pagemap::set_page(p.start, kSlotSize, &p)) {
       pagemap::set(base, i * kSlotSize, 0);
       unmap_chunk(base);

@@ -137,7 +137,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
     // Never handed out (also catches index >= capacity, as carved <= capacity).
     if (MAPALLOC_UNLIKELY(index >= page->carved)) return report_invalid_free(p);
 #if MAPALLOC_SECURE
-    if (MAPALLOC_UNLIKELY(canary_check(page, p, offset / kMinBlock) == SIZE_MAX)) return report_overflow(p);
+    if (MAPALLOC_UNLIKELY(canary_check(page, p, index) == SIZE_MAX)) return report_overflow(p);
 #endif
     b->link = encode_link(b, page->free);
     b->cookie = freed_cookie(b);

@@ -46,13 +46,20 @@ constexpr size_t class_block_size(unsigned c) {
 }
 
 // A page is the smallest power-of-two run of slots holding at least 4 blocks
-// (a whole chunk, at least one block, above 256 KiB). Few blocks per page for
-// medium sizes, so that one survivor pins little memory: with 64 KiB slots
-// and 512 KiB pages for 8..128 KiB, bench frag's survivors pinned most pages.
+// (a whole chunk, at least one block, above 256 KiB), and at least 64 KiB for
+// blocks up to 1 KiB. Few blocks per page for medium sizes, so that one
+// survivor pins little memory: with 64 KiB slots and 512 KiB pages for
+// 8..128 KiB, bench frag's survivors pinned most pages. Big pages for small
+// sizes, where most allocations are: with 16 KiB pages a heap cycled through
+// many more pages, and bench server missed the cache (as simulated by
+// callgrind) 13% more often than with 64 KiB, for 3% less RSS on frag.
+constexpr size_t kSmallPageBytes = 64 * 1024;
+constexpr size_t kSmallPageMaxBlock = 1024;
 constexpr unsigned class_page_slots(unsigned c) {
   size_t b = class_block_size(c);
+  size_t least = b <= kSmallPageMaxBlock ? kSmallPageBytes : 4 * b;
   unsigned slots = 1;
-  while (slots * kSlotSize < 4 * b && slots < kSlotsPerChunk) slots *= 2;
+  while (slots * kSlotSize < least && slots < kSlotsPerChunk) slots *= 2;
   return slots;
 }
 
@@ -109,6 +116,7 @@ constexpr bool check_classes() {
     // Waste bound above 128 bytes: (b - smallest) / smallest <= 12.5%.
     if (smallest > 128 && (b - smallest) * 8 > smallest) return false;
     if (kClasses[c].capacity < (b <= kMaxClassSize / 4 ? 4 : 1)) return false;
+    if (kClasses[c].capacity > 65535) return false;  // Page::carved is 16 bits
     // The divisibility test of page.h (is_block_start) at the edges of blocks.
     uint64_t rec = kClasses[c].reciprocal, mask = (uint64_t(1) << kReciprocalShift) - 1;
     uint64_t run = uint64_t(kClasses[c].page_slots) * kSlotSize;
