@@ -108,8 +108,10 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
 #if MAPALLOC_SECURE
   // A use-after-free write into a free block breaks its cookie or its link.
   if (MAPALLOC_UNLIKELY(b->cookie != freed_cookie(b))) return report_corrupted(page, b);
-  if (MAPALLOC_UNLIKELY(next && uintptr_t(reinterpret_cast<char*>(next) - page->start) >= page->span))
-    return report_corrupted(page, b);
+  // One branch for both tests (`&`, not `&&`): the usual non-null link then
+  // falls through instead of jumping to a second test and back.
+  bool outside = uintptr_t(reinterpret_cast<char*>(next) - page->start) >= page->span;
+  if (MAPALLOC_UNLIKELY(outside & (next != nullptr))) return report_corrupted(page, b);
 #endif
   page->free = next;
   bump(page->allocated);
