@@ -11,20 +11,27 @@ setup)
   done
   ;;
 run)
+  # Below the kernel's ephemeral range (32768 and up by default), where a
+  # client socket of an earlier run (redis-benchmark's, in TIME_WAIT) cannot
+  # hold the port: bind() failed once with "Address already in use" there.
   free_port() {
     local p
     for ((try = 0; try < 200; try++)); do
-      p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+      p=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
       # Nothing listening and nothing can connect: take it.
       if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
     done
     return 1
   }
-  port=$(free_port)
   cli() { redis-cli -h 127.0.0.1 -p "$port" "$@"; }
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    --protected-mode yes --logfile "$PWD/redis.log" --dir "$PWD" &
-  server=$!
+  start_server() {
+    port=$(free_port)
+    : >redis.log
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+      --protected-mode yes --logfile "$PWD/redis.log" --dir "$PWD" &
+    server=$!
+  }
+  start_server
   stop() {
     local rc=$?
     if ! kill -0 "$server" 2>/dev/null; then
@@ -37,11 +44,19 @@ run)
     kill -KILL "$server" 2>/dev/null || true
   }
   trap stop EXIT
+  # Another process may take the port between the check and the bind: then
+  # the server exits at once, saying so, and starts again on another port.
+  # Any other failure is final.
   up=0
-  for ((i = 0; i < 200; i++)); do
-    if [[ "$(cli ping 2>/dev/null)" == PONG ]]; then up=1; break; fi
-    if ! kill -0 "$server" 2>/dev/null; then break; fi
-    sleep 0.05
+  for ((attempt = 0; attempt < 5; attempt++)); do
+    ((attempt == 0)) || start_server
+    for ((i = 0; i < 200; i++)); do
+      if [[ "$(cli ping 2>/dev/null)" == PONG ]]; then up=1; break; fi
+      if ! kill -0 "$server" 2>/dev/null; then break; fi
+      sleep 0.05
+    done
+    if ((up)) || kill -0 "$server" 2>/dev/null || ! grep -q 'Address already in use' redis.log; then break; fi
+    echo "info: port $port was taken, retrying on another" >&2
   done
   if ((!up)); then
     echo "redis-server did not come up on port $port; log:" >&2
