@@ -22,7 +22,7 @@ static uint64_t dirty_bytes = 0;  // free but possibly resident
 // long; only down to half of it, so a workload cycling through more than the
 // cap does not purge and re-fault everything each time. Measured on bench
 // frag: a 64 MiB cap and a 10 ms delay re-faulted twice what glibc faults;
-// 512 MiB instead of 256 MiB took its page faults from 365k to 340k at the
+// 512 MiB instead of 256 MiB took its page faults from 338k to 303k at the
 // same peak RSS. A 300 ms delay took them to 252k but cost 8% more peak RSS
 // on frag and 6% on realloc.
 static constexpr uint64_t kIdleFactor = 10;

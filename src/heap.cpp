@@ -75,8 +75,9 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
 #if MAPALLOC_SECURE
   // A request under 16 bytes has its canary in the two words the list is
   // about to overwrite, so it is checked here rather than by the owner. Only
-  // for 16-byte blocks (where such requests go): elsewhere the slack bytes
-  // stay off this core (page_collect).
+  // for 16-byte blocks, where plain requests under 16 bytes go: elsewhere the
+  // slack bytes stay off this core (page_collect), so an aligned request
+  // under 16 bytes in a bigger class is not checked (README, What is detected).
   if (page->block_size == kMinBlock && canary_check(page, b, slack_slot(page, b)) == SIZE_MAX) return report_overflow(b);
 #endif
   b->cookie = freed_cookie(b);

@@ -51,8 +51,8 @@ run)
   for ((attempt = 0; attempt < 5; attempt++)); do
     ((attempt == 0)) || start_server
     for ((i = 0; i < 200; i++)); do
+      if ! kill -0 "$server" 2>/dev/null; then break; fi  # not ours, whoever answers on the port
       if [[ "$(cli ping 2>/dev/null)" == PONG ]]; then up=1; break; fi
-      if ! kill -0 "$server" 2>/dev/null; then break; fi
       sleep 0.05
     done
     if ((up)) || kill -0 "$server" 2>/dev/null || ! grep -q 'Address already in use' redis.log; then break; fi
