@@ -7,7 +7,6 @@
 // own address, so a use-after-free write cannot forge a link unnoticed, and
 // freeing a block that already carries its cookie is a double free.
 #pragma once
-#include <array>
 #include <atomic>
 #include <bit>
 #include <cstddef>
@@ -142,31 +141,25 @@ MAPALLOC_INLINE uint64_t canary_word(const void* block) {
 
 // The canary's word sits at block_size - max(slack, 8); its bytes in mask
 // (the top min(slack, 8) of them, none for an exact fit) are the canary.
-// Both come from a table indexed by the slack, with no branch: slack varies
-// from block to block, and a mispredicted branch costs more than a load from
-// a table that stays cached. (Exact fits branch away before: the common
-// small sizes are exact fits, and they then do no canary work at all.)
+// Computed without branches (two conditional moves and a 9-entry mask
+// table): slack varies from block to block, and a mispredicted branch costs
+// more than these few instructions. (Exact fits branch away before: the
+// common small sizes are exact fits, and they then do no canary work.)
 struct CanarySpot {
   size_t offset;
   uint64_t mask;
 };
-struct SpotEntry {
-  uint64_t back;  // max(slack, 8)
-  uint64_t mask;
-};
-constexpr std::array<SpotEntry, 256> make_canary_spots() {
-  std::array<SpotEntry, 256> t{};
-  for (unsigned s = 0; s < 256; s++) {
-    unsigned covered = s < 8 ? s : 8;
-    t[s].back = s > 8 ? s : 8;
-    t[s].mask = covered ? ~uint64_t(0) << (8 * (8 - covered)) : 0;
-  }
-  return t;
-}
-inline constexpr std::array<SpotEntry, 256> kCanarySpots = make_canary_spots();
+inline constexpr uint64_t kCanaryMasks[9] = {0,
+                                             ~uint64_t(0) << 56,
+                                             ~uint64_t(0) << 48,
+                                             ~uint64_t(0) << 40,
+                                             ~uint64_t(0) << 32,
+                                             ~uint64_t(0) << 24,
+                                             ~uint64_t(0) << 16,
+                                             ~uint64_t(0) << 8,
+                                             ~uint64_t(0)};
 MAPALLOC_INLINE CanarySpot canary_spot(size_t block_size, size_t slack) {
-  if (MAPALLOC_LIKELY(slack < 256)) return {block_size - kCanarySpots[slack].back, kCanarySpots[slack].mask};
-  return {block_size - slack, ~uint64_t(0)};
+  return {block_size - (slack > 8 ? slack : 8), kCanaryMasks[slack < 8 ? slack : 8]};
 }
 
 MAPALLOC_INLINE void canary_record_slack(const Page* page, void* block, uint64_t slot, size_t slack) {

@@ -52,7 +52,7 @@ constexpr size_t class_block_size(unsigned c) {
 // 8..128 KiB, bench frag's survivors pinned most pages. Big pages for small
 // sizes, where most allocations are: with 16 KiB pages a heap cycled through
 // many more pages, and bench server missed the cache (as simulated by
-// callgrind) 13% more often than with 64 KiB, for 3% less RSS on frag.
+// callgrind) 15% more often than with 64 KiB, for 3% less RSS on frag.
 constexpr size_t kSmallPageBytes = 64 * 1024;
 constexpr size_t kSmallPageMaxBlock = 1024;
 constexpr unsigned class_page_slots(unsigned c) {
