@@ -110,14 +110,14 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
   if (MAPALLOC_UNLIKELY(b->cookie != freed_cookie(b))) return report_corrupted(page, b);
   // One branch for both tests (`&`, not `&&`): the usual non-null link then
   // falls through instead of jumping to a second test and back.
-  bool outside = uintptr_t(reinterpret_cast<char*>(next) - page->start) >= page->span;
+  bool outside = (reinterpret_cast<uintptr_t>(next) ^ reinterpret_cast<uintptr_t>(b)) > page->run_mask;
   if (MAPALLOC_UNLIKELY(outside & (next != nullptr))) return report_corrupted(page, b);
 #endif
   page->free = next;
   bump(page->allocated);
   b->cookie = 0;
 #if MAPALLOC_SECURE
-  canary_set_fresh(page, b, slack_slot(page, b), size);
+  canary_set_fresh(page, b, size);
 #endif
   return b;
 }
@@ -128,7 +128,7 @@ MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
 
 // Frees a block of an arena page (the page map said so).
 MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
-  uintptr_t offset = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(page->start);
+  uintptr_t offset = reinterpret_cast<uintptr_t>(p) & page->run_mask;
   uint64_t scaled = uint64_t(offset) * page->reciprocal;
   uint64_t index = scaled >> kReciprocalShift;
   if (MAPALLOC_UNLIKELY(!is_block_start(scaled, page->reciprocal))) return report_invalid_free(p);
@@ -139,7 +139,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
     // Never handed out (also catches index >= capacity, as carved <= capacity).
     if (MAPALLOC_UNLIKELY(index >= page->carved)) return report_invalid_free(p);
 #if MAPALLOC_SECURE
-    if (MAPALLOC_UNLIKELY(canary_check(page, p, index) == SIZE_MAX)) return report_overflow(p);
+    if (MAPALLOC_UNLIKELY(!canary_check_clear(page, p, index))) return report_overflow(p);
 #endif
     b->link = encode_link(b, page->free);
     b->cookie = freed_cookie(b);

@@ -10,13 +10,13 @@ Keys keys;
 void page_init(Page* page, Heap* heap, unsigned size_class) {
   const ClassInfo& info = kClasses[size_class];
   page->free = nullptr;
+  page->run_mask = info.page_slots * uint32_t(kSlotSize) - 1;
   page->allocated.store(0, std::memory_order_relaxed);
   page->freed.store(0, std::memory_order_relaxed);
   page->collected.store(0, std::memory_order_relaxed);
   __atomic_store_n(&page->carved, 0, __ATOMIC_RELAXED);
   page->capacity = info.capacity;
   page->block_size = info.block_size;
-  page->span = info.capacity * info.block_size;
   page->reciprocal = info.reciprocal;
   page->size_class = uint8_t(size_class);
   page->in_full = false;
@@ -46,6 +46,7 @@ size_t check_canary_past_header(const Page* page, const void* block) {
   if (slack == SIZE_MAX) report_overflow(block);
   size_t used = page->block_size - slack;
   if (used >= sizeof(Block) && canary_check(page, block, slot) == SIZE_MAX) report_overflow(block);
+  page->slack()[slot] = 0;  // free blocks keep it 0 (canary_set_fresh)
   return used;
 #else
   (void)block;

@@ -69,7 +69,9 @@ struct alignas(64) Page {
   uint64_t reciprocal = 0;
   std::atomic<Heap*> heap{nullptr};  // the owner, compared by every free
   uint32_t block_size = 0;
-  uint32_t span = 0;  // capacity * block_size
+  // Run bytes - 1. Runs start at a multiple of their (power-of-two) size, so
+  // p & run_mask is p's offset from start, one instruction and no load.
+  uint32_t run_mask = 0;
   // Per block, the bytes between its requested size and block_size (255:
   // see the canaries below), at slack()[slack_slot(block)]. Out of line, in
   // the chunk descriptor's mapping, one byte per block (slack_slot); an
@@ -79,8 +81,6 @@ struct alignas(64) Page {
   bool in_full = false;  // on the heap's full list rather than its class queue
   bool is_current = false;
 
-  uint32_t capacity = 0;  // 0 while the page belongs to the arena
-  uint8_t size_class = 0;
   std::atomic<uint64_t> collected{0};  // the remote part of freed
   Page* next = nullptr;  // heap queue links, or arena links while free
   Page* prev = nullptr;
@@ -90,7 +90,10 @@ struct alignas(64) Page {
 
   // Arena-only, under the arena lock.
   Chunk* chunk = nullptr;
-  uint8_t slot_index = 0;
+
+  uint32_t capacity = 0;  // 0 while the page belongs to the arena
+  uint8_t size_class = 0;
+  uint8_t slot_index = 0;  // arena-only
   uint8_t slot_count = 0;
 
   uint8_t* slack() const { return const_cast<uint8_t*>(reinterpret_cast<const uint8_t*>(this)) + slack_offset; }
@@ -99,7 +102,7 @@ struct alignas(64) Page {
     return allocated.load(std::memory_order_relaxed) - freed.load(std::memory_order_relaxed);
   }
 };
-static_assert(sizeof(Page) == 128 && offsetof(Page, capacity) == 64);
+static_assert(sizeof(Page) == 128 && offsetof(Page, collected) == 64);
 
 // offset * reciprocal (the page map put p in this page's run, so offset <
 // 2^22) has a fraction below the reciprocal exactly when offset is a multiple
@@ -131,7 +134,7 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
 // spread over many pages. The run's share of the chunk's array has one byte
 // per 16 bytes of the run, so every index fits.
 MAPALLOC_INLINE uint64_t slack_slot(const Page* page, const void* p) {
-  uint64_t offset = uint64_t(reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(page->start));
+  uint64_t offset = uint64_t(reinterpret_cast<uintptr_t>(p) & page->run_mask);
   return (offset * page->reciprocal) >> kReciprocalShift;
 }
 
@@ -171,11 +174,13 @@ MAPALLOC_INLINE void canary_record_slack(const Page* page, void* block, uint64_t
 }
 
 // For a block being handed out: its bytes are not the caller's yet, so the
-// whole word is written, one store and no load.
-MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, uint64_t slot, size_t size) {
+// whole word is written, one store and no load. A free block's slack byte is
+// always 0 (freeing clears it, below), so an exact fit, the common case, has
+// nothing to record and nothing to write.
+MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size) {
   size_t slack = page->block_size - size;
-  canary_record_slack(page, block, slot, slack);
-  if (!slack) return;  // exact fits: nothing to write, nothing to check
+  if (!slack) return;
+  canary_record_slack(page, block, slack_slot(page, block), slack);
   uint64_t w = canary_word(block);
   __builtin_memcpy(static_cast<char*>(block) + canary_spot(page->block_size, slack).offset, &w, 8);
 }
@@ -211,6 +216,17 @@ MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block, uint64_
   return ((word ^ canary_word(block)) & spot.mask) == 0 ? slack : SIZE_MAX;
 }
 
+// For a block being freed by its owner: checks its canary and clears its
+// slack byte, so that free blocks keep the byte 0. False when the canary is
+// broken.
+MAPALLOC_INLINE bool canary_check_clear(const Page* page, const void* block, uint64_t slot) {
+  uint8_t* byte = &page->slack()[slot];
+  if (MAPALLOC_LIKELY(!*byte)) return true;
+  if (canary_check(page, block, slot) == SIZE_MAX) return false;
+  *byte = 0;
+  return true;
+}
+
 // The bytes a live block was asked for, or SIZE_MAX when its canary is
 // broken. Unprotected builds know only the class size.
 MAPALLOC_INLINE size_t requested_bytes(const Page* page, const void* block) {
@@ -234,8 +250,8 @@ bool page_extend(Page* page);
 void report_overflow(const void* block) noexcept;
 // For a freed block whose first 16 bytes were overwritten by the free list
 // (a free from another thread, a quarantined block): checks its canary
-// unless that canary began inside those 16 bytes. Returns the bytes the
-// block was asked for.
+// unless that canary began inside those 16 bytes, and clears its slack byte.
+// Returns the bytes the block was asked for.
 size_t check_canary_past_header(const Page* page, const void* block);
 
 }  // namespace mapalloc

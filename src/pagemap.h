@@ -24,12 +24,13 @@ constexpr unsigned kRootBits = kAddressBits - kSlotShift - kLeafBits;
 using Leaf = std::atomic<uintptr_t>[size_t(1) << kLeafBits];
 extern std::atomic<Leaf*> root[size_t(1) << kRootBits];
 
-// Addresses above 2^48 alias lower ones here instead of costing a branch;
-// callers reject them anyway: a block's offset from its page start must be
-// below 2^40 to pass block_index, and a large block must match exactly.
+// Addresses above 2^48 map to nothing: free's fast path finds a block's
+// offset by masking, which would not tell an aliased address from a real one.
 MAPALLOC_INLINE uintptr_t lookup(const void* p) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  Leaf* leaf = root[(a >> (kSlotShift + kLeafBits)) & ((size_t(1) << kRootBits) - 1)].load(std::memory_order_acquire);
+  uintptr_t top = a >> (kSlotShift + kLeafBits);
+  if (MAPALLOC_UNLIKELY(top >= (size_t(1) << kRootBits))) return 0;
+  Leaf* leaf = root[top].load(std::memory_order_acquire);
   if (MAPALLOC_UNLIKELY(!leaf)) return 0;
   return (*leaf)[(a >> kSlotShift) & ((size_t(1) << kLeafBits) - 1)].load(std::memory_order_relaxed);
 }
