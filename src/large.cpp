@@ -25,6 +25,7 @@ static size_t cache_count = 0, cache_bytes = 0;
 static LargeBlock* spare = nullptr;
 static uint64_t live_count = 0, live_bytes = 0, requests = 0, cache_hits = 0, mapped_bytes = 0;
 static uint64_t last_purge_ms = 0;
+static uint64_t coalesced = 0;  // cached neighbours merged
 static size_t cache_dirty = 0;  // resident (not purged) bytes of cached blocks
 // Cached blocks may keep this much resident beyond the purge delay's reach:
 // the live large bytes, at least 24 MiB. Past it the oldest are purged (they
@@ -105,49 +106,66 @@ static void give_back_descriptor(LargeBlock* b) {
   spare = b;
 }
 
-// Pieces of a split below this stay with the block (too small to reuse).
-constexpr size_t kMinSplitInner = 128 * KiB;
+// Fronts smaller than this stay with the block (below its leading guard).
+constexpr size_t kMinSplitInner = 16 * KiB;
 
-// Splits the front off a cached mapping so that its read-write part becomes
-// the last `inner` bytes; the front becomes a cached mapping of its own. One
-// mprotect (the two guard pages between them), no fault: the pages of both
-// parts stay resident. A front too small to be reused is unmapped instead.
-// Lock held.
-static void split_front(LargeBlock* b, size_t inner) {
+// Cuts a front of at least kMinSplitInner (and a quarter of what b keeps)
+// off b, so that b's read-write part becomes its last `inner` bytes; the
+// front becomes a cached mapping of its own. One call makes the front's
+// trailing guard and b's leading one; the pages of both parts stay
+// resident. False, b unchanged, when the front is too small or the kernel
+// refused. Lock held.
+static bool split_front(LargeBlock* b, size_t inner) {
   bool guarded = b->guarded;
   char* new_begin = b->end - inner;
-  if (b->user < new_begin) forget_user(b);  // its start is not in what b keeps
   char* new_base = new_begin - (guarded ? kGuard : 0);
-  char* front_end = new_base - (guarded ? kGuard : 0);  // front's tail guard below new_base
-  LargeBlock* front = nullptr;
-  if (front_end >= b->begin + kMinSplitInner) front = new_descriptor_locked();
-  if (front) {
-    if (guarded && !os::protect_none(front_end, size_t(new_begin - front_end))) {
-      front->next = spare;
-      spare = front;
-      return;  // keep b whole
-    }
-    *front = *b;
-    front->user = nullptr;
-    front->map_size = size_t(new_base - b->map_base);
-    front->end = front_end;
-    if (front->dirty_from > front_end) front->dirty_from = front_end;
-    cache_push_front(front);
-  } else {
-    if (guarded && !os::protect_none(new_base, kGuard)) return;  // keep it whole
-    os::unmap(b->map_base, size_t(new_base - b->map_base));
-    mapped_bytes -= size_t(new_base - b->map_base);
+  char* front_end = new_base - (guarded ? kGuard : 0);  // the front's trailing guard starts here
+  if (front_end < b->begin + kMinSplitInner || size_t(front_end - b->begin) <= inner / 4) return false;
+  LargeBlock* front = new_descriptor_locked();
+  if (!front) return false;
+  if (guarded && !os::guard(front_end, size_t(new_begin - front_end))) {
+    front->next = spare;
+    spare = front;
+    return false;
   }
+  *front = *b;
+  front->user = nullptr;
+  front->map_size = size_t(new_base - b->map_base);
+  front->end = front_end;
+  if (front->dirty_from > front_end) front->dirty_from = front_end;
+  if (front->open_from > front_end) front->open_from = front_end;
+  cache_push_front(front);
+  if (b->user && b->user < new_begin) forget_user(b);  // its start is not in what b keeps
   b->map_size -= size_t(new_base - b->map_base);
   b->map_base = new_base;
   b->begin = new_begin;
   if (b->dirty_from < new_begin) b->dirty_from = new_begin;
+  if (b->open_from < new_begin) b->open_from = new_begin;
+  return true;
+}
+
+// Makes [from, b->end) the block's accessible part with a guard page right
+// below it, so that an underflow faults at once. Markers left in b by
+// earlier uses and merges (all in [begin, open_from)) are removed only when
+// the new block covers them: a block reused at the same place costs no
+// call, a smaller one one call, a bigger one two. Pages below the guard stay
+// read-write and resident, for the next bigger use. Guarded blocks only.
+static bool open_block(LargeBlock* b, char* from) {
+  if (from < b->open_from) {
+    if (!os::unguard(from, size_t(b->open_from - from))) return false;
+    b->open_from = from;
+    if (from == b->begin) return true;  // the mapping's own leading guard is below
+  } else if (from == b->open_from) {
+    return true;  // the guard below is in place
+  }
+  if (!os::guard(from - kGuard, kGuard)) return false;
+  b->open_from = from;
+  return true;
 }
 
 // Best-fitting cached mapping for `inner` read-write bytes and a tail of at
-// least `tail`; a much bigger one is split (split_front). Either way no page
-// faults for the pages still resident, where a fresh mapping would fault on
-// every page.
+// least `tail`, taken out of the cache. Its pages still resident spare a
+// fault each, where a fresh mapping faults on every page.
 static LargeBlock* cache_take(size_t inner, size_t tail, bool guarded) {
   LargeBlock* best = nullptr;
   for (LargeBlock* b = cache_head; b; b = b->next) {
@@ -156,10 +174,42 @@ static LargeBlock* cache_take(size_t inner, size_t tail, bool guarded) {
     if (!best || have < size_t(best->end - best->begin)) best = b;
     if (have - inner <= inner / 8) break;  // good enough, and recent
   }
-  if (!best) return nullptr;
-  cache_unlink(best);
-  if (size_t(best->end - best->begin) - inner > inner / 4) split_front(best, inner);
+  if (best) cache_unlink(best);
   return best;
+}
+
+// Merges cached mappings that lie side by side: the pieces of earlier
+// splits, or fresh mappings the kernel placed next to each other. Without
+// this, splits leave the cache full of pieces too small for a big request,
+// which then needs a fresh mapping and a fault on every page. No call: the
+// guard pages between two pieces stay until a block covers them
+// (open_block). The upper piece's descriptor survives with its page-map
+// entry, the lower one's goes. Done when a request finds nothing that fits.
+// Returns whether anything merged. Lock held.
+static bool coalesce_cache() {
+  bool merged = false;
+  for (LargeBlock* lo = cache_head; lo; lo = lo->next) {
+    LargeBlock* hi = cache_head;
+    while (hi && !(hi->map_base == lo->map_end() && hi->guarded == lo->guarded)) hi = hi->next;
+    if (!hi) continue;
+    // Unlinked and pushed again so that the cache's byte counts follow.
+    cache_unlink(hi);
+    cache_unlink(lo);
+    forget_user(lo);
+    hi->map_base = lo->map_base;
+    hi->map_size += lo->map_size;
+    hi->begin = lo->begin;
+    if (!hi->guarded) hi->open_from = hi->begin;
+    hi->dirty_from = lo->dirty_from;  // conservative: the gap may hold old data
+    if (lo->cached_at_ms > hi->cached_at_ms) hi->cached_at_ms = lo->cached_at_ms;
+    cache_push_front(hi);
+    lo->next = spare;
+    spare = lo;
+    coalesced++;
+    merged = true;
+    lo = hi;  // hi may have a cached neighbour below it too
+  }
+  return merged;
 }
 
 static void purge_locked(bool force, uint64_t now) {
@@ -186,9 +236,19 @@ static void maybe_purge_locked(uint64_t now) {
 }
 
 // A new mapping of map_size bytes whose read-write part is [begin, end).
-static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bool guarded) {
+// Growable blocks always take the mprotect layout: their headroom opens by
+// mprotect, which does not remove guard markers.
+static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bool guarded, bool growable) {
   char* base;
-  if (guarded) {
+  if (guarded && !growable && os::guard_markers()) {
+    // One read-write mapping (the kernel may merge it with its neighbours)
+    // with guard markers at both ends.
+    base = static_cast<char*>(os::map(map_size));
+    if (base && (!os::guard(base, head) || !os::guard(base + head + rw, map_size - head - rw))) {
+      os::unmap(base, map_size);
+      base = nullptr;
+    }
+  } else if (guarded) {
     base = static_cast<char*>(os::reserve(map_size));
     if (base && !os::protect_rw(base + head, rw)) {
       os::unmap(base, map_size);
@@ -203,6 +263,7 @@ static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bo
   b->begin = base + head;
   b->end = base + head + rw;
   b->dirty_from = b->end;  // fresh pages read as zero
+  b->open_from = b->begin;
   b->guarded = guarded;
   LockGuard guard(lock);
   mapped_bytes += map_size;
@@ -246,6 +307,7 @@ void* alloc(size_t size, size_t alignment, bool zero) {
     LockGuard guard(lock);
     requests++;
     b = cache_take(inner, tail, guarded);
+    if (!b && coalesce_cache()) b = cache_take(inner, tail, guarded);
     if (b) cache_hits++;
   }
   if (!b) {
@@ -255,7 +317,7 @@ void* alloc(size_t size, size_t alignment, bool zero) {
       return nullptr;
     }
     size_t head = guarded ? kGuard : 0;
-    if (!map_block(b, head, inner, head + inner + tail, guarded)) {
+    if (!map_block(b, head, inner, head + inner + tail, guarded, false)) {
       give_back_descriptor(b);
       errno = ENOMEM;
       return nullptr;
@@ -264,6 +326,22 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   }
   char* user = reinterpret_cast<char*>(
       align_down(reinterpret_cast<uintptr_t>(b->end - usable), alignment < 16 ? 16 : alignment));
+  // Nothing accessible may lie right below the block's first page, or an
+  // underflow would not fault. A big front left by a bigger cached mapping
+  // or by the alignment is split off for reuse; a small one stays below a
+  // guard page. (Unguarded blocks keep a front of up to a quarter.)
+  char* first = page_down(user);
+  size_t front = size_t(first - b->begin);
+  if (front > inner / 4 || (guarded && first != b->open_from)) {
+    LockGuard guard(lock);
+    if (front > inner / 4) split_front(b, size_t(b->end - first));
+    if (guarded && !open_block(b, first)) {
+      b->cached_at_ms = now;  // the kernel refused: fail rather than hand out an unguarded front
+      cache_push_front(b);
+      errno = ENOMEM;
+      return nullptr;
+    }
+  }
   if (zero && b->dirty_from < b->end) {
     char* from = user > b->dirty_from ? user : b->dirty_from;
     __builtin_memset(from, 0, size_t(b->end - from));
@@ -330,7 +408,7 @@ void* alloc_growable(size_t size) {
     return nullptr;
   }
   // Always a reservation: the headroom must be PROT_NONE to be a guard.
-  if (!map_block(b, kGuard, rw, map_size, true)) {
+  if (!map_block(b, kGuard, rw, map_size, true, true)) {
     give_back_descriptor(b);
     errno = ENOMEM;
     return nullptr;
@@ -467,7 +545,7 @@ void purge(bool force) {
 
 Usage usage() {
   LockGuard guard(lock);
-  return Usage{live_count, live_bytes, requests, cache_hits, cache_count, cache_bytes, mapped_bytes};
+  return Usage{live_count, live_bytes, requests, cache_hits, cache_count, cache_bytes, mapped_bytes, coalesced};
 }
 
 void lock_for_fork() { lock.lock(); }

@@ -25,6 +25,9 @@ struct LargeBlock {
   char* user;         // the block handed out (nullptr while cached)
   size_t size;        // requested bytes
   char* dirty_from;   // [dirty_from, end) may hold old data
+  // Guarded blocks: [open_from, end) has no guard page and the page below it
+  // is one; [begin, open_from) may hold guard pages of earlier uses.
+  char* open_from;
   uint64_t cached_at_ms;
   LargeBlock* next;   // cache list (most recent first) or spare list
   LargeBlock* prev;
@@ -50,7 +53,7 @@ void* reallocate(LargeBlock* block, size_t new_size, bool* out_of_memory);
 void purge(bool force);
 
 struct Usage {
-  uint64_t live_count, live_bytes, requests, cache_hits, cache_count, cache_bytes, mapped_bytes;
+  uint64_t live_count, live_bytes, requests, cache_hits, cache_count, cache_bytes, mapped_bytes, coalesced;
 };
 Usage usage();
 

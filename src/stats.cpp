@@ -76,6 +76,7 @@ void gather_stats(mapalloc_stats* out) {
   out->large_cache_hits = l.cache_hits;
   out->large_cache_count = l.cache_count;
   out->large_cache_bytes = l.cache_bytes;
+  out->large_coalesced = l.coalesced;
   out->bytes_mapped = os::counters.mapped.load(std::memory_order_relaxed);
   // Committed: arena slots in use or not yet purged, plus large mappings
   // minus their guards and purged cache entries (approximate for those).
@@ -123,6 +124,7 @@ void print_stats(int fd) {
   row(b, fd, "large cache hits", s.large_cache_hits, false);
   row(b, fd, "large cached", s.large_cache_bytes, true);
   row(b, fd, "large cached blocks", s.large_cache_count, false);
+  row(b, fd, "large coalesced", s.large_coalesced, false);
   row(b, fd, "purges", s.purges, false);
   row(b, fd, "purged", s.purged_bytes, true);
   row(b, fd, "mmap calls", s.mmap_calls, false);
@@ -164,6 +166,7 @@ void print_stats_json(int fd) {
   field("large_cache_hits", s.large_cache_hits);
   field("large_cache_count", s.large_cache_count);
   field("large_cache_bytes", s.large_cache_bytes);
+  field("large_coalesced", s.large_coalesced);
   field("purges", s.purges);
   field("purged_bytes", s.purged_bytes);
   b.flush(fd);

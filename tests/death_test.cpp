@@ -93,6 +93,47 @@ TEST(GuardPage, WriteOneByteBeforePageMultipleLargeBlockFaults) {
   }
 }
 
+// A cached mapping reused for a smaller block keeps nothing accessible right
+// below the block: a front too small to split off stays behind a guard page
+// (a quarter or less of the block), a bigger one is cut off. Then the same
+// mapping is reused for a bigger block again, which must take the guard
+// page back (every byte writable) and put one below its own first page.
+TEST(GuardPage, WriteOneByteBeforeReusedLargeBlockFaults) {
+  for (size_t big : {512 * KiB, 1 * MiB, 2 * MiB}) {
+    for (size_t small : {big - 64 * KiB, big / 2, big / 4}) {
+      mapalloc_free(mapalloc_malloc(big));
+      auto* p = static_cast<char*>(mapalloc_malloc(small));
+      ASSERT_NE(p, nullptr) << "sizes " << big << " then " << small;
+      memset(p, 0x5a, small);
+      EXPECT_EXIT(poke(p - 1), ::testing::KilledBySignal(SIGSEGV), "")
+          << "sizes " << big << " then " << small << " ptr " << static_cast<void*>(p);
+      mapalloc_free(p);
+      auto* q = static_cast<char*>(mapalloc_malloc(big - 4096));
+      ASSERT_NE(q, nullptr) << "sizes " << big << ", " << small << " then " << big - 4096;
+      memset(q, 0xa5, big - 4096);
+      EXPECT_EXIT(poke(q - 1), ::testing::KilledBySignal(SIGSEGV), "")
+          << "sizes " << big << ", " << small << " then " << big - 4096 << " ptr " << static_cast<void*>(q);
+      EXPECT_EXIT(poke(q + big - 4096), ::testing::KilledBySignal(SIGSEGV), "")
+          << "sizes " << big << ", " << small << " then " << big - 4096 << " ptr " << static_cast<void*>(q);
+      mapalloc_free(q);
+    }
+  }
+}
+
+// An over-aligned large block does not start at its mapping's first page:
+// the alignment's front is guarded too.
+TEST(GuardPage, WriteOneByteBeforeOverAlignedLargeBlockFaults) {
+  for (size_t align : {64 * KiB, 1 * MiB}) {
+    void* v = nullptr;
+    ASSERT_EQ(mapalloc_posix_memalign(&v, align, 256 * KiB), 0) << "align " << align;
+    auto* p = static_cast<char*>(v);
+    memset(p, 1, 256 * KiB);
+    EXPECT_EXIT(poke(p - 1), ::testing::KilledBySignal(SIGSEGV), "")
+        << "align " << align << " ptr " << static_cast<void*>(p);
+    mapalloc_free(p);
+  }
+}
+
 TEST(GuardPage, ReadPastLargeBlockEndFaults) {
   size_t size = mapalloc_mmap_threshold() + 160;
   auto* p = static_cast<char*>(mapalloc_malloc(size));

@@ -70,6 +70,46 @@ bool protect_rw(void* p, size_t size) {
   return ::mprotect(p, size, PROT_READ | PROT_WRITE) == 0;
 }
 
+// Not in Debian 12's headers yet.
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#define MADV_GUARD_REMOVE 103
+#endif
+
+// 1: markers work, 0: they do not (older kernel, or a tool like Valgrind
+// that rejects the advice), -1: not tried yet. Settled by the first call;
+// a race between two first calls settles it the same way twice.
+static std::atomic<int> markers{-1};
+
+bool guard_markers() {
+  int m = markers.load(std::memory_order_relaxed);
+  if (m >= 0) return m;
+  ErrnoGuard guard;
+  count(counters.mmap_calls);
+  void* probe = ::mmap(nullptr, kPageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  m = probe != MAP_FAILED && ::madvise(probe, kPageSize, MADV_GUARD_INSTALL) == 0;
+  if (probe != MAP_FAILED) {
+    count(counters.munmap_calls);
+    ::munmap(probe, kPageSize);
+  }
+  markers.store(m, std::memory_order_relaxed);
+  return m;
+}
+
+bool guard(void* p, size_t size) {
+  if (!guard_markers()) return protect_none(p, size);
+  ErrnoGuard guard;
+  count(counters.madvise_calls);
+  return ::madvise(p, size, MADV_GUARD_INSTALL) == 0;
+}
+
+bool unguard(void* p, size_t size) {
+  if (!guard_markers()) return protect_rw(p, size);
+  ErrnoGuard guard;
+  count(counters.madvise_calls);
+  return ::madvise(p, size, MADV_GUARD_REMOVE) == 0;
+}
+
 void purge(void* p, size_t size) {
   if (!size) return;
   ErrnoGuard guard;

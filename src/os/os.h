@@ -18,6 +18,15 @@ void* map_aligned(size_t size, size_t alignment, bool rw);
 void unmap(void* p, size_t size);
 bool protect_none(void* p, size_t size);
 bool protect_rw(void* p, size_t size);
+// Guard pages inside a read-write mapping: any access to them faults. Where
+// the kernel has guard markers (MADV_GUARD_INSTALL, Linux 6.13) this is a
+// page-table update that leaves the mapping one VMA, about a quarter of the
+// cost of the mprotect used elsewhere (which splits the VMA). The pages'
+// contents are lost (markers) or kept (mprotect); unguard makes them
+// read-write again with contents unspecified. guard_markers() says which.
+bool guard(void* p, size_t size);
+bool unguard(void* p, size_t size);
+bool guard_markers();
 // Releases the pages' contents; they read back as zero (MADV_DONTNEED) or
 // may (MADV_FREE, with use_madv_free) until reused.
 void purge(void* p, size_t size);
