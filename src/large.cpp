@@ -190,7 +190,9 @@ static bool coalesce_cache() {
   bool merged = false;
   for (LargeBlock* lo = cache_head; lo; lo = lo->next) {
     LargeBlock* hi = cache_head;
-    while (hi && !(hi->map_base == lo->map_end() && hi->guarded == lo->guarded)) hi = hi->next;
+    // Unguarded mappings are not merged: they keep fronts of up to a quarter
+    // read-write, so merged ones grow without bound and end up purged.
+    while (hi && !(hi->map_base == lo->map_end() && hi->guarded && lo->guarded)) hi = hi->next;
     if (!hi) continue;
     // Unlinked and pushed again so that the cache's byte counts follow.
     cache_unlink(hi);
