@@ -67,7 +67,7 @@ struct mapalloc_stats {
   uint64_t large_cache_hits;
   uint64_t large_cache_count;
   uint64_t large_cache_bytes;
-  uint64_t large_coalesced; /* freed large mappings merged with a cached neighbour */
+  uint64_t large_coalesced; /* merges of side-by-side cached large mappings */
   uint64_t purges;        /* madvise calls that released memory */
   uint64_t purged_bytes;
   uint64_t mmap_calls;

@@ -77,13 +77,19 @@ static void forget_user(LargeBlock* b) {
   b->user = nullptr;
 }
 
+// A descriptor whose mapping is gone or now another's goes to the spare
+// list; lock held.
+static void give_back_descriptor_locked(LargeBlock* b) {
+  b->next = spare;
+  spare = b;
+}
+
 // Releases a descriptor's mapping; lock held.
 static void release(LargeBlock* b) {
   forget_user(b);
   os::unmap(b->map_base, b->map_size);
   mapped_bytes -= b->map_size;
-  b->next = spare;
-  spare = b;
+  give_back_descriptor_locked(b);
 }
 
 static LargeBlock* new_descriptor_locked() {
@@ -102,8 +108,7 @@ static LargeBlock* new_descriptor() {
 
 static void give_back_descriptor(LargeBlock* b) {
   LockGuard guard(lock);
-  b->next = spare;
-  spare = b;
+  give_back_descriptor_locked(b);
 }
 
 // Fronts smaller than this stay with the block (below its leading guard).
@@ -124,8 +129,7 @@ static bool split_front(LargeBlock* b, size_t inner) {
   LargeBlock* front = new_descriptor_locked();
   if (!front) return false;
   if (guarded && !os::guard(front_end, size_t(new_begin - front_end))) {
-    front->next = spare;
-    spare = front;
+    give_back_descriptor_locked(front);
     return false;
   }
   *front = *b;
@@ -201,12 +205,10 @@ static bool coalesce_cache() {
     hi->map_base = lo->map_base;
     hi->map_size += lo->map_size;
     hi->begin = lo->begin;
-    if (!hi->guarded) hi->open_from = hi->begin;
     hi->dirty_from = lo->dirty_from;  // conservative: the gap may hold old data
     if (lo->cached_at_ms > hi->cached_at_ms) hi->cached_at_ms = lo->cached_at_ms;
     cache_push_front(hi);
-    lo->next = spare;
-    spare = lo;
+    give_back_descriptor_locked(lo);
     coalesced++;
     merged = true;
     lo = hi;  // hi may have a cached neighbour below it too
@@ -336,7 +338,7 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   size_t front = size_t(first - b->begin);
   if (front > inner / 4 || (guarded && first != b->open_from)) {
     LockGuard guard(lock);
-    if (front > inner / 4) split_front(b, size_t(b->end - first));
+    split_front(b, size_t(b->end - first));  // when the front is worth a cache entry
     if (guarded && !open_block(b, first)) {
       b->cached_at_ms = now;  // the kernel refused: fail rather than hand out an unguarded front
       cache_push_front(b);
