@@ -41,12 +41,17 @@ struct Keys {
 };
 extern Keys keys;  // set once at start-up, before the first block exists
 
-MAPALLOC_INLINE uintptr_t encode_link(const Block*, const Block* next) {
-  return std::rotl(reinterpret_cast<uintptr_t>(next) ^ keys.link, 17);
+// One xor on the loaded value each way: self ^ key is known before the link
+// (or the list head) is loaded, and a malloc/free pair's critical path runs
+// through these links, so every extra operation here is a cycle per pair.
+// A bit flipped in a link flips the same bit of the next pointer (as with
+// any linear encoding); what such a redirected pop hands out is checked by
+// malloc (inside this page, carrying its freed cookie).
+MAPALLOC_INLINE uintptr_t link_key(const Block* self) { return reinterpret_cast<uintptr_t>(self) ^ keys.link; }
+MAPALLOC_INLINE uintptr_t encode_link(const Block* self, const Block* next) {
+  return reinterpret_cast<uintptr_t>(next) ^ link_key(self);
 }
-MAPALLOC_INLINE Block* decode_link(const Block* self) {
-  return reinterpret_cast<Block*>(std::rotr(self->link, 17) ^ keys.link);
-}
+MAPALLOC_INLINE Block* decode_link(const Block* self) { return reinterpret_cast<Block*>(self->link ^ link_key(self)); }
 MAPALLOC_INLINE uintptr_t freed_cookie(const Block* b) {
   return reinterpret_cast<uintptr_t>(b) ^ keys.cookie;
 }
