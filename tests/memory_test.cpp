@@ -258,8 +258,8 @@ void check_rss_returns(Category c, unsigned threads, uint64_t total, Release how
     after = rss_bytes();
   } else {
     // Cached large mappings are unmapped after 10 * purge_delay_ms + 100 ms
-    // idle (200 ms by default); free arena pages after 10 * purge_delay_ms.
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    // idle (400 ms by default); free arena pages after 10 * purge_delay_ms.
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
     after_sleep = rss_bytes();
     purge_triggering_activity();
     after = rss_bytes();
