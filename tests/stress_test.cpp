@@ -500,7 +500,10 @@ TEST(Stress, TwoThousandShortLivedThreadsKeepMemoryBounded) {
           << after.bytes_committed;
   RecordProperty("memory", numbers.str());
   EXPECT_GE(after.threads_seen - before.threads_seen, uint64_t(started)) << numbers.str();
-  EXPECT_LT(after.bytes_mapped, 256 * MiB) << numbers.str();
+  // Growth over the test, not the absolute figure: earlier tests in the same
+  // process may have reserved address space that stays (the 322 MiB malloc(0)
+  // region, page-map leaves).
+  EXPECT_LT(after.bytes_mapped, before.bytes_mapped + 256 * MiB) << numbers.str();
   // At most 8 workers are alive at once; thread exit hands heaps on.
   EXPECT_LE(after.heaps, before.heaps + 4 * concurrent) << numbers.str();
   if (!failures.any()) expect_no_leaked_blocks(before);
@@ -605,7 +608,8 @@ TEST(Stress, LargeAndAlignedBlocksFromManyThreads) {
   EXPECT_FALSE(failures.any()) << failures.summary();
   mapalloc_collect();
   mapalloc_stats after = stats();
-  EXPECT_LT(after.bytes_mapped, 256 * MiB) << "bytes_mapped " << after.bytes_mapped;
+  EXPECT_LT(after.bytes_mapped, before.bytes_mapped + 256 * MiB)
+      << "bytes_mapped " << after.bytes_mapped << " (before " << before.bytes_mapped << ")";
   if (!failures.any()) expect_no_leaked_blocks(before);
 }
 
