@@ -183,11 +183,19 @@ MAPALLOC_INLINE void canary_record_slack(const Page* page, void* block, uint64_t
 // always 0 (freeing clears it, below), so an exact fit, the common case, has
 // nothing to record and nothing to write.
 MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size) {
-  size_t slack = page->block_size - size;
+  size_t block_size = page->block_size;  // once: the byte store below could alias it
+  size_t slack = block_size - size;
   if (!slack) return;
-  canary_record_slack(page, block, slack_slot(page, block), slack);
+  uint8_t* byte = &page->slack()[slack_slot(page, block)];
+  if (MAPALLOC_LIKELY(slack < 255)) {
+    *byte = uint8_t(slack);
+  } else {
+    canary_record_slack(page, block, slack_slot(page, block), slack);
+  }
   uint64_t w = canary_word(block);
-  __builtin_memcpy(static_cast<char*>(block) + canary_spot(page->block_size, slack).offset, &w, 8);
+  // block_size - max(slack, 8), as min(size, block_size - 8).
+  size_t offset = size < block_size - 8 ? size : block_size - 8;
+  __builtin_memcpy(static_cast<char*>(block) + offset, &w, 8);
 }
 
 // For a live block (realloc in place): only the canary's bytes change.
