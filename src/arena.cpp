@@ -143,19 +143,58 @@ static Chunk* new_chunk() {
 }
 
 // Lowest run of `slots` free slots aligned to `slots`, preferring runs that
-// are still resident (no page faults). Returns 64 if none.
+// are still resident (no page faults), then runs whose guard markers are
+// already in place (no call; see arrange_guards). Returns 64 if none.
 static unsigned find_run(const Chunk* c, unsigned slots) {
   uint64_t m = run_mask(slots);
+  uint64_t ready = uint64_t(1) << (slots - 1);  // the end marker and no other
   unsigned best = 64;
+  int best_score = -1;
   for (unsigned i = 0; i < 64; i += slots) {
     if (((c->free_slots >> i) & m) != m) continue;
-    if (((c->dirty_slots >> i) & m) == m) return i;
-    if (best == 64) best = i;
+    int score = 2 * (((c->dirty_slots >> i) & m) == m) + (((c->guard_ends >> i) & m) == ready);
+    if (score > best_score) best = i, best_score = score;
+    if (score == 3) break;
   }
   return best;
 }
 
 static void maybe_purge_locked(uint64_t now);
+
+// Runs end with a guard page (a guard marker in the run's last OS page), so
+// that a linear overflow out of a run's last block faults before it reaches
+// the next run. Markers stay through purges, so a run reused at the same
+// place costs no call; markers left inside a new run by earlier, shorter
+// runs are removed (one call), a missing end guard is installed (one call).
+// Only with markers: with mprotect every run would be VMAs of its own. Not
+// for the classes above 256 KiB (used only with a raised mmap_threshold),
+// where the guard would cost a third of the run's blocks or all of them.
+static bool run_gets_guard(unsigned slots, size_t block_size) {
+  size_t with_guard = (slots * kSlotSize - kRunGuard) / block_size, without = slots * kSlotSize / block_size;
+  return options.guard && os::guard_markers() && with_guard * 4 >= without * 3;
+}
+
+// Puts the markers of [index, index + slots) in order for a run with or
+// without an end guard. Returns whether the run has its end guard; -1 when
+// the kernel refused to remove markers inside the run (which would leave
+// part of it inaccessible). Lock held.
+static int arrange_guards(Chunk* c, unsigned index, unsigned slots, bool want_guard) {
+  uint64_t run = run_mask(slots) << index;
+  uint64_t last = uint64_t(1) << (index + slots - 1);
+  uint64_t stale = c->guard_ends & run & (want_guard ? ~last : ~uint64_t(0));
+  if (stale) {
+    unsigned hi = 63 - unsigned(__builtin_clzll(stale));
+    char* from = c->base + index * kSlotSize;
+    if (!os::unguard(from, size_t(c->base + (hi + 1) * kSlotSize - from))) return -1;
+    c->guard_ends &= ~stale;
+  }
+  if (want_guard && !(c->guard_ends & last)) {
+    // Refused: the run goes without (as on kernels without markers).
+    if (!os::guard(c->base + (index + slots) * kSlotSize - kRunGuard, kRunGuard)) return 0;
+    c->guard_ends |= last;
+  }
+  return want_guard;
+}
 
 Page* alloc_page(Heap* heap, unsigned size_class) {
   unsigned slots = kClasses[size_class].page_slots;
@@ -172,6 +211,8 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
       if (!chosen) return nullptr;
       index = 0;
     }
+    int guarded = arrange_guards(chosen, index, slots, run_gets_guard(slots, kClasses[size_class].block_size));
+    if (guarded < 0) return nullptr;
     uint64_t m = run_mask(slots) << index;
     chosen->free_slots &= ~m;
     rebin(chosen);
@@ -183,6 +224,7 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
     head->slot_count = uint8_t(slots);
     head->start = chosen->base + index * kSlotSize;
     page_init(head, heap, size_class);
+    if (guarded) head->capacity = uint32_t((slots * kSlotSize - kRunGuard) / head->block_size);
     maybe_purge_locked(os::now_ms());
   }
   Page* page = &chosen->pages[index];

@@ -22,6 +22,7 @@ struct Chunk {
   Chunk* bin_next = nullptr;   // the chunks of one free-run bin (arena.cpp)
   Chunk* bin_prev = nullptr;
   int bin = -1;                // log2 of its longest aligned free run; -1: full
+  uint64_t guard_ends = 0;     // bit i: slot i's last OS page holds a guard marker
   uint8_t* slack = nullptr;    // kSlotsPerChunk * kMaxBlocksPerSlot: Page::slack
   Page pages[kSlotsPerChunk];  // slot i's descriptor; a run uses its first slot's
 };

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 
 #include <thread>
@@ -141,6 +142,34 @@ TEST(GuardPage, ReadPastLargeBlockEndFaults) {
   EXPECT_EXIT((void)*static_cast<volatile char*>(p + mapalloc_usable_size(p)), ::testing::KilledBySignal(SIGSEGV), "")
       << "size " << size << " ptr " << static_cast<void*>(p);
   mapalloc_free(p);
+}
+
+// Runs of small blocks end with a guard page (a guard marker: kernels with
+// MADV_GUARD_INSTALL only), so a linear overflow out of a run's last block
+// faults before it reaches the next run. Blocks up to 1 KiB live in 64 KiB
+// runs aligned to 64 KiB; with the guard, exact-fit blocks of these sizes
+// fill the run up to 60 KiB, where the guard starts.
+bool kernel_has_guard_markers() {
+  void* m = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return false;
+  bool ok = madvise(m, 4096, 102 /* MADV_GUARD_INSTALL */) == 0;
+  munmap(m, 4096);
+  return ok;
+}
+
+TEST(GuardPage, WritePastTheLastBlockOfASmallRunFaults) {
+  if (!kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers in this kernel: runs have no guard page";
+  for (size_t size : {size_t(16), size_t(64), size_t(256), size_t(1024)}) {
+    auto* p = static_cast<char*>(mapalloc_malloc(size));
+    ASSERT_NE(p, nullptr);
+    uintptr_t run = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(64 * KiB - 1);
+    char* past_last = reinterpret_cast<char*>(run + 60 * KiB);
+    EXPECT_EXIT(poke(past_last), ::testing::KilledBySignal(SIGSEGV), "")
+        << "size " << size << " ptr " << static_cast<void*>(p);
+    // The run's last block ends right below it.
+    EXPECT_EQ((60 * KiB) % size, 0u);
+    mapalloc_free(p);
+  }
 }
 
 // ---------------------------------------------------------------- misuse
