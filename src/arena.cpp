@@ -152,7 +152,9 @@ static unsigned find_run(const Chunk* c, unsigned slots) {
   int best_score = -1;
   for (unsigned i = 0; i < 64; i += slots) {
     if (((c->free_slots >> i) & m) != m) continue;
-    int score = 2 * (((c->dirty_slots >> i) & m) == m) + (((c->guard_ends >> i) & m) == ready);
+    uint64_t markers = (c->guard_ends >> i) & m;
+    bool in_place = i + slots < kSlotsPerChunk ? markers == ready : markers == 0;  // the chunk's guard ends the last
+    int score = 2 * (((c->dirty_slots >> i) & m) == m) + in_place;
     if (score > best_score) best = i, best_score = score;
     if (score == 3) break;
   }
@@ -167,11 +169,16 @@ static void maybe_purge_locked(uint64_t now);
 // place costs no call; markers left inside a new run by earlier, shorter
 // runs are removed (one call), a missing end guard is installed (one call).
 // Only with markers: with mprotect every run would be VMAs of its own. Not
-// for the classes above 256 KiB (used only with a raised mmap_threshold),
-// where the guard would cost a third of the run's blocks or all of them.
-static bool run_gets_guard(unsigned slots, size_t block_size) {
+// for a run that ends the chunk (the chunk's own guard page follows it), nor
+// where the guard would cost more than a quarter of the run's blocks (the
+// 512 KiB and 1 MiB classes, used only with a raised mmap_threshold). Not
+// again once the kernel refused a marker (a locked mapping, say).
+static bool run_guards_refused = false;  // under the arena lock
+
+static bool run_gets_guard(unsigned index, unsigned slots, size_t block_size) {
   size_t with_guard = (slots * kSlotSize - kRunGuard) / block_size, without = slots * kSlotSize / block_size;
-  return options.guard && os::guard_markers() && with_guard * 4 >= without * 3;
+  return options.guard && os::guard_markers() && !run_guards_refused && index + slots < kSlotsPerChunk &&
+         with_guard * 4 >= without * 3;
 }
 
 // Puts the markers of [index, index + slots) in order for a run with or
@@ -189,8 +196,10 @@ static int arrange_guards(Chunk* c, unsigned index, unsigned slots, bool want_gu
     c->guard_ends &= ~stale;
   }
   if (want_guard && !(c->guard_ends & last)) {
-    // Refused: the run goes without (as on kernels without markers).
-    if (!os::guard(c->base + (index + slots) * kSlotSize - kRunGuard, kRunGuard)) return 0;
+    if (!os::guard(c->base + (index + slots) * kSlotSize - kRunGuard, kRunGuard)) {
+      run_guards_refused = true;  // the run goes without, as on kernels without markers
+      return 0;
+    }
     c->guard_ends |= last;
   }
   return want_guard;
@@ -206,13 +215,17 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
     for (int b = std::countr_zero(slots); b < kBins && !chosen; b++) {
       if ((chosen = bins[b])) index = find_run(chosen, slots);
     }
-    if (!chosen) {
+    size_t block_size = kClasses[size_class].block_size;
+    int guarded = -1;
+    if (chosen) guarded = arrange_guards(chosen, index, slots, run_gets_guard(index, slots, block_size));
+    if (guarded < 0) {
+      // No free run, or the kernel would not clear the run's old markers
+      // (its bits stay set: they may still be there): a fresh chunk has none.
       chosen = new_chunk();
       if (!chosen) return nullptr;
       index = 0;
+      guarded = arrange_guards(chosen, index, slots, run_gets_guard(index, slots, block_size));
     }
-    int guarded = arrange_guards(chosen, index, slots, run_gets_guard(slots, kClasses[size_class].block_size));
-    if (guarded < 0) return nullptr;
     uint64_t m = run_mask(slots) << index;
     chosen->free_slots &= ~m;
     rebin(chosen);

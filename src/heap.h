@@ -132,6 +132,9 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   uint64_t scaled = uint64_t(offset) * page->reciprocal;
   uint64_t index = scaled >> kReciprocalShift;
   if (MAPALLOC_UNLIKELY(!is_block_start(scaled, page->reciprocal))) return report_invalid_free(p);
+  // (A block-aligned pointer into the guard page that ends a run faults
+  // here, SIGSEGV rather than a report: the index checks below come after
+  // this read, off the common path's critical loads.)
   Block* b = static_cast<Block*>(p);
   if (MAPALLOC_UNLIKELY(b->cookie == freed_cookie(b))) return report_double_free(p);
   Heap* heap = tls_heap;

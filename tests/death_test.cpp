@@ -148,7 +148,8 @@ TEST(GuardPage, ReadPastLargeBlockEndFaults) {
 // MADV_GUARD_INSTALL only), so a linear overflow out of a run's last block
 // faults before it reaches the next run. Blocks up to 1 KiB live in 64 KiB
 // runs aligned to 64 KiB; with the guard, exact-fit blocks of these sizes
-// fill the run up to 60 KiB, where the guard starts.
+// fill the run up to 60 KiB, where the guard starts. A run that ends its
+// 1 MiB chunk has no marker: the chunk's own guard page follows it.
 bool kernel_has_guard_markers() {
   void* m = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) return false;
@@ -163,7 +164,8 @@ TEST(GuardPage, WritePastTheLastBlockOfASmallRunFaults) {
     auto* p = static_cast<char*>(mapalloc_malloc(size));
     ASSERT_NE(p, nullptr);
     uintptr_t run = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(64 * KiB - 1);
-    char* past_last = reinterpret_cast<char*>(run + 60 * KiB);
+    uintptr_t run_end = run + 64 * KiB;
+    char* past_last = reinterpret_cast<char*>(run_end % MiB == 0 ? run_end : run + 60 * KiB);
     EXPECT_EXIT(poke(past_last), ::testing::KilledBySignal(SIGSEGV), "")
         << "size " << size << " ptr " << static_cast<void*>(p);
     // The run's last block ends right below it.
