@@ -192,11 +192,11 @@ static int arrange_guards(Chunk* c, unsigned index, unsigned slots, bool want_gu
   if (stale) {
     unsigned hi = 63 - unsigned(__builtin_clzll(stale));
     char* from = c->base + index * kSlotSize;
-    if (!os::unguard(from, size_t(c->base + (hi + 1) * kSlotSize - from))) return -1;
+    if (!os::unguard_markers(from, size_t(c->base + (hi + 1) * kSlotSize - from))) return -1;
     c->guard_ends &= ~stale;
   }
   if (want_guard && !(c->guard_ends & last)) {
-    if (!os::guard(c->base + (index + slots) * kSlotSize - kRunGuard, kRunGuard)) {
+    if (!os::guard_marker(c->base + (index + slots) * kSlotSize - kRunGuard, kRunGuard)) {
       run_guards_refused = true;  // the run goes without, as on kernels without markers
       return 0;
     }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <thread>
 
@@ -172,6 +173,41 @@ TEST(GuardPage, WritePastTheLastBlockOfASmallRunFaults) {
     EXPECT_EQ((60 * KiB) % size, 0u);
     mapalloc_free(p);
   }
+}
+
+// The kernel refuses guard markers in locked mappings. After
+// mlockall(MCL_FUTURE) every new mapping is locked: large blocks fall back
+// to mprotect guards (they used to fail with ENOMEM), runs go without their
+// guard page, and everything still works, guard pages included.
+TEST(GuardPage, MlockallKeepsAllocationsAndGuardsWorking) {
+  struct rlimit lim;
+  if (geteuid() != 0 && (getrlimit(RLIMIT_MEMLOCK, &lim) != 0 || lim.rlim_cur != RLIM_INFINITY))
+    GTEST_SKIP() << "mlockall needs root or an unlimited RLIMIT_MEMLOCK";
+  EXPECT_EXIT(
+      {
+        size_t t = mapalloc_mmap_threshold();
+        mapalloc_free(mapalloc_malloc(t + 1));  // markers probed (and working) before the lock
+        if (mlockall(MCL_CURRENT | MCL_FUTURE) != 0) _exit(3);
+        for (int i = 0; i < 40; i++) {
+          size_t n = t + 1 + size_t(i) * 40000;
+          auto* p = static_cast<char*>(mapalloc_malloc(n));
+          if (!p) _exit(4);
+          memset(p, i, n);
+          if (p[n - 1] != char(i)) _exit(5);
+          mapalloc_free(p);
+          void* q = mapalloc_malloc(64 + size_t(i) * 100);
+          if (!q) _exit(6);
+          mapalloc_free(q);
+        }
+        // A block reused at another size still ends at a guard page.
+        auto* p = static_cast<char*>(mapalloc_malloc(t + 4096 * 3 + 16));
+        if (!p) _exit(7);
+        size_t end = mapalloc_usable_size(p);
+        p[end - 1] = 1;
+        poke(p + end);  // must fault
+        _exit(8);
+      },
+      ::testing::KilledBySignal(SIGSEGV), "");
 }
 
 // ---------------------------------------------------------------- misuse

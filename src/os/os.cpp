@@ -96,18 +96,34 @@ bool guard_markers() {
   return m;
 }
 
-bool guard(void* p, size_t size) {
-  if (!guard_markers()) return protect_none(p, size);
+// Set once guard() had to fall back to mprotect although markers work: the
+// kernel refuses markers in locked mappings (mlockall(MCL_FUTURE) after our
+// probe). From then on unguard() also makes its range read-write again.
+static std::atomic<bool> protect_guards{false};
+
+bool guard_marker(void* p, size_t size) {
   ErrnoGuard guard;
   count(counters.madvise_calls);
   return ::madvise(p, size, MADV_GUARD_INSTALL) == 0;
 }
 
-bool unguard(void* p, size_t size) {
-  if (!guard_markers()) return protect_rw(p, size);
+bool unguard_markers(void* p, size_t size) {
   ErrnoGuard guard;
   count(counters.madvise_calls);
   return ::madvise(p, size, MADV_GUARD_REMOVE) == 0;
+}
+
+bool guard(void* p, size_t size) {
+  if (guard_markers() && guard_marker(p, size)) return true;
+  if (guard_markers()) protect_guards.store(true, std::memory_order_relaxed);
+  return protect_none(p, size);
+}
+
+bool unguard(void* p, size_t size) {
+  if (!guard_markers()) return protect_rw(p, size);
+  bool ok = unguard_markers(p, size);
+  if (protect_guards.load(std::memory_order_relaxed)) ok = protect_rw(p, size) && ok;
+  return ok;
 }
 
 void purge(void* p, size_t size) {

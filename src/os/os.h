@@ -24,9 +24,13 @@ bool protect_rw(void* p, size_t size);
 // cost of the mprotect used elsewhere (which splits the VMA). The pages'
 // contents are lost (markers) or kept (mprotect); unguard makes them
 // read-write again with contents unspecified. guard_markers() says which.
+// Where a marker is refused (a locked mapping), guard falls back to mprotect.
 bool guard(void* p, size_t size);
 bool unguard(void* p, size_t size);
 bool guard_markers();
+// Markers only, no fallback (the arena's run guards: see arena.cpp).
+bool guard_marker(void* p, size_t size);
+bool unguard_markers(void* p, size_t size);
 // Releases the pages' contents; they read back as zero (MADV_DONTNEED) or
 // may (MADV_FREE, with use_madv_free) until reused.
 void purge(void* p, size_t size);
