@@ -175,10 +175,11 @@ static void maybe_purge_locked(uint64_t now);
 // again once the kernel refused a marker (a locked mapping, say).
 static bool run_guards_refused = false;  // under the arena lock
 
-static bool run_gets_guard(unsigned index, unsigned slots, size_t block_size) {
-  size_t with_guard = (slots * kSlotSize - kRunGuard) / block_size, without = slots * kSlotSize / block_size;
-  return options.guard && os::guard_markers() && !run_guards_refused && index + slots < kSlotsPerChunk &&
-         with_guard * 4 >= without * 3;
+static_assert(kRunGuard == os::kPageSize);
+
+static bool run_gets_guard(unsigned index, const ClassInfo& info) {
+  return info.guarded_capacity && options.guard && os::guard_markers() && !run_guards_refused &&
+         index + info.page_slots < kSlotsPerChunk;
 }
 
 // Puts the markers of [index, index + slots) in order for a run with or
@@ -215,16 +216,16 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
     for (int b = std::countr_zero(slots); b < kBins && !chosen; b++) {
       if ((chosen = bins[b])) index = find_run(chosen, slots);
     }
-    size_t block_size = kClasses[size_class].block_size;
+    const ClassInfo& info = kClasses[size_class];
     int guarded = -1;
-    if (chosen) guarded = arrange_guards(chosen, index, slots, run_gets_guard(index, slots, block_size));
+    if (chosen) guarded = arrange_guards(chosen, index, slots, run_gets_guard(index, info));
     if (guarded < 0) {
       // No free run, or the kernel would not clear the run's old markers
       // (its bits stay set: they may still be there): a fresh chunk has none.
       chosen = new_chunk();
       if (!chosen) return nullptr;
       index = 0;
-      guarded = arrange_guards(chosen, index, slots, run_gets_guard(index, slots, block_size));
+      guarded = arrange_guards(chosen, index, slots, run_gets_guard(index, info));
     }
     uint64_t m = run_mask(slots) << index;
     chosen->free_slots &= ~m;
@@ -237,7 +238,7 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
     head->slot_count = uint8_t(slots);
     head->start = chosen->base + index * kSlotSize;
     page_init(head, heap, size_class);
-    if (guarded) head->capacity = uint32_t((slots * kSlotSize - kRunGuard) / head->block_size);
+    if (guarded) head->capacity = info.guarded_capacity;
     maybe_purge_locked(os::now_ms());
   }
   Page* page = &chosen->pages[index];

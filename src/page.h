@@ -186,11 +186,11 @@ MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size
   size_t block_size = page->block_size;  // once: the byte store below could alias it
   size_t slack = block_size - size;
   if (!slack) return;
-  uint8_t* byte = &page->slack()[slack_slot(page, block)];
+  uint64_t slot = slack_slot(page, block);
   if (MAPALLOC_LIKELY(slack < 255)) {
-    *byte = uint8_t(slack);
+    page->slack()[slot] = uint8_t(slack);
   } else {
-    canary_record_slack(page, block, slack_slot(page, block), slack);
+    canary_record_slack(page, block, slot, slack);
   }
   uint64_t w = canary_word(block);
   // block_size - max(slack, 8), as min(size, block_size - 8).

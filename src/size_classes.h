@@ -47,10 +47,10 @@ constexpr size_t class_block_size(unsigned c) {
 
 // A page is the smallest power-of-two run of slots holding at least 4 blocks
 // and a guard page (arena.cpp) (a whole chunk, at least one block, above 256
-// KiB), and at least 64 KiB for blocks up to 1 KiB, 32 KiB above. (With
+// KiB), and at least 64 KiB for blocks up to 1 KiB, 32 KiB above (with
 // one-slot runs, bench frag moved guard markers twice as often: 35k calls
-// against 20k, and 14% more time against 2%.) Few blocks per page for medium sizes, so that one
-// survivor pins little memory: with 64 KiB slots and 512 KiB pages for
+// against 20k, and 14% more time against 2%). Few blocks per page for
+// medium sizes, so that one survivor pins little memory: with 64 KiB slots and 512 KiB pages for
 // 8..128 KiB, bench frag's survivors pinned most pages. Big pages for small
 // sizes, where most allocations are: with 16 KiB pages a heap cycled through
 // many more pages, and bench server missed the cache (as simulated by
@@ -72,6 +72,9 @@ struct ClassInfo {
   uint32_t block_size;
   uint32_t page_slots;
   uint32_t capacity;    // blocks per page without a guard page (arena.cpp)
+  // Blocks per page when its last OS page is a guard; 0 when the guard would
+  // cost more than a quarter of them (the 512 KiB and 1 MiB classes).
+  uint32_t guarded_capacity;
   uint64_t reciprocal;  // ceil(2^44 / block_size): offset / size as a multiply
 };
 constexpr unsigned kReciprocalShift = 44;
@@ -83,6 +86,8 @@ constexpr std::array<ClassInfo, kNumClasses> make_class_table() {
     t[c].block_size = uint32_t(b);
     t[c].page_slots = class_page_slots(c);
     t[c].capacity = uint32_t(t[c].page_slots * kSlotSize / b);
+    size_t guarded = (t[c].page_slots * kSlotSize - kRunGuard) / b;
+    t[c].guarded_capacity = guarded * 4 >= t[c].capacity * 3 ? uint32_t(guarded) : 0;
     t[c].reciprocal = ((uint64_t(1) << kReciprocalShift) + b - 1) / b;
   }
   return t;
@@ -122,7 +127,7 @@ constexpr bool check_classes() {
     if (smallest > 128 && (b - smallest) * 8 > smallest) return false;
     if (kClasses[c].capacity < (b <= kMaxClassSize / 4 ? 4 : 1)) return false;
     // With the guard page, still 4 blocks where a chunk has room for them.
-    if (4 * b + kRunGuard <= kChunkSize && (kClasses[c].page_slots * kSlotSize - kRunGuard) / b < 4) return false;
+    if (4 * b + kRunGuard <= kChunkSize && kClasses[c].guarded_capacity < 4) return false;
     if (kClasses[c].capacity > 65535) return false;  // Page::carved is 16 bits
     // The divisibility test of page.h (is_block_start) at the edges of blocks.
     uint64_t rec = kClasses[c].reciprocal, mask = (uint64_t(1) << kReciprocalShift) - 1;

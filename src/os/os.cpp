@@ -58,16 +58,19 @@ void* map_aligned(size_t size, size_t alignment, bool rw) {
   return aligned;
 }
 
-bool protect_none(void* p, size_t size) {
+static bool protect(void* p, size_t size, int prot) {
   ErrnoGuard guard;
   count(counters.mprotect_calls);
-  return ::mprotect(p, size, PROT_NONE) == 0;
+  return ::mprotect(p, size, prot) == 0;
 }
 
-bool protect_rw(void* p, size_t size) {
+bool protect_none(void* p, size_t size) { return protect(p, size, PROT_NONE); }
+bool protect_rw(void* p, size_t size) { return protect(p, size, PROT_READ | PROT_WRITE); }
+
+static bool advise(void* p, size_t size, int advice) {
   ErrnoGuard guard;
-  count(counters.mprotect_calls);
-  return ::mprotect(p, size, PROT_READ | PROT_WRITE) == 0;
+  count(counters.madvise_calls);
+  return ::madvise(p, size, advice) == 0;
 }
 
 // Not in Debian 12's headers yet.
@@ -101,21 +104,13 @@ bool guard_markers() {
 // probe). From then on unguard() also makes its range read-write again.
 static std::atomic<bool> protect_guards{false};
 
-bool guard_marker(void* p, size_t size) {
-  ErrnoGuard guard;
-  count(counters.madvise_calls);
-  return ::madvise(p, size, MADV_GUARD_INSTALL) == 0;
-}
-
-bool unguard_markers(void* p, size_t size) {
-  ErrnoGuard guard;
-  count(counters.madvise_calls);
-  return ::madvise(p, size, MADV_GUARD_REMOVE) == 0;
-}
+bool guard_marker(void* p, size_t size) { return advise(p, size, MADV_GUARD_INSTALL); }
+bool unguard_markers(void* p, size_t size) { return advise(p, size, MADV_GUARD_REMOVE); }
 
 bool guard(void* p, size_t size) {
-  if (guard_markers() && guard_marker(p, size)) return true;
-  if (guard_markers()) protect_guards.store(true, std::memory_order_relaxed);
+  if (!guard_markers()) return protect_none(p, size);
+  if (guard_marker(p, size)) return true;
+  protect_guards.store(true, std::memory_order_relaxed);
   return protect_none(p, size);
 }
 
