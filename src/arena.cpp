@@ -24,7 +24,7 @@ static uint64_t dirty_bytes = 0;  // free but possibly resident
 // frag: a 64 MiB cap and a 10 ms delay re-faulted twice what glibc faults;
 // 512 MiB instead of 256 MiB took its page faults from 338k to 303k at the
 // same peak RSS. With that cap, a 300 ms delay (purge_delay_ms=30) against
-// 100 ms took them from 288k to 235k and frag's time from 1.10 to 0.94 s,
+// 100 ms took them from about 290k to 235k and frag's time from 1.10 to 0.94 s,
 // for 1-3% more peak RSS on frag and 1% on realloc.
 static constexpr uint64_t kIdleFactor = 10;
 static constexpr uint64_t kDirtyCap = 512 * MiB;
