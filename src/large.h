@@ -31,6 +31,9 @@ struct LargeBlock {
   uint64_t cached_at_ms;
   LargeBlock* next;   // cache list (most recent first) or spare list
   LargeBlock* prev;
+  LargeBlock* bin_next;  // cache bin of its size (cache_bin)
+  LargeBlock* bin_prev;
+  unsigned bin;
   bool live;
   bool guarded;
   bool growable;

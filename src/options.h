@@ -14,7 +14,7 @@ namespace mapalloc {
 struct Options {
   std::atomic<size_t> mmap_threshold{MAPALLOC_DEFAULT_MMAP_THRESHOLD};  // mallopt may change it
   uint64_t purge_delay_ms = 30;  // empty pages and cached large blocks older than this are purged
-  size_t large_cache = 64 << 20;  // bytes of freed large mappings kept for reuse
+  size_t large_cache = 256 << 20;  // bytes of freed large mappings kept for reuse
   bool guard = true;              // PROT_NONE guard pages around arena chunks and large blocks
   bool stats = false;             // print statistics at exit
   bool verbose = false;           // print the options in effect at start-up
