@@ -47,6 +47,27 @@ static size_t dirty_cap() { return live_bytes > kMinDirtyCap ? live_bytes : kMin
 
 static char* page_down(char* p) { return reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(p), kGuard)); }
 
+// A block that is not a whole number of pages starts inside its first page,
+// below which the guard lies: the bytes of that page before the block are
+// filled with kCanary when it is handed out and checked on free and realloc,
+// so an underflow into them is caught then (one beyond them faults). Both
+// ends are 16-byte aligned, so the check runs over whole words.
+static void set_front_canary(char* user) {
+  char* first = page_down(user);
+  __builtin_memset(first, kCanary, size_t(user - first));
+}
+
+static void check_front_canary(const LargeBlock* b) {
+  constexpr uint64_t kWord = 0x0101010101010101ull * kCanary;
+  uint64_t diff = 0;
+  for (const char* c = page_down(b->user); c < b->user; c += 8) {
+    uint64_t w;
+    __builtin_memcpy(&w, c, 8);
+    diff |= w ^ kWord;
+  }
+  if (MAPALLOC_UNLIKELY(diff)) fatal("heap underflow before the start of large block", b->user);
+}
+
 // The page map knows a large block by the slot (16 KiB) of its start. Keeping
 // at least a slot between the start and its mapping's end means no other
 // mapping's block can start in the same slot (each starts more than a slot
@@ -394,7 +415,8 @@ void* alloc(size_t size, size_t alignment, bool zero) {
     char* from = user > b->dirty_from ? user : b->dirty_from;
     __builtin_memset(from, 0, size_t(b->end - from));
   }
-  if (user < b->dirty_from) b->dirty_from = user;
+  set_front_canary(user);
+  if (first < b->dirty_from) b->dirty_from = first;
   if (!publish(b, user, size, now)) {
     errno = ENOMEM;
     return nullptr;
@@ -473,6 +495,7 @@ void* alloc_growable(size_t size) {
 void free(LargeBlock* b, void* p) {
   if (MAPALLOC_UNLIKELY(!b->live)) fatal("double free of large block", p);
   if (MAPALLOC_UNLIKELY(p != b->user)) fatal("invalid free (interior pointer into large block)", p);
+  check_front_canary(b);
   if (b->growable) check_canary(b);
   uint64_t now = os::now_ms();
   LockGuard guard(lock);
@@ -495,6 +518,7 @@ void free(LargeBlock* b, void* p) {
 }
 
 size_t usable_size(const LargeBlock* b) {
+  check_front_canary(b);
   return b->growable ? growable_usable(b->size) : size_t(b->end - b->user);
 }
 
@@ -565,6 +589,7 @@ void* reallocate(LargeBlock* b, size_t new_size, bool* out_of_memory) {
     *out_of_memory = true;
     return nullptr;
   }
+  check_front_canary(b);
   // Shrinking a little or growing into the alignment slack keeps the block.
   size_t have = usable_size(b);
   if (new_size <= have && new_size >= have / 2) {

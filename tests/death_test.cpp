@@ -136,6 +136,41 @@ TEST(GuardPage, WriteOneByteBeforeOverAlignedLargeBlockFaults) {
   }
 }
 
+// A large block that is not a whole number of pages starts inside its first
+// page: a write into that page before the block (no guard there) is caught
+// by free, realloc and malloc_usable_size, fresh or reused, one byte before
+// the block or at the start of the page.
+TEST(GuardPage, UnderflowIntoTheFirstPageOfALargeBlockIsCaught) {
+  const size_t t = mapalloc_mmap_threshold();
+  for (size_t size : {t + 160, size_t(200000), 300 * KiB + 16, 1 * MiB + 4000}) {
+    for (int use : {0, 1, 2}) {
+      for (bool at_page_start : {false, true}) {
+        EXPECT_DEATH(
+            {
+              mapalloc_free(mapalloc_malloc(2 * MiB));  // a cached mapping to reuse
+              auto* p = static_cast<char*>(mapalloc_malloc(size));
+              memset(p, 0x5a, size);
+              char* first = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(4095));
+              poke(at_page_start ? first : p - 1);
+              if (use == 0) mapalloc_free(p);
+              if (use == 1) mapalloc_realloc(p, size + 100000);
+              if (use == 2) (void)mapalloc_usable_size(p);
+            },
+            "mapalloc: heap underflow before the start of large block 0x")
+            << "size " << size << " use " << use << " at page start " << at_page_start;
+      }
+    }
+    // Without an underflow, the same sequence goes through.
+    auto* p = static_cast<char*>(mapalloc_malloc(size));
+    memset(p, 0x5a, size);
+    EXPECT_EQ(mapalloc_usable_size(p), (size + 15) / 16 * 16);
+    p = static_cast<char*>(mapalloc_realloc(p, size + 100000));
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(p[size - 1], 0x5a);
+    mapalloc_free(p);
+  }
+}
+
 TEST(GuardPage, ReadPastLargeBlockEndFaults) {
   size_t size = mapalloc_mmap_threshold() + 160;
   auto* p = static_cast<char*>(mapalloc_malloc(size));
