@@ -10,6 +10,7 @@
 #include "meta.h"
 #include "options.h"
 #include "os/os.h"
+#include "page.h"
 #include "pagemap.h"
 
 namespace mapalloc::large {
@@ -79,6 +80,7 @@ static void purge_block(LargeBlock* b) {
   if (lo < b->end) os::purge(lo, size_t(b->end - lo));
   cache_dirty -= dirty_size(b);
   b->dirty_from = b->end;
+  b->freed_marked = false;  // its words read zero now (or either, with MADV_FREE)
 }
 
 static unsigned cache_bin(size_t bytes) {
@@ -122,6 +124,33 @@ static void cache_push_front(LargeBlock* b) {
 static void forget_user(LargeBlock* b) {
   if (b->user) pagemap::set(b->user, 1, 0);
   b->user = nullptr;
+  b->freed_marked = false;
+}
+
+// A freed block kept in the cache gets its first 16 bytes overwritten with
+// two words derived from the secrets and its address. They are checked when
+// its mapping is taken again, merged or released, so a write after free
+// there is caught, as in a small block; not once the pages are purged or
+// the block's place is forgotten. Lock held or b owned.
+static void freed_words(const LargeBlock* b, uintptr_t w[2]) {
+  w[0] = reinterpret_cast<uintptr_t>(b->user) ^ keys.link;
+  w[1] = reinterpret_cast<uintptr_t>(b->user) ^ keys.cookie;
+}
+
+static void mark_freed(LargeBlock* b) {
+  if (size_t(b->end - b->user) < 16) return;  // an over-aligned malloc(0)
+  uintptr_t w[2];
+  freed_words(b, w);
+  __builtin_memcpy(b->user, w, sizeof w);
+  b->freed_marked = true;
+}
+
+static void check_freed(const LargeBlock* b) {
+  if (!b->freed_marked) return;
+  uintptr_t want[2], have[2];
+  freed_words(b, want);
+  __builtin_memcpy(have, b->user, sizeof have);
+  if (MAPALLOC_UNLIKELY((want[0] ^ have[0]) | (want[1] ^ have[1]))) fatal("write after free into large block", b->user);
 }
 
 // A descriptor whose mapping is gone or now another's goes to the spare
@@ -133,6 +162,7 @@ static void give_back_descriptor_locked(LargeBlock* b) {
 
 // Releases a descriptor's mapping; lock held.
 static void release(LargeBlock* b) {
+  check_freed(b);
   forget_user(b);
   os::unmap(b->map_base, b->map_size);
   mapped_bytes -= b->map_size;
@@ -266,6 +296,7 @@ static bool coalesce_cache() {
     // Unlinked and pushed again so that the cache's byte counts and bins follow.
     cache_unlink(hi);
     cache_unlink(lo);
+    check_freed(lo);
     forget_user(lo);
     hi->map_base = lo->map_base;
     hi->map_size += lo->map_size;
@@ -334,6 +365,7 @@ static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bo
   b->dirty_from = b->end;  // fresh pages read as zero
   b->open_from = b->begin;
   b->guarded = guarded;
+  b->freed_marked = false;
   LockGuard guard(lock);
   mapped_bytes += map_size;
   return true;
@@ -378,6 +410,10 @@ void* alloc(size_t size, size_t alignment, bool zero) {
     b = cache_take(inner, tail, guarded);
     if (!b && coalesce_cache()) b = cache_take(inner, tail, guarded);
     if (b) cache_hits++;
+  }
+  if (b) {
+    check_freed(b);  // before any guard page moves over it
+    b->freed_marked = false;
   }
   if (!b) {
     b = new_descriptor();
@@ -506,6 +542,7 @@ void free(LargeBlock* b, void* p) {
   if (b->growable || b->map_size > bound / 4 || b->guarded != options.guard) {
     release(b);  // not worth caching, or of a layout alloc cannot reuse
   } else {
+    mark_freed(b);
     b->cached_at_ms = now;
     cache_push_front(b);
     while (cache_bytes > bound || cache_count > kMaxCached) {

@@ -37,6 +37,7 @@ struct LargeBlock {
   bool live;
   bool guarded;
   bool growable;
+  bool freed_marked;  // cached with its first 16 bytes marked (mark_freed)
 
   char* map_end() const { return map_base + map_size; }
 };

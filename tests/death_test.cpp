@@ -307,6 +307,42 @@ TEST(Misuse, DoubleFreeAfterPageWasReleasedAborts) {
       kFreeMisuse);
 }
 
+// A freed large block stays mapped in the cache; a write into its first 16
+// bytes after free is caught when the mapping is taken again (same size or
+// a smaller block), or when the cache lets it go.
+TEST(Misuse, WriteAfterFreeIntoLargeBlockCaught) {
+  const size_t t = mapalloc_mmap_threshold();
+  for (size_t offset : {size_t(0), size_t(15)}) {
+    for (int then : {0, 1, 2, 3}) {
+      EXPECT_DEATH(
+          {
+            const size_t size = 300 * KiB;
+            auto* p = static_cast<char*>(mapalloc_malloc(size));
+            memset(p, 0x11, size);
+            mapalloc_free(p);
+            poke(p + offset);
+            if (then == 0) mapalloc_free(mapalloc_malloc(size));
+            if (then == 1) mapalloc_free(mapalloc_malloc(t + 4096));
+            if (then == 2) mapalloc_free(mapalloc_malloc(2 * MiB));  // elsewhere: caught when released
+            if (then >= 2) mapalloc_collect();
+          },
+          "mapalloc: write after free into large block 0x")
+          << "offset " << offset << " then " << then;
+    }
+  }
+  // Without the write, the same sequences go through, and a block reused in
+  // place reads as the caller wrote it.
+  for (int then : {0, 1, 2, 3}) {
+    auto* p = static_cast<char*>(mapalloc_malloc(300 * KiB));
+    memset(p, 0x11, 300 * KiB);
+    mapalloc_free(p);
+    if (then == 0) mapalloc_free(mapalloc_malloc(300 * KiB));
+    if (then == 1) mapalloc_free(mapalloc_malloc(t + 4096));
+    if (then == 2) mapalloc_free(mapalloc_malloc(2 * MiB));
+    if (then == 3) mapalloc_collect();
+  }
+}
+
 TEST(Misuse, DoubleFreeOfLargeBlockAborts) {
   skip_unless_secure();
   size_t t = mapalloc_mmap_threshold();
