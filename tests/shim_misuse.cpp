@@ -1,0 +1,46 @@
+// Heap misuse of every kind mapalloc claims to catch, done by a plain program
+// through the standard names, as a program run under the shim would do it.
+// shim_misuse.sh runs each case with LD_PRELOAD=libmapalloc.so and checks
+// that it dies the expected way. A case that survives prints "not caught".
+// Built with -O0 -fno-builtin so that the compiler keeps every misuse.
+#include <malloc.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+static volatile char sink;
+static int global_int;
+
+static char* alloc(size_t n) { return static_cast<char*>(std::malloc(n)); }
+
+int main(int argc, char** argv) {
+  if (argc != 2) return 2;
+  const char* c = argv[1];
+  char* p;
+  auto is = [c](const char* name) { return std::strcmp(c, name) == 0; };
+  if (is("small-overflow-1")) { p = alloc(24); std::memset(p, 1, 25); std::free(p); }
+  else if (is("small-overflow-20")) { p = alloc(100); std::memset(p, 1, 120); std::free(p); }
+  else if (is("small-overflow-realloc")) { p = alloc(40); p[40] = 1; p = static_cast<char*>(std::realloc(p, 44)); }
+  else if (is("large-overflow-1")) { p = alloc(200000); p[200000] = 1; std::free(p); }
+  else if (is("large-overflow-linear")) { p = alloc(300000); std::memset(p, 1, 300000 + 8192); std::free(p); }
+  else if (is("large-underflow-1")) { p = alloc(200000); p[-1] = 1; std::free(p); }
+  else if (is("large-underflow-page")) { p = alloc(256 * 1024); p[-1] = 1; std::free(p); }
+  else if (is("double-free-small")) { p = alloc(40); std::free(p); std::free(p); }
+  else if (is("double-free-aligned")) { p = static_cast<char*>(aligned_alloc(256, 256)); std::free(p); std::free(p); }
+  else if (is("double-free-large")) { p = alloc(400000); std::free(p); std::free(p); }
+  else if (is("invalid-free-stack")) { char x[32]; sink = x[0]; std::free(x + 16); }
+  else if (is("invalid-free-global")) { std::free(&global_int); }
+  else if (is("invalid-free-interior")) { p = alloc(64); std::free(p + 16); }
+  else if (is("invalid-free-interior-large")) { p = alloc(400000); std::free(p + 4096); }
+  else if (is("invalid-free-wild")) { std::free(reinterpret_cast<void*>(0x7f0000001000)); }
+  else if (is("write-after-free-small")) { p = alloc(40); std::free(p); p[0] = 1; p[8] = 1; sink = *alloc(40); }
+  else if (is("write-after-free-large")) { p = alloc(400000); std::free(p); p[0] = 1; sink = *alloc(400000); }
+  else if (is("realloc-freed")) { p = alloc(40); std::free(p); p = static_cast<char*>(std::realloc(p, 80)); }
+  else if (is("realloc-foreign")) { p = static_cast<char*>(std::realloc(&global_int, 80)); }
+  else if (is("usable-size-freed")) { p = alloc(40); std::free(p); sink = char(malloc_usable_size(p)); }
+  else if (is("zero-size-read")) { p = alloc(0); sink = p[0]; }
+  else if (is("zero-size-write")) { p = alloc(0); p[0] = 1; }
+  else return 2;
+  std::puts("not caught");
+  return 0;
+}
