@@ -233,26 +233,33 @@ def run_workloads(args, logdir):
 
 
 def run_micro(args, logdir):
-    """Google Benchmark under each allocator, one process per family so a crash loses only that family.
-    Returns {(benchmark, allocator): ns per op} and {allocator: failure notes}."""
+    """Google Benchmark under each allocator, one process per family so a crash loses only that family,
+    interleaved like the workloads: each round runs every family once under every allocator, so a noisy
+    minute hits all allocators alike rather than one. Returns {(benchmark, allocator): median ns per op over
+    the rounds} and {allocator: failure notes}."""
     exe = os.path.join(BUILD, 'bench', 'mapalloc-micro')
-    reps, min_time = (3, 0.01) if args.quick else (5, 0.2)
-    ns, failures = {}, collections.defaultdict(list)
-    for fam in MICRO_FAMILIES:
-        for x in args.allocators:
-            base = os.path.join(logdir, f'micro-{fam}.{x}')
-            cmd = [exe, f'--benchmark_filter=^BM_{fam}/', '--benchmark_format=json',
-                   f'--benchmark_repetitions={reps}', '--benchmark_report_aggregates_only=true',
-                   f'--benchmark_min_time={min_time}', f'--max_threads={args.threads}']
-            r = run_one(cmd, ALLOCATORS[x], args.timeout * 4, base, want_checksum=False)
-            log(f'  micro {fam:<16} {x:<9} {r.wall:6.1f} s  {r.status}')
-            if r.status != 'ok':
-                failures[x].append(f'{fam}: {r.status}')
-                continue
-            with open(base + '.out') as f:
-                for b in json.load(f)['benchmarks']:
-                    if b.get('aggregate_name') == 'median' and b.get('items_per_second'):
-                        ns[b['run_name'], x] = 1e9 / b['items_per_second']
+    rounds, min_time = args.rounds, (0.01 if args.quick else 0.2)
+    samples, failures = collections.defaultdict(list), collections.defaultdict(list)
+    for rnd in range(rounds):
+        order = args.allocators[rnd % len(args.allocators):] + args.allocators[:rnd % len(args.allocators)]
+        for fam in MICRO_FAMILIES:
+            for x in order:
+                if any(n.startswith(fam + ':') for n in failures.get(x, [])):
+                    continue  # failed in an earlier round: not run again
+                base = os.path.join(logdir, f'micro-{fam}.{x}.{rnd + 1}')
+                cmd = [exe, f'--benchmark_filter=^BM_{fam}/', '--benchmark_format=json',
+                       f'--benchmark_min_time={min_time}', f'--max_threads={args.threads}']
+                r = run_one(cmd, ALLOCATORS[x], args.timeout * 4, base, want_checksum=False)
+                log(f'  micro round {rnd + 1}/{rounds} {fam:<16} {x:<9} {r.wall:6.1f} s  {r.status}')
+                if r.status != 'ok':
+                    failures[x].append(f'{fam}: {r.status}')
+                    continue
+                with open(base + '.out') as f:
+                    for b in json.load(f)['benchmarks']:
+                        if b.get('items_per_second'):
+                            samples[b['run_name'], x].append(1e9 / b['items_per_second'])
+    ns = {k: statistics.median(v) for k, v in samples.items()
+          if not any(n.startswith(k[0][3:].split('/')[0] + ':') for n in failures.get(k[1], []))}
     return ns, failures
 
 
@@ -341,7 +348,7 @@ def micro_table(args, ns, failures):
     gm = [geomean([ns.get((b, x), 0) / ns[b, args.ref] for b in names if (b, args.ref) in ns])
           for x in args.allocators]
     rows.append(['*geomean ratio*'] + [f'**{g:.2f}×**' if g else '–' for g in gm])
-    text = (f'### Microbenchmarks: ns per allocation (median of repetitions), ratio to {args.ref}\n\n'
+    text = (f'### Microbenchmarks: ns per allocation (median over the interleaved rounds), ratio to {args.ref}\n\n'
             + md_table(['benchmark'] + args.allocators, rows))
     for x, notes in failures.items():
         text += f'\n\n**{x}: FAILED micro families: ' + '; '.join(notes) + '**'
