@@ -249,9 +249,9 @@ static bool open_block(LargeBlock* b, char* from) {
 // wide if there is one (no guard to move: no call, no page zapped and
 // faulted again), else the smallest that fits. Its pages still resident
 // spare a fault each, where a fresh mapping faults on every page. Measured
-// on bench large at ops=100000: 81k -> 74k faults, 0.59 -> 0.50 s. Mappings
-// more than twice the request's bins above are looked at only while none
-// fits: they would be split anyway.
+// on bench large at ops=100000: 81k -> 74k faults, 0.59 -> 0.50 s. Bins
+// more than a doubling above the request's are looked at only while nothing
+// below them fits: their mappings would be split anyway.
 static LargeBlock* cache_take(size_t inner, size_t tail, bool guarded) {
   LargeBlock* best = nullptr;
   unsigned first = cache_bin(inner);
