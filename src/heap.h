@@ -104,13 +104,16 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
   Page* page = heap->current[c];
   Block* b = page->free;
   if (MAPALLOC_UNLIKELY(!b)) return heap_malloc_slow(heap, c, size);
-  Block* next = decode_link(b);
+  // next ^ b, the link without the block's address: what the range test
+  // below needs, one XOR short of next.
+  uintptr_t relative = b->link ^ keys.link;
+  Block* next = reinterpret_cast<Block*>(relative ^ reinterpret_cast<uintptr_t>(b));
 #if MAPALLOC_SECURE
   // A use-after-free write into a free block breaks its cookie or its link.
   if (MAPALLOC_UNLIKELY(b->cookie != freed_cookie(b))) return report_corrupted(page, b);
   // One branch for both tests (`&`, not `&&`): the usual non-null link then
   // falls through instead of jumping to a second test and back.
-  bool outside = (reinterpret_cast<uintptr_t>(next) ^ reinterpret_cast<uintptr_t>(b)) > page->run_mask;
+  bool outside = relative > page->run_mask;
   if (MAPALLOC_UNLIKELY(outside & (next != nullptr))) return report_corrupted(page, b);
 #endif
   page->free = next;
