@@ -128,7 +128,7 @@ static Chunk* new_chunk() {
     p.slot_index = uint8_t(i);
     p.start = base + i * kSlotSize;
     p.capacity = 0;  // free slots reject every free
-    p.slack_offset = int32_t(c->slack + i * kMaxBlocksPerSlot - reinterpret_cast<uint8_t*>(&p));
+    p.slack_bytes = c->slack + i * kMaxBlocksPerSlot;
     if (!pagemap::set_page(p.start, kSlotSize, &p)) {
       pagemap::set(base, i * kSlotSize, 0);
       unmap_chunk(base);

@@ -63,7 +63,10 @@ struct alignas(64) Page {
   // Owner-only: touched by the owning heap's thread (or by whoever holds an
   // abandoned heap exclusively).
   Block* free = nullptr;        // malloc pops here; the owner's frees push here
-  char* start = nullptr;        // first block (slot aligned)
+  // Per block, the bytes between its requested size and block_size (255:
+  // see the canaries below), at slack_bytes[slack_slot(block)]. Out of line,
+  // in the chunk descriptor's mapping, one byte per block (slack_slot).
+  uint8_t* slack_bytes = nullptr;
   // Blocks handed out, and blocks back (local frees plus collected remote
   // ones), since the page left the arena. Separate counters keep malloc and
   // free off each other's store-to-load chains; the page is empty when they
@@ -77,16 +80,12 @@ struct alignas(64) Page {
   // Run bytes - 1. Runs start at a multiple of their (power-of-two) size, so
   // p & run_mask is p's offset from start, one instruction and no load.
   uint32_t run_mask = 0;
-  // Per block, the bytes between its requested size and block_size (255:
-  // see the canaries below), at slack()[slack_slot(block)]. Out of line, in
-  // the chunk descriptor's mapping, one byte per block (slack_slot); an
-  // offset from this descriptor, so that the hot fields fit one line.
-  int32_t slack_offset = 0;
   uint16_t carved = 0;   // blocks carved from fresh memory so far (owner writes)
   bool in_full = false;  // on the heap's full list rather than its class queue
   bool is_current = false;
 
   std::atomic<uint64_t> collected{0};  // the remote part of freed
+  char* start = nullptr;  // first block (slot aligned); free finds blocks by run_mask
   Page* next = nullptr;  // heap queue links, or arena links while free
   Page* prev = nullptr;
 
@@ -101,7 +100,7 @@ struct alignas(64) Page {
   uint8_t slot_index = 0;  // arena-only
   uint8_t slot_count = 0;
 
-  uint8_t* slack() const { return const_cast<uint8_t*>(reinterpret_cast<const uint8_t*>(this)) + slack_offset; }
+  uint8_t* slack() const { return slack_bytes; }
   char* end() const { return start + size_t(capacity) * block_size; }
   uint64_t used_count() const {
     return allocated.load(std::memory_order_relaxed) - freed.load(std::memory_order_relaxed);
