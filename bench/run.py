@@ -206,6 +206,11 @@ def run_one(cmd, preload, timeout, log_base, want_checksum=True):
     return Run(st, wall, rss, minflt, checksum)
 
 
+def rotated(allocs, rnd):
+    """The allocators in round rnd's order: who goes first rotates, so drift spreads over all of them."""
+    return allocs[rnd % len(allocs):] + allocs[:rnd % len(allocs)]
+
+
 def run_workloads(args, logdir):
     bindir = os.path.join(BUILD, 'bench')
     runs = collections.defaultdict(list)  # (workload, allocator) -> [Run]
@@ -214,7 +219,7 @@ def run_workloads(args, logdir):
     total = args.rounds * len(args.workloads) * len(allocs)
     n = 0
     for rnd in range(args.rounds):
-        order = allocs[rnd % len(allocs):] + allocs[:rnd % len(allocs)]  # rotate who goes first
+        order = rotated(allocs, rnd)
         for w in args.workloads:
             wargs = WORKLOADS[w][1 if args.quick else 0].format(t=args.threads).split()
             for x in order:
@@ -240,26 +245,26 @@ def run_micro(args, logdir):
     exe = os.path.join(BUILD, 'bench', 'mapalloc-micro')
     rounds, min_time = args.rounds, (0.01 if args.quick else 0.2)
     samples, failures = collections.defaultdict(list), collections.defaultdict(list)
+    failed = set()  # (family, allocator): not run again, no median reported
     for rnd in range(rounds):
-        order = args.allocators[rnd % len(args.allocators):] + args.allocators[:rnd % len(args.allocators)]
         for fam in MICRO_FAMILIES:
-            for x in order:
-                if any(n.startswith(fam + ':') for n in failures.get(x, [])):
-                    continue  # failed in an earlier round: not run again
+            for x in rotated(args.allocators, rnd):
+                if (fam, x) in failed:
+                    continue
                 base = os.path.join(logdir, f'micro-{fam}.{x}.{rnd + 1}')
                 cmd = [exe, f'--benchmark_filter=^BM_{fam}/', '--benchmark_format=json',
                        f'--benchmark_min_time={min_time}', f'--max_threads={args.threads}']
                 r = run_one(cmd, ALLOCATORS[x], args.timeout * 4, base, want_checksum=False)
                 log(f'  micro round {rnd + 1}/{rounds} {fam:<16} {x:<9} {r.wall:6.1f} s  {r.status}')
                 if r.status != 'ok':
-                    failures[x].append(f'{fam}: {r.status}')
+                    failures[x].append(f'{fam}: {r.status} (round {rnd + 1})')
+                    failed.add((fam, x))
                     continue
                 with open(base + '.out') as f:
                     for b in json.load(f)['benchmarks']:
                         if b.get('items_per_second'):
-                            samples[b['run_name'], x].append(1e9 / b['items_per_second'])
-    ns = {k: statistics.median(v) for k, v in samples.items()
-          if not any(n.startswith(k[0][3:].split('/')[0] + ':') for n in failures.get(k[1], []))}
+                            samples[fam, b['run_name'], x].append(1e9 / b['items_per_second'])
+    ns = {(b, x): statistics.median(v) for (fam, b, x), v in samples.items() if (fam, x) not in failed}
     return ns, failures
 
 

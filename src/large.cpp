@@ -53,20 +53,27 @@ static char* page_down(char* p) { return reinterpret_cast<char*>(align_down(rein
 // filled with kCanary when it is handed out and checked on free and realloc,
 // so an underflow into them is caught then (one beyond them faults). Both
 // ends are 16-byte aligned, so the check runs over whole words.
+// Whether [from, to) still holds kCanary; both 8-byte aligned (whole words,
+// no early exit, so the compiler vectorises it).
+static bool holds_canary(const char* from, const char* to) {
+  constexpr uint64_t kWord = 0x0101010101010101ull * kCanary;
+  uint64_t diff = 0;
+  for (const char* c = from; c < to; c += 8) {
+    uint64_t w;
+    __builtin_memcpy(&w, c, 8);
+    diff |= w ^ kWord;
+  }
+  return diff == 0;
+}
+
 static void set_front_canary(char* user) {
   char* first = page_down(user);
   __builtin_memset(first, kCanary, size_t(user - first));
 }
 
 static void check_front_canary(const LargeBlock* b) {
-  constexpr uint64_t kWord = 0x0101010101010101ull * kCanary;
-  uint64_t diff = 0;
-  for (const char* c = page_down(b->user); c < b->user; c += 8) {
-    uint64_t w;
-    __builtin_memcpy(&w, c, 8);
-    diff |= w ^ kWord;
-  }
-  if (MAPALLOC_UNLIKELY(diff)) fatal("heap underflow before the start of large block", b->user);
+  if (MAPALLOC_UNLIKELY(!holds_canary(page_down(b->user), b->user)))
+    fatal("heap underflow before the start of large block", b->user);
 }
 
 // The page map knows a large block by the slot (16 KiB) of its start. Keeping
@@ -131,10 +138,12 @@ static void forget_user(LargeBlock* b) {
 // two words derived from the secrets and its address. They are checked when
 // its mapping is taken again, merged or released, so a write after free
 // there is caught, as in a small block; not once the pages are purged or
-// the block's place is forgotten. Lock held or b owned.
+// the block's place is forgotten. The words are a small free block's link
+// to nothing and its cookie. Lock held or b owned.
 static void freed_words(const LargeBlock* b, uintptr_t w[2]) {
-  w[0] = reinterpret_cast<uintptr_t>(b->user) ^ keys.link;
-  w[1] = reinterpret_cast<uintptr_t>(b->user) ^ keys.cookie;
+  const Block* head = reinterpret_cast<const Block*>(b->user);
+  w[0] = encode_link(head, nullptr);
+  w[1] = freed_cookie(head);
 }
 
 static void mark_freed(LargeBlock* b) {
@@ -145,8 +154,10 @@ static void mark_freed(LargeBlock* b) {
   b->freed_marked = true;
 }
 
-static void check_freed(const LargeBlock* b) {
+// Checks the mark once: the block is being reused, merged or released.
+static void check_freed(LargeBlock* b) {
   if (!b->freed_marked) return;
+  b->freed_marked = false;
   uintptr_t want[2], have[2];
   freed_words(b, want);
   __builtin_memcpy(have, b->user, sizeof have);
@@ -411,10 +422,7 @@ void* alloc(size_t size, size_t alignment, bool zero) {
     if (!b && coalesce_cache()) b = cache_take(inner, tail, guarded);
     if (b) cache_hits++;
   }
-  if (b) {
-    check_freed(b);  // before any guard page moves over it
-    b->freed_marked = false;
-  }
+  if (b) check_freed(b);  // before any guard page moves over it
   if (!b) {
     b = new_descriptor();
     if (!b) {
@@ -480,11 +488,9 @@ static void set_canary(const LargeBlock* b) {
 }
 
 static void check_canary(const LargeBlock* b) {
-  size_t n;
+  size_t n;  // 0 or 16: the block's end is 16-aligned, the read-write part's a page
   const char* from = canary_span(b, &n);
-  for (size_t i = 0; i < n; i++) {
-    if (static_cast<unsigned char>(from[i]) != kCanary) fatal("heap overflow past the end of large block", b->user);
-  }
+  if (MAPALLOC_UNLIKELY(!holds_canary(from, from + n))) fatal("heap overflow past the end of large block", b->user);
 }
 
 // Address space for a block of `size` growing: twice its pages. Only the

@@ -46,7 +46,7 @@ size_t check_canary_past_header(const Page* page, const void* block) {
   if (slack == SIZE_MAX) report_overflow(block);
   size_t used = page->block_size - slack;
   if (used >= sizeof(Block) && canary_check(page, block, slot) == SIZE_MAX) report_overflow(block);
-  page->slack()[slot] = 0;  // free blocks keep it 0 (canary_set_fresh)
+  page->slack_bytes[slot] = 0;  // free blocks keep it 0 (canary_set_fresh)
   return used;
 #else
   (void)block;

@@ -100,7 +100,6 @@ struct alignas(64) Page {
   uint8_t slot_index = 0;  // arena-only
   uint8_t slot_count = 0;
 
-  uint8_t* slack() const { return slack_bytes; }
   char* end() const { return start + size_t(capacity) * block_size; }
   uint64_t used_count() const {
     return allocated.load(std::memory_order_relaxed) - freed.load(std::memory_order_relaxed);
@@ -170,7 +169,7 @@ MAPALLOC_INLINE CanarySpot canary_spot(size_t block_size, size_t slack) {
 }
 
 MAPALLOC_INLINE void canary_record_slack(const Page* page, void* block, uint64_t slot, size_t slack) {
-  page->slack()[slot] = uint8_t(slack < 255 ? slack : 255);
+  page->slack_bytes[slot] = uint8_t(slack < 255 ? slack : 255);
   if (MAPALLOC_UNLIKELY(slack >= 255)) {
     uint32_t exact = uint32_t(slack);
     __builtin_memcpy(static_cast<char*>(block) + page->block_size - 4, &exact, 4);
@@ -187,7 +186,7 @@ MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size
   if (!slack) return;
   uint64_t slot = slack_slot(page, block);
   if (MAPALLOC_LIKELY(slack < 255)) {
-    page->slack()[slot] = uint8_t(slack);
+    page->slack_bytes[slot] = uint8_t(slack);
   } else {
     canary_record_slack(page, block, slot, slack);
   }
@@ -211,7 +210,7 @@ MAPALLOC_INLINE void canary_set(const Page* page, void* block, uint64_t slot, si
 
 // The slack recorded for a block (SIZE_MAX if its record is broken).
 MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint64_t slot) {
-  size_t slack = page->slack()[slot];
+  size_t slack = page->slack_bytes[slot];
   if (MAPALLOC_LIKELY(slack != 255)) return slack;
   uint32_t exact;
   __builtin_memcpy(&exact, static_cast<const char*>(block) + page->block_size - 4, 4);
@@ -232,7 +231,7 @@ MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block, uint64_
 // slack byte, so that free blocks keep the byte 0. False when the canary is
 // broken.
 MAPALLOC_INLINE bool canary_check_clear(const Page* page, const void* block, uint64_t slot) {
-  uint8_t* byte = &page->slack()[slot];
+  uint8_t* byte = &page->slack_bytes[slot];
   if (MAPALLOC_LIKELY(!*byte)) return true;
   if (canary_check(page, block, slot) == SIZE_MAX) return false;
   *byte = 0;
