@@ -52,7 +52,11 @@ static char* page_down(char* p) { return reinterpret_cast<char*>(align_down(rein
 // below which the guard lies: the bytes of that page before the block are
 // filled with kCanary when it is handed out and checked on free and realloc,
 // so an underflow into them is caught then (one beyond them faults). Both
-// ends are 16-byte aligned, so the check runs over whole words.
+// ends are 16-byte aligned, so the check runs over whole words. A guarded
+// block reusing a cached mapping open a little wider than it needs
+// keeps that mapping's guard where it is, and the canary covers the gap as
+// well (cache_take): moving the guard costs a call, a zapped page and a
+// fault later, about 3 us here; filling and checking a page costs 0.1-0.2.
 // Whether [from, to) still holds kCanary; both 8-byte aligned (whole words,
 // no early exit, so the compiler vectorises it).
 static bool holds_canary(const char* from, const char* to) {
@@ -66,14 +70,28 @@ static bool holds_canary(const char* from, const char* to) {
   return diff == 0;
 }
 
-static void set_front_canary(char* user) {
-  char* first = page_down(user);
-  __builtin_memset(first, kCanary, size_t(user - first));
+constexpr size_t kMaxGap = 16 * kGuard;
+
+// Where a live block's front canary starts: its guard page's end, or its
+// first page for unguarded blocks (their fronts hold old data) and growable
+// ones (which start at a page, their guard right below).
+static char* canary_from(const LargeBlock* b) {
+  return b->guarded && !b->growable ? b->open_from : page_down(b->user);
 }
 
 static void check_front_canary(const LargeBlock* b) {
-  if (MAPALLOC_UNLIKELY(!holds_canary(page_down(b->user), b->user)))
+  if (MAPALLOC_UNLIKELY(!holds_canary(canary_from(b), b->user)))
     fatal("heap underflow before the start of large block", b->user);
+}
+
+// Whether a guarded cached block serves a request of `inner` bytes with its
+// guard left in place: a gap of at most kMaxGap and an eighth of the request
+// (the bound of the size classes' waste), resident (filling purged pages
+// would fault them back in).
+static bool gap_fits(const LargeBlock* b, size_t inner) {
+  size_t open = size_t(b->end - b->open_from);
+  size_t gap = open - inner;
+  return open >= inner && gap <= kMaxGap && gap <= inner / 8 && b->dirty_from <= b->open_from;
 }
 
 // The page map knows a large block by the slot (16 KiB) of its start. Keeping
@@ -256,28 +274,32 @@ static bool open_block(LargeBlock* b, char* from) {
 }
 
 // Best-fitting cached mapping for `inner` read-write bytes and a tail of at
-// least `tail`, taken out of the cache: one whose open part is exactly that
-// wide if there is one (no guard to move: no call, no page zapped and
-// faulted again), else the smallest that fits. Its pages still resident
+// least `tail`, taken out of the cache: one whose open part is that wide, or
+// (gap_ok) a little wider (gap_fits), if there is one (no guard to move: no call, no page
+// zapped and faulted again; the narrowest), else the smallest that fits. Its pages still resident
 // spare a fault each, where a fresh mapping faults on every page. Measured
 // on bench large at ops=100000: 81k -> 74k faults, 0.59 -> 0.50 s. Bins
 // more than a doubling above the request's are looked at only while nothing
 // below them fits: their mappings would be split anyway.
-static LargeBlock* cache_take(size_t inner, size_t tail, bool guarded) {
+static LargeBlock* cache_take(size_t inner, size_t tail, bool guarded, bool gap_ok) {
   LargeBlock* best = nullptr;
+  LargeBlock* in_place = nullptr;  // the narrowest whose guard can stay
   unsigned first = cache_bin(inner);
   for (unsigned bin = first; bin < kCacheBins && !(best && bin > first + 4); bin++) {
     for (LargeBlock* b = cache_bins[bin]; b; b = b->bin_next) {
       size_t have = size_t(b->end - b->begin);
       if (have < inner || size_t(b->map_end() - b->end) < tail || b->guarded != guarded) continue;
-      // Open exactly as wide as the request: its guard page is in place already.
-      if (guarded && size_t(b->end - b->open_from) == inner) {
-        cache_unlink(b);
-        return b;
+      if (guarded && gap_fits(b, inner)) {
+        if (size_t(b->end - b->open_from) == inner) {  // no gap to fill either
+          cache_unlink(b);
+          return b;
+        }
+        if (gap_ok && (!in_place || b->open_from > in_place->open_from)) in_place = b;
       }
       if (!best || have < size_t(best->end - best->begin)) best = b;
     }
   }
+  if (in_place) best = in_place;
   if (best) cache_unlink(best);
   return best;
 }
@@ -418,8 +440,10 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   {
     LockGuard guard(lock);
     requests++;
-    b = cache_take(inner, tail, guarded);
-    if (!b && coalesce_cache()) b = cache_take(inner, tail, guarded);
+    // A gap (gap_fits) only below a block that starts inside its first page.
+    bool gap_ok = usable % kGuard != 0 && alignment < kGuard;
+    b = cache_take(inner, tail, guarded, gap_ok);
+    if (!b && coalesce_cache()) b = cache_take(inner, tail, guarded, gap_ok);
     if (b) cache_hits++;
   }
   if (b) check_freed(b);  // before any guard page moves over it
@@ -444,11 +468,17 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   // or by the alignment is split off for reuse; a small one stays below a
   // guard page. (Unguarded blocks keep a front of up to a quarter.)
   char* first = page_down(user);
-  size_t front = size_t(first - b->begin);
-  if (front > inner / 4 || (guarded && first != b->open_from)) {
+  // A gap below the block that the canary can cover keeps the guard in place
+  // (cache_take); the front is then what lies below the guard.
+  // Only for a block that starts inside its first page: one that starts at a
+  // page has its guard right below, so that p[-1] faults at once.
+  bool keep_guard = guarded && user != first && first > b->open_from && gap_fits(b, size_t(b->end - first));
+  char* open = keep_guard ? b->open_from : first;
+  size_t front = size_t(open - b->begin);
+  if (front > inner / 4 || (guarded && open != b->open_from)) {
     LockGuard guard(lock);
-    split_front(b, size_t(b->end - first));  // when the front is worth a cache entry
-    if (guarded && !open_block(b, first)) {
+    split_front(b, size_t(b->end - open));  // when the front is worth a cache entry
+    if (guarded && !open_block(b, open)) {
       b->cached_at_ms = now;  // the kernel refused: fail rather than hand out an unguarded front
       cache_push_front(b);
       errno = ENOMEM;
@@ -459,8 +489,9 @@ void* alloc(size_t size, size_t alignment, bool zero) {
     char* from = user > b->dirty_from ? user : b->dirty_from;
     __builtin_memset(from, 0, size_t(b->end - from));
   }
-  set_front_canary(user);
-  if (first < b->dirty_from) b->dirty_from = first;
+  char* canary = guarded ? b->open_from : first;  // canary_from(b), before b->user is set
+  __builtin_memset(canary, kCanary, size_t(user - canary));
+  if (canary < b->dirty_from) b->dirty_from = canary;
   if (!publish(b, user, size, now)) {
     errno = ENOMEM;
     return nullptr;

@@ -140,6 +140,38 @@ TEST(GuardPage, WriteOneByteBeforeOverAlignedLargeBlockFaults) {
 // page: a write into that page before the block (no guard there) is caught
 // by free, realloc and malloc_usable_size, fresh or reused, one byte before
 // the block or at the start of the page.
+// A block that starts inside its first page may reuse a cached mapping open
+// a few pages wider than it needs, the mapping's guard left where it is:
+// the canary then covers those pages too, so an underflow into them is
+// caught on free, realloc and malloc_usable_size (before, the pages below a
+// moved guard stayed writable and such an underflow went unseen).
+TEST(GuardPage, UnderflowIntoTheGapBelowAReusedLargeBlockIsCaught) {
+  const size_t big = 600 * KiB + 16, small = big - 3 * 4096;
+  for (int use : {0, 1, 2}) {
+    EXPECT_DEATH(
+        {
+          mapalloc_collect();  // no cached mapping but the next one
+          mapalloc_free(mapalloc_malloc(big));
+          auto* p = static_cast<char*>(mapalloc_malloc(small));
+          memset(p, 0x5a, small);
+          poke(p - 2 * 4096);  // two pages below: in the gap
+          if (use == 0) mapalloc_free(p);
+          if (use == 1) mapalloc_realloc(p, small + 100000);
+          if (use == 2) (void)mapalloc_usable_size(p);
+        },
+        "mapalloc: heap underflow before the start of large block 0x")
+        << "use " << use;
+  }
+  // Without the underflow the same reuse goes through, every byte writable.
+  mapalloc_collect();
+  mapalloc_free(mapalloc_malloc(big));
+  auto* p = static_cast<char*>(mapalloc_malloc(small));
+  ASSERT_NE(p, nullptr);
+  memset(p, 0x5a, small);
+  EXPECT_EQ(mapalloc_usable_size(p), (small + 15) / 16 * 16);
+  mapalloc_free(p);
+}
+
 TEST(GuardPage, UnderflowIntoTheFirstPageOfALargeBlockIsCaught) {
   const size_t t = mapalloc_mmap_threshold();
   for (size_t size : {t + 160, size_t(200000), 300 * KiB + 16, 1 * MiB + 4000}) {
