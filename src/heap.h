@@ -117,7 +117,7 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
   if (MAPALLOC_UNLIKELY(outside & (next != nullptr))) return report_corrupted(page, b);
 #endif
   page->free = next;
-  bump(page->allocated);
+  bump_one(page->allocated);
   b->cookie = 0;
 #if MAPALLOC_SECURE
   canary_set_fresh(page, b, size);

@@ -29,6 +29,24 @@ MAPALLOC_INLINE void bump(std::atomic<uint64_t>& c, uint64_t by = 1) {
   c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
 }
 
+// The same, by one, as a single unlocked add to memory on x86-64 (GCC emits
+// the load, add and store above as three instructions: two more per malloc).
+// An aligned 8-byte add is still read whole by other threads' relaxed loads.
+// Sanitizer builds keep the atomic form, which ThreadSanitizer can see.
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MAPALLOC_TSAN 1
+#endif
+#endif
+MAPALLOC_INLINE void bump_one(std::atomic<uint64_t>& c) {
+#if defined(__x86_64__) && !defined(MAPALLOC_TSAN) && !defined(__SANITIZE_THREAD__)
+  static_assert(sizeof(c) == sizeof(uint64_t));
+  asm("addq $1, %0" : "+m"(*reinterpret_cast<uint64_t*>(&c)));
+#else
+  bump(c);
+#endif
+}
+
 struct Block {
   uintptr_t link;    // encoded next free block
   uintptr_t cookie;  // freed_cookie(this) while free, 0 while allocated
