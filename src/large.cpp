@@ -100,9 +100,20 @@ static bool gap_fits(const LargeBlock* b, size_t inner) {
 // before its own end): the tail of a small over-aligned block is widened.
 static size_t tail_for(size_t usable) { return usable < kSlotSize ? kSlotSize : kGuard; }
 
+// A guarded block's purged pages become guard pages (one call, as a purge):
+// a read or write through a dangling pointer into a block freed that long ago
+// faults at once instead of reading zeros or writing unseen. The mapping is
+// then open nowhere; its next use removes the markers it covers (open_block),
+// one call more on a path that faults every page in again anyway.
 static void purge_block(LargeBlock* b) {
   char* lo = page_down(b->dirty_from);
-  if (lo < b->end) os::purge(lo, size_t(b->end - lo));
+  if (lo < b->end) {
+    if (b->guarded && os::purge_to_guard(lo, size_t(b->end - lo))) {
+      if (b->open_from < b->end) b->open_from = b->end;
+    } else {
+      os::purge(lo, size_t(b->end - lo));
+    }
+  }
   cache_dirty -= dirty_size(b);
   b->dirty_from = b->end;
   b->freed_marked = false;  // its words read zero now (or either, with MADV_FREE)

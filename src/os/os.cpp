@@ -131,6 +131,14 @@ void purge(void* p, size_t size) {
   ::madvise(p, size, MADV_DONTNEED);
 }
 
+bool purge_to_guard(void* p, size_t size) {
+  if (!size) return true;
+  if (!guard_markers() || protect_guards.load(std::memory_order_relaxed) || !guard_marker(p, size)) return false;
+  count(counters.purges);
+  counters.purged_bytes.fetch_add(size, std::memory_order_relaxed);
+  return true;
+}
+
 bool move_pages(void* old_p, size_t size, void* dest) {
   ErrnoGuard guard;
   count(counters.mremap_calls);

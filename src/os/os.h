@@ -34,6 +34,10 @@ bool unguard_markers(void* p, size_t size);
 // Releases the pages' contents; they read back as zero (MADV_DONTNEED) or
 // may (MADV_FREE, with use_madv_free) until reused.
 void purge(void* p, size_t size);
+// Releases the pages as purge does and leaves guard markers on them, so that
+// any access faults until unguard: false (nothing done) where the kernel has
+// no markers or refuses them.
+bool purge_to_guard(void* p, size_t size);
 // Moves the pages of [old_p, old_p + size) to dest, replacing what was mapped
 // there (MREMAP_FIXED): no copy, no fault. The old range becomes a hole.
 bool move_pages(void* old_p, size_t size, void* dest);
