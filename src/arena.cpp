@@ -153,7 +153,8 @@ static unsigned find_run(const Chunk* c, unsigned slots) {
   for (unsigned i = 0; i < 64; i += slots) {
     if (((c->free_slots >> i) & m) != m) continue;
     uint64_t markers = (c->guard_ends >> i) & m;
-    bool in_place = i + slots < kSlotsPerChunk ? markers == ready : markers == 0;  // the chunk's guard ends the last
+    bool in_place = (i + slots < kSlotsPerChunk ? markers == ready : markers == 0) &&  // the chunk's guard ends the last
+                    !((c->purge_marked >> i) & m);
     int score = 2 * (((c->dirty_slots >> i) & m) == m) + in_place;
     if (score > best_score) best = i, best_score = score;
     if (score == 3) break;
@@ -189,12 +190,14 @@ static bool run_gets_guard(unsigned index, const ClassInfo& info) {
 static int arrange_guards(Chunk* c, unsigned index, unsigned slots, bool want_guard) {
   uint64_t run = run_mask(slots) << index;
   uint64_t last = uint64_t(1) << (index + slots - 1);
-  uint64_t stale = c->guard_ends & run & (want_guard ? ~last : ~uint64_t(0));
+  uint64_t purged = c->purge_marked & run;  // whole slots of markers (purge_chunk)
+  uint64_t stale = (c->guard_ends & run & (want_guard ? ~last : ~uint64_t(0))) | purged;
   if (stale) {
     unsigned hi = 63 - unsigned(__builtin_clzll(stale));
     char* from = c->base + index * kSlotSize;
     if (!os::unguard_markers(from, size_t(c->base + (hi + 1) * kSlotSize - from))) return -1;
     c->guard_ends &= ~stale;
+    c->purge_marked &= ~purged;
   }
   if (want_guard && !(c->guard_ends & last)) {
     if (!os::guard_marker(c->base + (index + slots) * kSlotSize - kRunGuard, kRunGuard)) {
@@ -247,15 +250,23 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
   return page;
 }
 
-// Purges the runs of units set in mask, unit bytes each, from base.
-static void purge_runs(char* base, size_t unit, uint64_t mask) {
+// Purges the runs of units set in mask, unit bytes each, from base; with
+// to_guard, into guard markers where the kernel takes them (os::purge_to_guard).
+// Returns the units so marked.
+static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard = false) {
+  uint64_t marked = 0;
   while (mask) {
     unsigned first = unsigned(__builtin_ctzll(mask));
     uint64_t rest = ~(mask >> first);  // 0 when the run reaches bit 63
     unsigned len = rest ? unsigned(__builtin_ctzll(rest)) : 64 - first;
-    os::purge(base + first * unit, len * unit);
+    if (to_guard && os::purge_to_guard(base + first * unit, len * unit)) {
+      marked |= run_mask(len) << first;
+    } else {
+      os::purge(base + first * unit, len * unit);
+    }
     mask &= ~(run_mask(len) << first);
   }
+  return marked;
 }
 
 // One OS page of slack bytes serves this many slots: it is purged once all
@@ -263,8 +274,15 @@ static void purge_runs(char* base, size_t unit, uint64_t mask) {
 constexpr unsigned kSlotsPerSlackPage = os::kPageSize / kMaxBlocksPerSlot;
 static_assert(kSlotsPerSlackPage >= 1 && 64 % kSlotsPerSlackPage == 0);
 
+// Free slots are purged into guard markers (with guard=1, where the kernel
+// has them): a read or write through a dangling pointer into a block of a
+// page that went back to the arena and was purged then faults instead of
+// reading zeros or writing unseen. The run that takes such slots again
+// removes the markers (arrange_guards: one call, on a run that faults every
+// page in anyway).
 static void purge_chunk(Chunk* c, uint64_t which) {
-  purge_runs(c->base, kSlotSize, which);
+  bool to_guard = options.guard && !run_guards_refused;
+  c->purge_marked |= purge_runs(c->base, kSlotSize, which, to_guard);
   uint64_t slack_pages = 0;  // bit g: the slack page of slots g * kSlotsPerSlackPage...
   for (unsigned g = 0; g < kSlotsPerChunk / kSlotsPerSlackPage; g++) {
     uint64_t slots = run_mask(kSlotsPerSlackPage) << (g * kSlotsPerSlackPage);

@@ -23,6 +23,7 @@ struct Chunk {
   Chunk* bin_prev = nullptr;
   int bin = -1;                // log2 of its longest aligned free run; -1: full
   uint64_t guard_ends = 0;     // bit i: slot i's last OS page holds a guard marker
+  uint64_t purge_marked = 0;   // bit i: free slot i was purged into guard markers, all of it
   uint8_t* slack = nullptr;    // kSlotsPerChunk * kMaxBlocksPerSlot: Page::slack
   Page pages[kSlotsPerChunk];  // slot i's descriptor; a run uses its first slot's
 };

@@ -135,15 +135,18 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   uint64_t scaled = uint64_t(offset) * page->reciprocal;
   uint64_t index = scaled >> kReciprocalShift;
   if (MAPALLOC_UNLIKELY(!is_block_start(scaled, page->reciprocal))) return report_invalid_free(p);
+  // Never handed out (also catches index >= capacity, as carved <= capacity,
+  // and every block of a page back in the arena, whose carved is 0): checked
+  // before the block is read, as a page back in the arena may be guard
+  // markers by now (arena.cpp, purge_chunk). Carved only grows while the page
+  // is some heap's, so other threads may read it too.
+  if (MAPALLOC_UNLIKELY(index >= __atomic_load_n(&page->carved, __ATOMIC_RELAXED))) return report_invalid_free(p);
   // (A block-aligned pointer into the guard page that ends a run faults
-  // here, SIGSEGV rather than a report: the index checks below come after
-  // this read, off the common path's critical loads.)
+  // here, SIGSEGV rather than a report.)
   Block* b = static_cast<Block*>(p);
   if (MAPALLOC_UNLIKELY(b->cookie == freed_cookie(b))) return report_double_free(p);
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
-    // Never handed out (also catches index >= capacity, as carved <= capacity).
-    if (MAPALLOC_UNLIKELY(index >= page->carved)) return report_invalid_free(p);
 #if MAPALLOC_SECURE
     if (MAPALLOC_UNLIKELY(!canary_check_clear(page, p, index))) return report_overflow(p);
 #endif
@@ -159,7 +162,6 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
     }
     return;
   }
-  if (MAPALLOC_UNLIKELY(index >= page->capacity)) return report_invalid_free(p);
   heap_free_remote(heap, page, b);
 }
 

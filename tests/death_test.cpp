@@ -346,6 +346,38 @@ TEST(Misuse, DoubleFreeAfterPageWasReleasedAborts) {
 // freed 48 MiB blocks pass the 128 MiB of resident cache allowed) gets guard
 // markers instead of zero pages: reading or writing it through a dangling
 // pointer faults. (Without markers in the kernel this is skipped.)
+// A page whose blocks are all free goes back to the arena; once purged, its
+// slots are guard markers (arena.cpp, purge_chunk): a read or write through
+// a dangling pointer into one of its blocks faults, and a second free of one
+// is still reported (a page back in the arena has no block handed out).
+TEST(Misuse, AccessToABlockOfAPurgedPageFaults) {
+  if (!kernel_has_guard_markers()) GTEST_SKIP() << "the kernel has no guard markers";
+  for (int what : {0, 1, 2}) {
+    auto body = [what] {
+      mapalloc_collect();
+      char* p = static_cast<char*>(mapalloc_malloc(3000));  // a class of its own here
+      memset(p, 0x44, 3000);
+      // Something live in the same chunk, so that the chunk is purged rather
+      // than unmapped (an unmapped one faults as well, proving nothing).
+      auto chunk = [](const void* q) { return reinterpret_cast<uintptr_t>(q) >> 20; };
+      bool neighbour = false;
+      for (int i = 0; i < 4096 && !neighbour; i++) neighbour = chunk(mapalloc_malloc(2000)) == chunk(p);
+      if (!neighbour) _exit(3);
+      mapalloc_free(p);
+      mapalloc_collect();  // the page back to the arena, and purged
+      if (what == 0) fprintf(stderr, "read %d\n", *reinterpret_cast<volatile char*>(p + 100));
+      if (what == 1) poke(p + 100);
+      if (what == 2) mapalloc_free(p);
+      _exit(0);
+    };
+    if (what < 2) {
+      EXPECT_EXIT(body(), ::testing::KilledBySignal(SIGSEGV), "") << "what " << what;
+    } else {
+      EXPECT_DEATH(body(), "mapalloc: invalid free \\(pointer not allocated by mapalloc\\): 0x");
+    }
+  }
+}
+
 TEST(Misuse, AccessToAPurgedLargeBlockFaults) {
   if (!kernel_has_guard_markers()) GTEST_SKIP() << "the kernel has no guard markers";
   for (bool write : {false, true}) {
