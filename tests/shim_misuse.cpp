@@ -4,6 +4,7 @@
 // that it dies the expected way. A case that survives prints "not caught".
 // Built with -O0 -fno-builtin so that the compiler keeps every misuse.
 #include <malloc.h>
+#include <sys/mman.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,13 +19,41 @@ int main(int argc, char** argv) {
   const char* c = argv[1];
   char* p;
   auto is = [c](const char* name) { return std::strcmp(c, name) == 0; };
-  if (is("small-overflow-1")) { p = alloc(24); std::memset(p, 1, 25); std::free(p); }
+  if (is("probe-guard-markers")) {  // exit 0 when the kernel has guard markers (Linux 6.13+)
+    void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return page != MAP_FAILED && madvise(page, 4096, 102 /* MADV_GUARD_INSTALL */) == 0 ? 0 : 1;
+  }
+  else if (is("small-overflow-1")) { p = alloc(24); std::memset(p, 1, 25); std::free(p); }
   else if (is("small-overflow-20")) { p = alloc(100); std::memset(p, 1, 120); std::free(p); }
   else if (is("small-overflow-realloc")) { p = alloc(40); p[40] = 1; p = static_cast<char*>(std::realloc(p, 44)); }
   else if (is("large-overflow-1")) { p = alloc(200000); p[200000] = 1; std::free(p); }
   else if (is("large-overflow-linear")) { p = alloc(300000); std::memset(p, 1, 300000 + 8192); std::free(p); }
   else if (is("large-underflow-1")) { p = alloc(200000); p[-1] = 1; std::free(p); }
   else if (is("large-underflow-page")) { p = alloc(256 * 1024); p[-1] = 1; std::free(p); }
+  else if (is("large-underflow-gap")) {
+    // The only cached mapping is 3 pages wider than the second block needs:
+    // its guard stays, and the gap below the block holds the canary.
+    std::free(alloc(600 * 1024 + 16));
+    p = alloc(600 * 1024 + 16 - 3 * 4096);
+    p[-8192] = 1;
+    std::free(p);
+  }
+  else if (is("read-after-free-large-purged")) {
+    // Three freed 48 MiB blocks pass the resident cap: the oldest is purged.
+    char* b[3];
+    for (char*& q : b) { q = alloc(48 << 20); std::memset(q, 1, 48 << 20); }
+    for (char* q : b) std::free(q);
+    sink = b[0][4096];
+  }
+  else if (is("read-after-free-small-purged")) {
+    p = alloc(3000);
+    std::memset(p, 1, 3000);
+    auto chunk = [](const void* q) { return reinterpret_cast<unsigned long>(q) >> 20; };
+    for (int i = 0; i < 4096 && chunk(alloc(2000)) != chunk(p); i++) {}  // a live neighbour keeps the chunk
+    std::free(p);
+    malloc_trim(0);  // its page back to the arena, and purged
+    sink = p[100];
+  }
   else if (is("double-free-small")) { p = alloc(40); std::free(p); std::free(p); }
   else if (is("double-free-aligned")) { p = static_cast<char*>(aligned_alloc(256, 256)); std::free(p); std::free(p); }
   else if (is("double-free-large")) { p = alloc(400000); std::free(p); std::free(p); }

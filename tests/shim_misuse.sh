@@ -11,6 +11,7 @@ cases=(
   "large-overflow-linear:SIGSEGV"
   "large-underflow-1:^mapalloc: heap underflow before the start of large block 0x"
   "large-underflow-page:SIGSEGV"
+  "large-underflow-gap:^mapalloc: heap underflow before the start of large block 0x"
   "double-free-small:^mapalloc: double free of 0x"
   "double-free-aligned:^mapalloc: double free of 0x"
   "double-free-large:^mapalloc: double free of large block 0x"
@@ -26,6 +27,15 @@ cases=(
   "zero-size-read:SIGSEGV"
   "zero-size-write:SIGSEGV"
 )
+# Purged memory becomes guard markers only where the kernel has them.
+if "$prog" probe-guard-markers; then
+  cases+=(
+    "read-after-free-large-purged:SIGSEGV"
+    "read-after-free-small-purged:SIGSEGV"
+  )
+else
+  echo "skip read-after-free-*-purged: the kernel has no guard markers"
+fi
 if [ "$secure" = true ]; then
   cases+=(
     "small-overflow-1:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
