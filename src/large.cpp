@@ -286,12 +286,13 @@ static bool open_block(LargeBlock* b, char* from) {
 
 // Best-fitting cached mapping for `inner` read-write bytes and a tail of at
 // least `tail`, taken out of the cache: one whose open part is that wide, or
-// (gap_ok) a little wider (gap_fits), if there is one (no guard to move: no call, no page
-// zapped and faulted again; the narrowest), else the smallest that fits. Its pages still resident
-// spare a fault each, where a fresh mapping faults on every page. Measured
-// on bench large at ops=100000: 81k -> 74k faults, 0.59 -> 0.50 s. Bins
-// more than a doubling above the request's are looked at only while nothing
-// below them fits: their mappings would be split anyway.
+// (gap_ok) a little wider (gap_fits), if there is one (no guard to move: no
+// call, no page zapped and faulted again; the narrowest such), else the
+// smallest that fits. Its pages still resident spare a fault each, where a
+// fresh mapping faults on every page. Measured on bench large at
+// ops=100000: 81k -> 74k faults, 0.59 -> 0.50 s. Bins more than a doubling
+// above the request's are looked at only while nothing below them fits:
+// their mappings would be split anyway.
 static LargeBlock* cache_take(size_t inner, size_t tail, bool guarded, bool gap_ok) {
   LargeBlock* best = nullptr;
   LargeBlock* in_place = nullptr;  // the narrowest whose guard can stay
