@@ -306,7 +306,7 @@ static LargeBlock* cache_take(size_t inner, size_t tail, bool guarded, bool gap_
           cache_unlink(b);
           return b;
         }
-        if (gap_ok && (!in_place || b->open_from > in_place->open_from)) in_place = b;
+        if (gap_ok && (!in_place || b->end - b->open_from < in_place->end - in_place->open_from)) in_place = b;
       }
       if (!best || have < size_t(best->end - best->begin)) best = b;
     }

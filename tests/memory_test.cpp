@@ -506,6 +506,59 @@ TEST(MemoryLarge, SplitPiecesMergeForABiggerRequest) {
 // A program that frees a few hundred large blocks at once and then builds
 // them again gets them from the cache, not from fresh mappings that fault on
 // every page; and the blocks handed out again do not overlap.
+// A program may free memory it mlock()ed part of. Purged free memory becomes
+// guard markers, and the kernel stops such an install at the locked page,
+// with markers already on the pages before it: the allocator must take them
+// back, or its own writes into those pages (carving small blocks, a large
+// block's canary) and the program's fault when the memory is used again.
+TEST(MemoryPurge, FreedMemoryWithALockedPageIsUsableAfterAPurge) {
+  mapalloc_collect();
+  // Small blocks: their pages go back to the arena and are purged.
+  void* keep = mapalloc_malloc(100);  // keeps the chunk mapped
+  static char* p[2000];
+  for (char*& q : p) {
+    q = static_cast<char*>(mapalloc_malloc(256));
+    memset(q, 1, 256);
+  }
+  void* keep_after = mapalloc_malloc(3000);
+  char* locked = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p[1000]) & ~uintptr_t(4095));
+  if (mlock(locked, 4096) != 0) GTEST_SKIP() << "mlock refused (RLIMIT_MEMLOCK)";
+  for (char* q : p) mapalloc_free(q);
+  mapalloc_collect();
+  for (char*& q : p) {
+    q = static_cast<char*>(mapalloc_malloc(256));
+    memset(q, 2, 256);
+  }
+  for (char* q : p) EXPECT_EQ(q[255], 2);
+  for (char* q : p) mapalloc_free(q);
+  munlock(locked, 4096);
+  mapalloc_free(keep);
+  mapalloc_free(keep_after);
+
+  // A large block: purged at once when three freed 48 MiB blocks pass the
+  // 128 MiB of resident cache allowed after it, then reused.
+  mapalloc_collect();
+  const size_t size = 1 * MiB + 16;
+  auto* big = static_cast<char*>(mapalloc_malloc(size));
+  memset(big, 1, size);
+  char* big_locked = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(big + size / 2) & ~uintptr_t(4095));
+  ASSERT_EQ(mlock(big_locked, 4096), 0);
+  mapalloc_free(big);
+  char* filler[3];
+  for (char*& q : filler) {
+    q = static_cast<char*>(mapalloc_malloc(48 * MiB));
+    memset(q, 1, 48 * MiB);
+  }
+  for (char* q : filler) mapalloc_free(q);
+  auto* again = static_cast<char*>(mapalloc_malloc(size));
+  ASSERT_NE(again, nullptr);
+  memset(again, 2, size);
+  EXPECT_EQ(again[size - 1], 2);
+  mapalloc_free(again);
+  munlock(big_locked, 4096);
+  mapalloc_collect();
+}
+
 TEST(MemoryLarge, HundredsOfFreedBlocksAreReused) {
   constexpr int kBlocks = 300;
   const size_t threshold = mapalloc_mmap_threshold();

@@ -133,7 +133,13 @@ void purge(void* p, size_t size) {
 
 bool purge_to_guard(void* p, size_t size) {
   if (!size) return true;
-  if (!guard_markers() || protect_guards.load(std::memory_order_relaxed) || !guard_marker(p, size)) return false;
+  if (!guard_markers() || protect_guards.load(std::memory_order_relaxed)) return false;
+  if (!guard_marker(p, size)) {
+    // A locked part (mlock) stops the install partway, with markers already
+    // on the pages before it: take them back, as the caller counts on none.
+    unguard_markers(p, size);
+    return false;
+  }
   count(counters.purges);
   counters.purged_bytes.fetch_add(size, std::memory_order_relaxed);
   return true;
