@@ -55,8 +55,10 @@ static char* page_down(char* p) { return reinterpret_cast<char*>(align_down(rein
 // ends are 16-byte aligned, so the check runs over whole words. A guarded
 // block reusing a cached mapping open a little wider than it needs
 // keeps that mapping's guard where it is, and the canary covers the gap as
-// well (cache_take): moving the guard costs a call, a zapped page and a
-// fault later, about 3 us here; filling and checking a page costs 0.1-0.2.
+// well (cache_take): moving a guard by a page (marker installed, removed,
+// the page faulted again) costs about 4.8 us here, filling and later
+// checking a page of canary about 0.37 us (each done over 64 MiB of
+// resident pages on the CI-class machine; README, large.*).
 // Whether [from, to) still holds kCanary; both 8-byte aligned (whole words,
 // no early exit, so the compiler vectorises it).
 static bool holds_canary(const char* from, const char* to) {
@@ -72,15 +74,15 @@ static bool holds_canary(const char* from, const char* to) {
 
 constexpr size_t kMaxGap = 16 * kGuard;
 
-// Where a live block's front canary starts: its guard page's end, or its
-// first page for unguarded blocks (their fronts hold old data) and growable
-// ones (which start at a page, their guard right below).
-static char* canary_from(const LargeBlock* b) {
-  return b->guarded && !b->growable ? b->open_from : page_down(b->user);
+// Where the front canary of b's block at user starts: the guard page's end,
+// or user's first page for unguarded blocks (their fronts hold old data) and
+// growable ones (which start at a page, their guard right below).
+static char* canary_from(const LargeBlock* b, char* user) {
+  return b->guarded && !b->growable ? b->open_from : page_down(user);
 }
 
 static void check_front_canary(const LargeBlock* b) {
-  if (MAPALLOC_UNLIKELY(!holds_canary(canary_from(b), b->user)))
+  if (MAPALLOC_UNLIKELY(!holds_canary(canary_from(b, b->user), b->user)))
     fatal("heap underflow before the start of large block", b->user);
 }
 
@@ -449,11 +451,11 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   size_t tail = tail_for(usable);
   uint64_t now = os::now_ms();
   LargeBlock* b;
+  // A gap (gap_fits) only below a block that starts inside its first page.
+  bool gap_ok = guarded && usable % kGuard != 0 && alignment < kGuard;
   {
     LockGuard guard(lock);
     requests++;
-    // A gap (gap_fits) only below a block that starts inside its first page.
-    bool gap_ok = usable % kGuard != 0 && alignment < kGuard;
     b = cache_take(inner, tail, guarded, gap_ok);
     if (!b && coalesce_cache()) b = cache_take(inner, tail, guarded, gap_ok);
     if (b) cache_hits++;
@@ -484,7 +486,7 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   // (cache_take); the front is then what lies below the guard.
   // Only for a block that starts inside its first page: one that starts at a
   // page has its guard right below, so that p[-1] faults at once.
-  bool keep_guard = guarded && user != first && first > b->open_from && gap_fits(b, size_t(b->end - first));
+  bool keep_guard = gap_ok && user != first && first > b->open_from && gap_fits(b, size_t(b->end - first));
   char* open = keep_guard ? b->open_from : first;
   size_t front = size_t(open - b->begin);
   if (front > inner / 4 || (guarded && open != b->open_from)) {
@@ -501,7 +503,7 @@ void* alloc(size_t size, size_t alignment, bool zero) {
     char* from = user > b->dirty_from ? user : b->dirty_from;
     __builtin_memset(from, 0, size_t(b->end - from));
   }
-  char* canary = guarded ? b->open_from : first;  // canary_from(b), before b->user is set
+  char* canary = canary_from(b, user);  // (b->user is set by publish)
   __builtin_memset(canary, kCanary, size_t(user - canary));
   if (canary < b->dirty_from) b->dirty_from = canary;
   if (!publish(b, user, size, now)) {
