@@ -141,10 +141,11 @@ TEST(GuardPage, WriteOneByteBeforeOverAlignedLargeBlockFaults) {
 // by free, realloc and malloc_usable_size, fresh or reused, one byte before
 // the block or at the start of the page.
 // A block that starts inside its first page may reuse a cached mapping open
-// a few pages wider than it needs, the mapping's guard left where it is:
-// the canary then covers those pages too, so an underflow into them is
-// caught on free, realloc and malloc_usable_size (before, the pages below a
-// moved guard stayed writable and such an underflow went unseen).
+// wider than it needs, the mapping's guard left where it is: the canary
+// then covers the page below the block's first page too, where a guard
+// right below would lie, so an underflow into it is caught on free, realloc
+// and malloc_usable_size (before, the pages below a moved guard stayed
+// writable and such an underflow went unseen).
 TEST(GuardPage, UnderflowIntoTheGapBelowAReusedLargeBlockIsCaught) {
   const size_t big = 600 * KiB + 16, small = big - 3 * 4096;
   for (int use : {0, 1, 2}) {
@@ -154,7 +155,7 @@ TEST(GuardPage, UnderflowIntoTheGapBelowAReusedLargeBlockIsCaught) {
           mapalloc_free(mapalloc_malloc(big));
           auto* p = static_cast<char*>(mapalloc_malloc(small));
           memset(p, 0x5a, small);
-          poke(p - 2 * 4096);  // two pages below: in the gap
+          poke(p - 4096);  // in the page below the block's first one: in the gap
           if (use == 0) mapalloc_free(p);
           if (use == 1) mapalloc_realloc(p, small + 100000);
           if (use == 2) (void)mapalloc_usable_size(p);
