@@ -195,9 +195,15 @@ static int arrange_guards(Chunk* c, unsigned index, unsigned slots, bool want_gu
   if (stale) {
     unsigned hi = 63 - unsigned(__builtin_clzll(stale));
     char* from = c->base + index * kSlotSize;
-    if (!os::unguard_markers(from, size_t(c->base + (hi + 1) * kSlotSize - from))) return -1;
+    char* to = c->base + (hi + 1) * kSlotSize;
+    // A run ending in a purged slot keeps that slot's last page, a marker
+    // already, as its end guard: one call fewer, and no page zapped.
+    bool keep_end = want_guard && (purged & last);
+    if (keep_end) to -= kRunGuard;
+    if (!os::unguard_markers(from, size_t(to - from))) return -1;
     c->guard_ends &= ~stale;
     c->purge_marked &= ~purged;
+    if (keep_end) c->guard_ends |= last;
   }
   if (want_guard && !(c->guard_ends & last)) {
     if (!os::guard_marker(c->base + (index + slots) * kSlotSize - kRunGuard, kRunGuard)) {

@@ -243,6 +243,36 @@ TEST(GuardPage, WritePastTheLastBlockOfASmallRunFaults) {
   }
 }
 
+// A purged page's slots are guard markers (arena.cpp, purge_chunk). A run
+// that takes them again gets every block back, and its end guard: the last
+// slot's last page stays a marker rather than being cleared and installed
+// again (arrange_guards).
+TEST(GuardPage, ARunTakingPurgedSlotsHasItsBlocksAndItsEndGuard) {
+  if (!kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers in this kernel: runs have no guard page";
+  const size_t size = 3000, run_bytes = 32 * KiB;  // the 3072-byte class: runs of two slots, nine blocks
+  auto run_of = [&](const void* q) { return reinterpret_cast<uintptr_t>(q) & ~uintptr_t(run_bytes - 1); };
+  mapalloc_collect();
+  char* p = static_cast<char*>(mapalloc_malloc(size));
+  uintptr_t run = run_of(p);
+  // Something live in the same chunk, so that the chunk is purged rather than unmapped.
+  bool neighbour = false;
+  for (int i = 0; i < 4096 && !neighbour; i++) neighbour = (reinterpret_cast<uintptr_t>(mapalloc_malloc(2000)) >> 20) == run >> 20;
+  ASSERT_TRUE(neighbour);
+  mapalloc_free(p);
+  mapalloc_collect();  // the run back to the arena, its slots purged into markers
+  // Blocks of the class until the run is taken again and all of it is handed out.
+  int in_run = 0;
+  for (int i = 0; i < 4096 && in_run < 9; i++) {
+    char* q = static_cast<char*>(mapalloc_malloc(size));
+    ASSERT_NE(q, nullptr);
+    if (run_of(q) != run) continue;
+    memset(q, 0x5a, size);  // faults if a marker were left inside the run
+    in_run++;
+  }
+  ASSERT_EQ(in_run, 9) << "the run was not taken again";
+  EXPECT_EXIT(poke(reinterpret_cast<char*>(run + run_bytes - 4096)), ::testing::KilledBySignal(SIGSEGV), "");
+}
+
 // The kernel refuses guard markers in locked mappings. After
 // mlockall(MCL_FUTURE) every new mapping is locked: large blocks fall back
 // to mprotect guards (they used to fail with ENOMEM), runs go without their
