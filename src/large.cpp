@@ -78,8 +78,9 @@ static bool holds_canary(const char* from, const char* to) {
 // blocks (their fronts hold old data) and growable ones (which start at a
 // page, their guard right below).
 static char* canary_from(const LargeBlock* b, char* user) {
-  char* window = page_down(user) - kGuard;
-  return b->guarded && !b->growable ? std::max(b->open_from, window) : page_down(user);
+  char* first = page_down(user);
+  if (!b->guarded || b->growable) return first;
+  return first - b->open_from > ptrdiff_t(kGuard) ? first - kGuard : b->open_from;
 }
 
 static void check_front_canary(const LargeBlock* b) {
@@ -88,13 +89,15 @@ static void check_front_canary(const LargeBlock* b) {
 }
 
 // Whether a guarded cached block serves a request of `inner` bytes with its
-// guard left in place: open at least that wide and at most twice as wide.
-// The bound keeps resident waste under the block's own size; a tighter one
-// moves guards: bench large at an eighth (the size classes' bound) moved
-// the guard on 53 % of reuses and ran 1.9x as long, at the same peak RSS.
+// guard left in place: open at least that wide and at most twice as wide,
+// and resident (a purged one faults every page in again anyway: its guard
+// may as well move). The bound keeps resident waste at most the block's own
+// size; a tighter one moves guards: bench large at an eighth (the size
+// classes' bound) moved the guard on 53 % of reuses and ran 1.9x as long,
+// at the same peak RSS.
 static bool gap_fits(const LargeBlock* b, size_t inner) {
   size_t open = size_t(b->end - b->open_from);
-  return open >= inner && open - inner <= inner;
+  return open >= inner && open - inner <= inner && b->dirty_from <= b->open_from;
 }
 
 // The page map knows a large block by the slot (16 KiB) of its start. Keeping
@@ -289,7 +292,7 @@ static bool open_block(LargeBlock* b, char* from) {
 
 // Best-fitting cached mapping for `inner` read-write bytes and a tail of at
 // least `tail`, taken out of the cache: one whose open part is that wide, or
-// (gap_ok) a little wider (gap_fits), if there is one (no guard to move: no
+// (gap_ok) up to twice as wide (gap_fits), if there is one (no guard to move: no
 // call, no page zapped and faulted again; the narrowest such), else the
 // smallest that fits. Its pages still resident spare a fault each, where a
 // fresh mapping faults on every page. Measured on bench large at
@@ -452,8 +455,12 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   size_t tail = tail_for(usable);
   uint64_t now = os::now_ms();
   LargeBlock* b;
-  // A gap (gap_fits) only below a block that starts inside its first page.
-  bool gap_ok = guarded && usable % kGuard != 0 && alignment < kGuard;
+  // A gap (gap_fits) only below a block that starts inside its first page:
+  // the block ends at a page boundary, so it starts kGuard - r into its
+  // first page, rounded down to its alignment (at a page start when the
+  // alignment exceeds that).
+  size_t r = usable % kGuard;
+  bool gap_ok = guarded && r != 0 && kGuard - r >= (alignment < 16 ? 16 : alignment);
   {
     LockGuard guard(lock);
     requests++;

@@ -1,6 +1,9 @@
 // Layer 4: blocks above the mmap threshold. Each gets its own mapping
 // [guard | ... block | guard]; the block ends at the trailing guard (up to its
-// alignment), so running off either end faults at once. Freed mappings wait
+// alignment), so running off its end faults at once, and so does running off
+// its start when it starts at a page. One that starts inside its first page
+// has a canary below it there, and one page further (a reused mapping may
+// leave a gap below it: large.cpp, gap_fits), checked on free. Freed mappings wait
 // in a bounded cache, guards intact and pages resident, so that a program that
 // mallocs and frees the same large size pays no syscall or fault per round.
 //

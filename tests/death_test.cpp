@@ -125,6 +125,20 @@ TEST(GuardPage, WriteOneByteBeforeReusedLargeBlockFaults) {
 // An over-aligned large block does not start at its mapping's first page:
 // the alignment's front is guarded too.
 TEST(GuardPage, WriteOneByteBeforeOverAlignedLargeBlockFaults) {
+  // An alignment below a page can still put a block at a page start: this
+  // one ends at a page boundary, 3008 bytes into its last page, so it starts
+  // at a page. A cached mapping a little wider must not leave a gap below it.
+  {
+    mapalloc_collect();
+    mapalloc_free(mapalloc_malloc(600 * KiB + 16));
+    void* v = nullptr;
+    ASSERT_EQ(mapalloc_posix_memalign(&v, 2048, 148 * 4096 + 3008), 0);
+    auto* p = static_cast<char*>(v);
+    ASSERT_EQ(reinterpret_cast<uintptr_t>(p) % 4096, 0u);
+    memset(p, 1, 148 * 4096 + 3008);
+    EXPECT_EXIT(poke(p - 1), ::testing::KilledBySignal(SIGSEGV), "") << "align 2048 ptr " << v;
+    mapalloc_free(p);
+  }
   for (size_t align : {64 * KiB, 1 * MiB}) {
     void* v = nullptr;
     ASSERT_EQ(mapalloc_posix_memalign(&v, align, 256 * KiB), 0) << "align " << align;
@@ -136,10 +150,6 @@ TEST(GuardPage, WriteOneByteBeforeOverAlignedLargeBlockFaults) {
   }
 }
 
-// A large block that is not a whole number of pages starts inside its first
-// page: a write into that page before the block (no guard there) is caught
-// by free, realloc and malloc_usable_size, fresh or reused, one byte before
-// the block or at the start of the page.
 // A block that starts inside its first page may reuse a cached mapping open
 // wider than it needs, the mapping's guard left where it is: the canary
 // then covers the page below the block's first page too, where a guard
@@ -147,32 +157,45 @@ TEST(GuardPage, WriteOneByteBeforeOverAlignedLargeBlockFaults) {
 // and malloc_usable_size (before, the pages below a moved guard stayed
 // writable and such an underflow went unseen).
 TEST(GuardPage, UnderflowIntoTheGapBelowAReusedLargeBlockIsCaught) {
-  const size_t big = 600 * KiB + 16, small = big - 3 * 4096;
-  for (int use : {0, 1, 2}) {
-    EXPECT_DEATH(
-        {
-          mapalloc_collect();  // no cached mapping but the next one
-          mapalloc_free(mapalloc_malloc(big));
-          auto* p = static_cast<char*>(mapalloc_malloc(small));
-          memset(p, 0x5a, small);
-          poke(p - 4096);  // in the page below the block's first one: in the gap
-          if (use == 0) mapalloc_free(p);
-          if (use == 1) mapalloc_realloc(p, small + 100000);
-          if (use == 2) (void)mapalloc_usable_size(p);
-        },
-        "mapalloc: heap underflow before the start of large block 0x")
-        << "use " << use;
+  // Gaps of 3 pages, of 106 pages, and of 75 pages below a block of 76
+  // (near the widest reused in place: the block's own size).
+  struct Case { size_t big, small; };
+  for (Case c : {Case{600 * KiB + 16, 600 * KiB + 16 - 3 * 4096}, Case{1 * MiB + 16, 600 * KiB + 16},
+                 Case{600 * KiB + 16, 300 * KiB + 16}}) {
+    for (int use : {0, 1, 2}) {
+      EXPECT_DEATH(
+          {
+            mapalloc_collect();  // no cached mapping but the next one
+            auto* q = static_cast<char*>(mapalloc_malloc(c.big));
+            mapalloc_free(q);
+            auto* p = static_cast<char*>(mapalloc_malloc(c.small));
+            if (p < q || p >= q + c.big) _exit(3);  // not the same mapping: proves nothing
+            memset(p, 0x5a, c.small);
+            poke(p - 4096);  // in the page below the block's first one: in the gap
+            if (use == 0) mapalloc_free(p);
+            if (use == 1) mapalloc_realloc(p, c.small + 100000);
+            if (use == 2) (void)mapalloc_usable_size(p);
+          },
+          "mapalloc: heap underflow before the start of large block 0x")
+          << "use " << use << " small " << c.small;
+    }
+    // Without the underflow the same reuse goes through, every byte writable.
+    mapalloc_collect();
+    auto* q = static_cast<char*>(mapalloc_malloc(c.big));
+    mapalloc_free(q);
+    auto* p = static_cast<char*>(mapalloc_malloc(c.small));
+    ASSERT_NE(p, nullptr);
+    EXPECT_TRUE(p >= q && p < q + c.big) << "small " << c.small;
+    memset(p, 0x5a, c.small);
+    EXPECT_EQ(mapalloc_usable_size(p), (c.small + 15) / 16 * 16);
+    mapalloc_free(p);
   }
-  // Without the underflow the same reuse goes through, every byte writable.
-  mapalloc_collect();
-  mapalloc_free(mapalloc_malloc(big));
-  auto* p = static_cast<char*>(mapalloc_malloc(small));
-  ASSERT_NE(p, nullptr);
-  memset(p, 0x5a, small);
-  EXPECT_EQ(mapalloc_usable_size(p), (small + 15) / 16 * 16);
-  mapalloc_free(p);
 }
 
+// A large block that is not a whole number of pages starts inside its first
+// page: a write into that page before the block (no guard there) is caught
+// by free, realloc and malloc_usable_size, fresh or reused, one byte before
+// the block or at the start of the page.
 TEST(GuardPage, UnderflowIntoTheFirstPageOfALargeBlockIsCaught) {
   const size_t t = mapalloc_mmap_threshold();
   for (size_t size : {t + 160, size_t(200000), 300 * KiB + 16, 1 * MiB + 4000}) {
