@@ -157,7 +157,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
     page->freed.store(freed, std::memory_order_relaxed);
     if (MAPALLOC_UNLIKELY(freed == page->allocated.load(std::memory_order_relaxed))) {
       if (!page->is_current) return heap_page_empty(heap, page);
-    } else if (MAPALLOC_UNLIKELY(page->in_full)) {
+    } else if (MAPALLOC_UNLIKELY(page->in_full) && --page->unfull_wait == 0) {
       return heap_page_unfull(heap, page);
     }
     return;

@@ -101,6 +101,9 @@ struct alignas(64) Page {
   uint16_t carved = 0;   // blocks carved from fresh memory so far (owner writes)
   bool in_full = false;  // on the heap's full list rather than its class queue
   bool is_current = false;
+  // While in_full: the owner's frees still to come before the page goes back
+  // to its class queue (heap.cpp, move_to_full).
+  uint16_t unfull_wait = 0;
 
   std::atomic<uint64_t> collected{0};  // the remote part of freed
   char* start = nullptr;  // first block (slot aligned); free finds blocks by run_mask
