@@ -90,7 +90,7 @@ extern Counter orphan_frees[kNumClasses];  // remote frees by threads without a 
 
 void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept;
 void heap_page_empty(Heap* heap, Page* page) noexcept;
-void heap_page_unfull(Heap* heap, Page* page) noexcept;
+void heap_page_wait_over(Heap* heap, Page* page) noexcept;
 void heap_free_remote(Heap* heap, Page* page, Block* block) noexcept;
 // These abort. They are not marked noreturn so that the fast paths can reach
 // them by a tail jump and need no stack frame of their own.
@@ -157,8 +157,8 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
     page->freed.store(freed, std::memory_order_relaxed);
     if (MAPALLOC_UNLIKELY(freed == page->allocated.load(std::memory_order_relaxed))) {
       if (!page->is_current) return heap_page_empty(heap, page);
-    } else if (MAPALLOC_UNLIKELY(page->in_full) && --page->unfull_wait == 0) {
-      return heap_page_unfull(heap, page);
+    } else if (MAPALLOC_UNLIKELY(--page->unfull_wait == 0)) {
+      return heap_page_wait_over(heap, page);
     }
     return;
   }

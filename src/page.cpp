@@ -20,7 +20,7 @@ void page_init(Page* page, Heap* heap, unsigned size_class) {
   page->reciprocal = info.reciprocal;
   page->size_class = uint8_t(size_class);
   page->in_full = false;
-  page->unfull_wait = 0;
+  page->unfull_wait = kNoUnfullWait;
   page->is_current = false;
   page->next = page->prev = nullptr;
   page->thread_free.store(0, std::memory_order_relaxed);

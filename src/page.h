@@ -77,6 +77,8 @@ MAPALLOC_INLINE uintptr_t freed_cookie(const Block* b) {
 // The fields that malloc and free touch come first and fill one cache line
 // (pages are cache-line aligned): a free from cold caches misses once on its
 // page, not two or three times.
+constexpr uint16_t kNoUnfullWait = 0xFFFF;
+
 struct alignas(64) Page {
   // Owner-only: touched by the owning heap's thread (or by whoever holds an
   // abandoned heap exclusively).
@@ -101,8 +103,9 @@ struct alignas(64) Page {
   uint16_t carved = 0;   // blocks carved from fresh memory so far (owner writes)
   bool in_full = false;  // on the heap's full list rather than its class queue
   bool is_current = false;
-  // While in_full: the owner's frees still to come before the page goes back
-  // to its class queue (heap.cpp, move_to_full).
+  // Counted down by every free of the owner's; at 0, heap_page_wait_over.
+  // While in_full: the frees still to come before the page goes back to its
+  // class queue (heap.cpp, move_to_full); otherwise kNoUnfullWait.
   uint16_t unfull_wait = 0;
 
   std::atomic<uint64_t> collected{0};  // the remote part of freed
