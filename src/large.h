@@ -3,9 +3,10 @@
 // alignment), so running off its end faults at once, and so does running off
 // its start when it starts at a page. One that starts inside its first page
 // has a canary below it there, and one page further (a reused mapping may
-// leave a gap below it: large.cpp, gap_fits), checked on free. Freed mappings wait
-// in a bounded cache, guards intact and pages resident, so that a program that
-// mallocs and frees the same large size pays no syscall or fault per round.
+// leave a gap below it: large.cpp, gap_fits), checked on free. Freed
+// mappings wait in a bounded cache, guards intact and pages resident, so
+// that a program that mallocs and frees the same large size pays no syscall
+// or fault per round.
 //
 // A block that realloc grows is likely to grow again, so it moves to the
 // growable layout [guard | block ... | PROT_NONE headroom]: it starts at a

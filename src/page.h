@@ -74,11 +74,12 @@ MAPALLOC_INLINE uintptr_t freed_cookie(const Block* b) {
   return reinterpret_cast<uintptr_t>(b) ^ keys.cookie;
 }
 
+// Page::unfull_wait of a page that is not on the full list.
+constexpr uint16_t kNoUnfullWait = 0xFFFF;
+
 // The fields that malloc and free touch come first and fill one cache line
 // (pages are cache-line aligned): a free from cold caches misses once on its
 // page, not two or three times.
-constexpr uint16_t kNoUnfullWait = 0xFFFF;
-
 struct alignas(64) Page {
   // Owner-only: touched by the owning heap's thread (or by whoever holds an
   // abandoned heap exclusively).

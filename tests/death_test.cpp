@@ -250,6 +250,30 @@ bool kernel_has_guard_markers() {
   return ok;
 }
 
+// Leaves a live block in p's 1 MiB chunk, so that a collect purges the
+// chunk's free pages rather than unmapping the chunk (an unmapped one faults
+// as well, proving nothing). False if no such block came.
+bool keep_chunk_of(const void* p) {
+  auto chunk = [](const void* q) { return reinterpret_cast<uintptr_t>(q) >> 20; };
+  for (int i = 0; i < 4096; i++)
+    if (chunk(mapalloc_malloc(2000)) == chunk(p)) return true;
+  return false;
+}
+
+// Allocates, fills and frees three 48 MiB blocks: together they pass the
+// 128 MiB the large-block cache keeps resident, so the first is purged at
+// once (large.cpp, dirty_cap). Returns that first block.
+char* free_past_the_resident_cap() {
+  const size_t size = 48 * MiB;
+  char* blocks[3];
+  for (char*& b : blocks) {
+    b = static_cast<char*>(mapalloc_malloc(size));
+    memset(b, 0x22, size);
+  }
+  for (char* b : blocks) mapalloc_free(b);
+  return blocks[0];
+}
+
 TEST(GuardPage, WritePastTheLastBlockOfASmallRunFaults) {
   if (!kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers in this kernel: runs have no guard page";
   for (size_t size : {size_t(16), size_t(64), size_t(256), size_t(1024)}) {
@@ -277,10 +301,7 @@ TEST(GuardPage, ARunTakingPurgedSlotsHasItsBlocksAndItsEndGuard) {
   mapalloc_collect();
   char* p = static_cast<char*>(mapalloc_malloc(size));
   uintptr_t run = run_of(p);
-  // Something live in the same chunk, so that the chunk is purged rather than unmapped.
-  bool neighbour = false;
-  for (int i = 0; i < 4096 && !neighbour; i++) neighbour = (reinterpret_cast<uintptr_t>(mapalloc_malloc(2000)) >> 20) == run >> 20;
-  ASSERT_TRUE(neighbour);
+  ASSERT_TRUE(keep_chunk_of(p));
   mapalloc_free(p);
   mapalloc_collect();  // the run back to the arena, its slots purged into markers
   // Blocks of the class until the run is taken again and all of it is handed out.
@@ -411,12 +432,7 @@ TEST(Misuse, AccessToABlockOfAPurgedPageFaults) {
       mapalloc_collect();
       char* p = static_cast<char*>(mapalloc_malloc(3000));  // a class of its own here
       memset(p, 0x44, 3000);
-      // Something live in the same chunk, so that the chunk is purged rather
-      // than unmapped (an unmapped one faults as well, proving nothing).
-      auto chunk = [](const void* q) { return reinterpret_cast<uintptr_t>(q) >> 20; };
-      bool neighbour = false;
-      for (int i = 0; i < 4096 && !neighbour; i++) neighbour = chunk(mapalloc_malloc(2000)) == chunk(p);
-      if (!neighbour) _exit(3);
+      if (!keep_chunk_of(p)) _exit(3);
       mapalloc_free(p);
       mapalloc_collect();  // the page back to the arena, and purged
       if (what == 0) fprintf(stderr, "read %d\n", *reinterpret_cast<volatile char*>(p + 100));
@@ -438,14 +454,7 @@ TEST(Misuse, AccessToAPurgedLargeBlockFaults) {
     EXPECT_EXIT(
         {
           mapalloc_collect();  // an empty cache
-          const size_t size = 48 * MiB;
-          char* blocks[3];
-          for (char*& b : blocks) {
-            b = static_cast<char*>(mapalloc_malloc(size));
-            memset(b, 0x22, size);
-          }
-          for (char* b : blocks) mapalloc_free(b);
-          char* oldest = blocks[0] + size / 2;
+          char* oldest = free_past_the_resident_cap() + 24 * MiB;
           if (write) {
             poke(oldest);
           } else {
@@ -458,12 +467,7 @@ TEST(Misuse, AccessToAPurgedLargeBlockFaults) {
   }
   // The purged mapping is reused, every byte writable again.
   mapalloc_collect();
-  char* blocks[3];
-  for (char*& b : blocks) {
-    b = static_cast<char*>(mapalloc_malloc(48 * MiB));
-    memset(b, 0x22, 48 * MiB);
-  }
-  for (char* b : blocks) mapalloc_free(b);
+  free_past_the_resident_cap();
   auto* again = static_cast<char*>(mapalloc_malloc(48 * MiB));
   ASSERT_NE(again, nullptr);
   memset(again, 0x33, 48 * MiB);

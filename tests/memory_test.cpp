@@ -503,9 +503,6 @@ TEST(MemoryLarge, SplitPiecesMergeForABiggerRequest) {
   mapalloc_free(again);
 }
 
-// A program that frees a few hundred large blocks at once and then builds
-// them again gets them from the cache, not from fresh mappings that fault on
-// every page; and the blocks handed out again do not overlap.
 // A program may free memory it mlock()ed part of. Purged free memory becomes
 // guard markers, and the kernel stops such an install at the locked page,
 // with markers already on the pages before it: the allocator must take them
@@ -559,6 +556,9 @@ TEST(MemoryPurge, FreedMemoryWithALockedPageIsUsableAfterAPurge) {
   mapalloc_collect();
 }
 
+// A program that frees a few hundred large blocks at once and then builds
+// them again gets them from the cache, not from fresh mappings that fault on
+// every page; and the blocks handed out again do not overlap.
 TEST(MemoryLarge, HundredsOfFreedBlocksAreReused) {
   constexpr int kBlocks = 300;
   const size_t threshold = mapalloc_mmap_threshold();
