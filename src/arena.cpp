@@ -101,7 +101,13 @@ static void unmap_chunk(char* base) {
 }
 
 constexpr size_t kDescriptorBytes = align_up(sizeof(Chunk), os::kPageSize);
-constexpr size_t kSlackBytes = kSlotsPerChunk * kMaxBlocksPerSlot;
+// Slot i's slack bytes start at i * kSlackStride: one cache line more than
+// it needs, so that the first lines of the slots' arrays (the only ones that
+// pages of larger blocks use) fall into different L1 sets. At a 1 KiB stride
+// they all shared 4 of its 64 sets, and a thread with a few hundred pages in
+// use missed L1 on most mallocs and frees of blocks with slack.
+constexpr size_t kSlackStride = kMaxBlocksPerSlot + 64;
+constexpr size_t kSlackBytes = align_up(kSlotsPerChunk * kSlackStride, os::kPageSize);
 
 // A chunk's descriptor goes with it. (Only a free racing with the unmapping
 // of its wholly free chunk, a double free, could still be reading it.)
@@ -128,7 +134,7 @@ static Chunk* new_chunk() {
     p.slot_index = uint8_t(i);
     p.start = base + i * kSlotSize;
     p.capacity = 0;  // free slots reject every free
-    p.slack_bytes = c->slack + i * kMaxBlocksPerSlot;
+    p.slack_bytes = c->slack + i * kSlackStride;
     if (!pagemap::set_page(p.start, kSlotSize, &p)) {
       pagemap::set(base, i * kSlotSize, 0);
       unmap_chunk(base);
@@ -275,10 +281,14 @@ static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard
   return marked;
 }
 
-// One OS page of slack bytes serves this many slots: it is purged once all
-// of them are free.
-constexpr unsigned kSlotsPerSlackPage = os::kPageSize / kMaxBlocksPerSlot;
-static_assert(kSlotsPerSlackPage >= 1 && 64 % kSlotsPerSlackPage == 0);
+// The slots whose slack bytes share OS page g of a chunk's slack array: it
+// is purged once all of them are free.
+static uint64_t slots_of_slack_page(unsigned g) {
+  unsigned first = unsigned(g * os::kPageSize / kSlackStride);
+  unsigned last = unsigned(((g + 1) * os::kPageSize - 1) / kSlackStride);
+  if (last >= kSlotsPerChunk) last = kSlotsPerChunk - 1;
+  return run_mask(last - first + 1) << first;
+}
 
 // Free slots are purged into guard markers (with guard=1, where the kernel
 // has them): a read or write through a dangling pointer into a block of a
@@ -289,9 +299,9 @@ static_assert(kSlotsPerSlackPage >= 1 && 64 % kSlotsPerSlackPage == 0);
 static void purge_chunk(Chunk* c, uint64_t which) {
   bool to_guard = options.guard && !run_guards_refused;
   c->purge_marked |= purge_runs(c->base, kSlotSize, which, to_guard);
-  uint64_t slack_pages = 0;  // bit g: the slack page of slots g * kSlotsPerSlackPage...
-  for (unsigned g = 0; g < kSlotsPerChunk / kSlotsPerSlackPage; g++) {
-    uint64_t slots = run_mask(kSlotsPerSlackPage) << (g * kSlotsPerSlackPage);
+  uint64_t slack_pages = 0;  // bit g: OS page g of the slack array
+  for (unsigned g = 0; g < kSlackBytes / os::kPageSize; g++) {
+    uint64_t slots = slots_of_slack_page(g);
     if ((which & slots) && (c->free_slots & slots) == slots) slack_pages |= uint64_t(1) << g;
   }
   purge_runs(reinterpret_cast<char*>(c->slack), os::kPageSize, slack_pages);
