@@ -39,7 +39,7 @@ static void move_to_full(Heap* heap, Page* page) {
 static void release_page(Heap* heap, Page* page) {
   unsigned c = page->size_class;
   bump(heap->stats.allocated[c], page->allocated.load(std::memory_order_relaxed));
-  bump(heap->stats.freed[c], page->freed.load(std::memory_order_relaxed));
+  bump(heap->stats.freed[c], page->freed_count());
   bump(heap->stats.collected[c], page->collected.load(std::memory_order_relaxed));
   arena::free_page(page);
 }

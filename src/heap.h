@@ -118,6 +118,7 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
 #endif
   page->free = next;
   bump_one(page->allocated);
+  bump_one(page->used);
   b->cookie = 0;
 #if MAPALLOC_SECURE
   canary_set_fresh(page, b, size);
@@ -153,9 +154,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
     b->link = encode_link(b, page->free);
     b->cookie = freed_cookie(b);
     page->free = b;
-    uint64_t freed = page->freed.load(std::memory_order_relaxed) + 1;
-    page->freed.store(freed, std::memory_order_relaxed);
-    if (MAPALLOC_UNLIKELY(freed == page->allocated.load(std::memory_order_relaxed))) {
+    if (MAPALLOC_UNLIKELY(drop_one_to_zero(page->used))) {
       if (!page->is_current) return heap_page_empty(heap, page);
     } else if (MAPALLOC_UNLIKELY(--page->unfull_wait == 0)) {
       return heap_page_wait_over(heap, page);

@@ -12,7 +12,7 @@ void page_init(Page* page, Heap* heap, unsigned size_class) {
   page->free = nullptr;
   page->run_mask = info.page_slots * uint32_t(kSlotSize) - 1;
   page->allocated.store(0, std::memory_order_relaxed);
-  page->freed.store(0, std::memory_order_relaxed);
+  page->used.store(0, std::memory_order_relaxed);
   page->collected.store(0, std::memory_order_relaxed);
   __atomic_store_n(&page->carved, 0, __ATOMIC_RELAXED);
   page->capacity = info.capacity;
@@ -73,7 +73,7 @@ void page_collect(Page* page) {
       }
       tail->link = encode_link(tail, page->free);
       page->free = list;
-      bump(page->freed, count);
+      page->used.store(page->used.load(std::memory_order_relaxed) - count, std::memory_order_relaxed);
       bump(page->collected, count);
     }
   }

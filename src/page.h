@@ -47,6 +47,20 @@ MAPALLOC_INLINE void bump_one(std::atomic<uint64_t>& c) {
 #endif
 }
 
+// The other way, by one, telling whether it reached 0: a subtract to memory
+// and a jump on its flags.
+MAPALLOC_INLINE bool drop_one_to_zero(std::atomic<uint64_t>& c) {
+#if defined(__x86_64__) && !defined(MAPALLOC_TSAN) && !defined(__SANITIZE_THREAD__)
+  bool zero;
+  asm("subq $1, %0" : "+m"(*reinterpret_cast<uint64_t*>(&c)), "=@ccz"(zero));
+  return zero;
+#else
+  uint64_t left = c.load(std::memory_order_relaxed) - 1;
+  c.store(left, std::memory_order_relaxed);
+  return left == 0;
+#endif
+}
+
 struct Block {
   uintptr_t link;    // encoded next free block
   uintptr_t cookie;  // freed_cookie(this) while free, 0 while allocated
@@ -88,13 +102,12 @@ struct alignas(64) Page {
   // see the canaries below), at slack_bytes[slack_slot(block)]. Out of line,
   // in the chunk descriptor's mapping, one byte per block (slack_slot).
   uint8_t* slack_bytes = nullptr;
-  // Blocks handed out, and blocks back (local frees plus collected remote
-  // ones), since the page left the arena. Separate counters keep malloc and
-  // free off each other's store-to-load chains; the page is empty when they
-  // meet. Written by the owner only (plain load and store), read by the
-  // statistics.
+  // Blocks handed out since the page left the arena, and blocks out now
+  // (counted down by local frees and collected remote ones: the page is
+  // empty at 0). Written by the owner only (unlocked instructions), read by
+  // the statistics.
   std::atomic<uint64_t> allocated{0};
-  std::atomic<uint64_t> freed{0};
+  std::atomic<uint64_t> used{0};
   uint64_t reciprocal = 0;
   std::atomic<Heap*> heap{nullptr};  // the owner, compared by every free
   uint32_t block_size = 0;
@@ -126,8 +139,13 @@ struct alignas(64) Page {
   uint8_t slot_count = 0;
 
   char* end() const { return start + size_t(capacity) * block_size; }
-  uint64_t used_count() const {
-    return allocated.load(std::memory_order_relaxed) - freed.load(std::memory_order_relaxed);
+  uint64_t used_count() const { return used.load(std::memory_order_relaxed); }
+  // Blocks back since the page left the arena (for the statistics, from any
+  // thread: used first, as malloc counts allocated up before it).
+  uint64_t freed_count() const {
+    uint64_t out = used.load(std::memory_order_relaxed);
+    uint64_t handed = allocated.load(std::memory_order_relaxed);
+    return handed > out ? handed - out : 0;
   }
 };
 static_assert(sizeof(Page) == 128 && offsetof(Page, collected) == 64);

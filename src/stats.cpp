@@ -37,7 +37,7 @@ static void add_page(const Page* p, void* ctx) {
   auto* s = static_cast<ClassSums*>(ctx);
   unsigned c = p->size_class;
   s->allocated[c] += p->allocated.load(std::memory_order_relaxed);
-  s->freed[c] += p->freed.load(std::memory_order_relaxed);
+  s->freed[c] += p->freed_count();
   s->collected[c] += p->collected.load(std::memory_order_relaxed);
   s->pages[c]++;
 }
