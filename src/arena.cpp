@@ -116,9 +116,8 @@ static void unmap_descriptor(Chunk* c) { os::unmap(c, kDescriptorBytes + kSlackB
 static Chunk* new_chunk() {
   char* base = map_chunk();
   if (!base) return nullptr;
-  // The descriptor and the chunk's slack bytes (one OS page per
-  // kSlotsPerSlackPage slots, touched only as blocks are handed out and
-  // purged with the slots) in one mapping of their own.
+  // The descriptor and the chunk's slack bytes (touched only as blocks are
+  // handed out, and purged with the slots) in one mapping of their own.
   void* mem = os::map(kDescriptorBytes + kSlackBytes);
   if (!mem) {
     unmap_chunk(base);
