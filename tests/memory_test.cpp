@@ -556,6 +556,42 @@ TEST(MemoryPurge, FreedMemoryWithALockedPageIsUsableAfterAPurge) {
   mapalloc_collect();
 }
 
+// The slack bytes (each small block's requested size, for its canary) of
+// the slots of a chunk sit in one array, slot after slot, and an OS page of
+// it is purged once every slot it holds bytes of is free. Slots whose bytes
+// straddle two OS pages must keep both: a live block whose record was purged
+// would read as an exact fit (its canary unchecked, its usable size the
+// class's). Every eighth slot stays live, full of 10-byte blocks (768 of
+// them: slot 7's records run 192 bytes into the OS page of slots 8 to 11),
+// the others go free.
+TEST(MemoryPurge, LiveBlocksKeepTheirSlackRecordsThroughAPurge) {
+  mapalloc_collect();
+  void* probe = mapalloc_malloc(10);
+  bool records = mapalloc_usable_size(probe) == 10;  // secure builds only
+  mapalloc_free(probe);
+  if (!records) GTEST_SKIP() << "built without canaries (-Dsecure=false)";
+  static char* blocks[64 * 800];
+  for (char*& b : blocks) b = static_cast<char*>(mapalloc_malloc(10));
+  auto slot_of = [](const char* b) { return (reinterpret_cast<uintptr_t>(b) >> 14) & 63; };
+  size_t live = 0;
+  for (char*& b : blocks) {
+    if (slot_of(b) % 8 == 7) {
+      live++;
+    } else {
+      mapalloc_free(b);
+      b = nullptr;
+    }
+  }
+  ASSERT_GT(live, size_t(7 * 700));
+  mapalloc_collect();
+  size_t wrong = 0;
+  for (char* b : blocks)
+    if (b && mapalloc_usable_size(b) != 10) wrong++;
+  EXPECT_EQ(wrong, size_t(0)) << wrong << " of " << live << " live blocks lost their slack record";
+  for (char* b : blocks)
+    if (b) mapalloc_free(b);
+}
+
 // A program that frees a few hundred large blocks at once and then builds
 // them again gets them from the cache, not from fresh mappings that fault on
 // every page; and the blocks handed out again do not overlap.
