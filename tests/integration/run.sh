@@ -23,7 +23,7 @@
 set -u
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-all_tests=(bash python perl git gxx sqlite redis sort fork_exec threads)
+all_tests=(bash python perl git gxx sqlite redis sort fork_exec threads node java)
 
 if (($# < 1)); then
   echo "usage: $0 <path-to-libmapalloc.so> [test names...]" >&2
