@@ -14,7 +14,18 @@ namespace mapalloc {
 constinit Page empty_page;
 constinit Heap empty_heap{&empty_page};
 __thread Heap* tls_heap = &empty_heap;
-Counter orphan_frees[kNumClasses];
+OrphanShard orphan_frees[kOrphanShards];
+static std::atomic<unsigned> orphan_shards_taken{0};
+static __thread uint8_t orphan_shard = 0;  // 1 + this thread's shard; 0: none yet
+
+static Counter& orphan_counter(unsigned c) {
+  unsigned shard = orphan_shard;
+  if (MAPALLOC_UNLIKELY(!shard)) {
+    shard = 1 + orphan_shards_taken.fetch_add(1, std::memory_order_relaxed) % kOrphanShards;
+    orphan_shard = uint8_t(shard);
+  }
+  return orphan_frees[shard - 1].frees[c];
+}
 
 void report_invalid_free(const void* p) noexcept { fatal("invalid free (pointer not allocated by mapalloc):", p); }
 void report_double_free(const void* p) noexcept { fatal("double free of", p); }
@@ -79,7 +90,7 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   if (heap != &empty_heap) {
     bump(heap->stats.remote_frees[c]);
   } else {
-    orphan_frees[c].fetch_add(1, std::memory_order_relaxed);
+    orphan_counter(c).fetch_add(1, std::memory_order_relaxed);
   }
 #if MAPALLOC_SECURE
   // A request under 16 bytes has its canary in the two words the list is

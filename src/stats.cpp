@@ -52,7 +52,8 @@ void gather_stats(mapalloc_stats* out) {
   arena::visit_pages(add_page, &sums);
   out->class_count = kNumClasses;
   for (unsigned c = 0; c < kNumClasses; c++) {
-    uint64_t remote = sums.remote[c] + orphan_frees[c].load(std::memory_order_relaxed);
+    uint64_t remote = sums.remote[c];
+    for (const OrphanShard& shard : orphan_frees) remote += shard.frees[c].load(std::memory_order_relaxed);
     uint64_t pending = remote > sums.collected[c] ? remote - sums.collected[c] : 0;
     uint64_t out_blocks = sums.allocated[c] - sums.freed[c];
     uint64_t live = out_blocks > pending ? out_blocks - pending : 0;
