@@ -122,7 +122,7 @@ struct alignas(64) Page {
   // class queue (heap.cpp, move_to_full); otherwise kNoUnfullWait.
   uint16_t unfull_wait = 0;
 
-  std::atomic<uint64_t> collected{0};  // the remote part of freed
+  std::atomic<uint64_t> collected{0};  // remote frees collected so far (part of freed_count())
   char* start = nullptr;  // first block (slot aligned); free finds blocks by run_mask
   Page* next = nullptr;  // heap queue links, or arena links while free
   Page* prev = nullptr;
