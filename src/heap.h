@@ -98,7 +98,6 @@ struct alignas(64) OrphanShard {
 extern OrphanShard orphan_frees[kOrphanShards];
 
 void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept;
-void heap_page_empty(Heap* heap, Page* page) noexcept;
 void heap_page_wait_over(Heap* heap, Page* page) noexcept;
 void heap_free_remote(Heap* heap, Page* page, Block* block) noexcept;
 // These abort. They are not marked noreturn so that the fast paths can reach
@@ -127,7 +126,6 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
 #endif
   page->free = next;
   bump_one(page->allocated);
-  bump_one(page->used);
   b->cookie = 0;
 #if MAPALLOC_SECURE
   canary_set_fresh(page, b, size);
@@ -163,11 +161,8 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
     b->link = encode_link(b, page->free);
     b->cookie = freed_cookie(b);
     page->free = b;
-    if (MAPALLOC_UNLIKELY(drop_one_to_zero(page->used))) {
-      if (!page->is_current) return heap_page_empty(heap, page);
-    } else if (MAPALLOC_UNLIKELY(--page->unfull_wait == 0)) {
-      return heap_page_wait_over(heap, page);
-    }
+    bump_one(page->freed);
+    if (MAPALLOC_UNLIKELY(--page->free_wait == 0)) return heap_page_wait_over(heap, page);
     return;
   }
   heap_free_remote(heap, page, b);

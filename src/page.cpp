@@ -12,7 +12,7 @@ void page_init(Page* page, Heap* heap, unsigned size_class) {
   page->free = nullptr;
   page->run_mask = info.page_slots * uint32_t(kSlotSize) - 1;
   page->allocated.store(0, std::memory_order_relaxed);
-  page->used.store(0, std::memory_order_relaxed);
+  page->freed.store(0, std::memory_order_relaxed);
   page->collected.store(0, std::memory_order_relaxed);
   __atomic_store_n(&page->carved, 0, __ATOMIC_RELAXED);
   page->capacity = info.capacity;
@@ -20,7 +20,7 @@ void page_init(Page* page, Heap* heap, unsigned size_class) {
   page->reciprocal = info.reciprocal;
   page->size_class = uint8_t(size_class);
   page->in_full = false;
-  page->unfull_wait = kNoUnfullWait;
+  page->free_wait = kNoWait;
   page->is_current = false;
   page->next = page->prev = nullptr;
   page->thread_free.store(0, std::memory_order_relaxed);
@@ -73,8 +73,11 @@ void page_collect(Page* page) {
       }
       tail->link = encode_link(tail, page->free);
       page->free = list;
-      page->used.store(page->used.load(std::memory_order_relaxed) - count, std::memory_order_relaxed);
       bump(page->collected, count);
+      // Fewer blocks out: the free that empties the page must still find it
+      // (heap.cpp, arm_wait). A page emptied here is its caller's to release.
+      uint64_t used = page->used_count();
+      if (!page->is_current && page->free_wait > used) page->free_wait = uint16_t(used ? used : 1);
     }
   }
 }

@@ -36,8 +36,8 @@ static void add_heap(const Heap* h, void* ctx) {
 static void add_page(const Page* p, void* ctx) {
   auto* s = static_cast<ClassSums*>(ctx);
   unsigned c = p->size_class;
+  s->freed[c] += p->freed_count();  // first: see Page::freed_count
   s->allocated[c] += p->allocated.load(std::memory_order_relaxed);
-  s->freed[c] += p->freed_count();
   s->collected[c] += p->collected.load(std::memory_order_relaxed);
   s->pages[c]++;
 }

@@ -685,6 +685,32 @@ TEST(MemoryStats, SmallClassCountersExactForSameThreadPattern) {
   }
 }
 
+// A page emptied by its owner's frees goes back to the arena at the free
+// that empties it, not at the next collect: whatever the order of the frees
+// (pages go from the full list to their class queue and out), only the
+// current page of the class stays.
+TEST(MemoryStats, PagesEmptiedByFreesGoBackAtOnce) {
+  for (int order = 0; order < 3; order++) {
+    SCOPED_TRACE("order " + std::to_string(order));
+    mapalloc_collect();
+    const mapalloc_stats s0 = stats();
+    int c = class_index(s0, 1024);
+    ASSERT_GE(c, 0);
+    std::vector<void*> blocks(4000);
+    for (void*& p : blocks) {
+      p = mapalloc_malloc(1000);
+      ASSERT_NE(p, nullptr);
+    }
+    ASSERT_GT(stats().classes[c].pages, 30u);
+    if (order == 1) std::reverse(blocks.begin(), blocks.end());
+    if (order == 2) std::shuffle(blocks.begin(), blocks.end(), std::mt19937_64(7));
+    for (void* p : blocks) mapalloc_free(p);
+    const mapalloc_stats s1 = stats();
+    EXPECT_EQ(s1.classes[c].live_blocks, s0.classes[c].live_blocks);
+    EXPECT_LE(s1.classes[c].pages, s0.classes[c].pages + 1) << "emptied pages stayed with the heap";
+  }
+}
+
 // Blocks allocated by one thread and freed by another: after the freeing
 // thread has run and mapalloc_collect(), the counts are exact again.
 TEST(MemoryStats, CrossThreadFreesExactAfterCollect) {
