@@ -119,10 +119,13 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
 #if MAPALLOC_SECURE
   // A use-after-free write into a free block breaks its cookie or its link.
   if (MAPALLOC_UNLIKELY(b->cookie != freed_cookie(b))) return report_corrupted(page, b);
-  // One branch for both tests (`&`, not `&&`): the usual non-null link then
-  // falls through instead of jumping to a second test and back.
-  bool outside = relative > page->run_mask;
-  if (MAPALLOC_UNLIKELY(outside & (next != nullptr))) return report_corrupted(page, b);
+  // Outside the run and not the list's end: computed without branches and
+  // tested by one. Left to itself GCC compiles the two tests to two
+  // branches, the common case taking one, and a pair then runs 0.3 ns
+  // slower (6.85 against 6.57 ns at 16 bytes).
+  uint64_t outside = relative > page->run_mask;
+  asm("" : "+r"(outside));  // keeps it a value, not a branch
+  if (MAPALLOC_UNLIKELY(outside & uint64_t(next != nullptr))) return report_corrupted(page, b);
 #endif
   page->free = next;
   bump_one(page->allocated);

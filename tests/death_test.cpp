@@ -740,6 +740,23 @@ TEST(Misuse, WriteAfterFreeCaughtAtNextHandout) {
       "mapalloc: heap corruption");
 }
 
+// Only the link of a freed block overwritten, its cookie intact: the link
+// must not lead out of the block's page, to memory the allocator would then
+// hand out (here, a global).
+TEST(Misuse, ForgedLinkOfFreeBlockCaught) {
+  skip_unless_secure();
+  static char target[4096];
+  EXPECT_DEATH(
+      {
+        char* p = static_cast<char*>(mapalloc_malloc(48));
+        mapalloc_free(p);
+        uintptr_t forged = reinterpret_cast<uintptr_t>(target);
+        memcpy(p, &forged, sizeof forged);
+        for (int i = 0; i < 5000; i++) (void)mapalloc_malloc(48);
+      },
+      "mapalloc: heap corruption");
+}
+
 // ------------------------------------------------ options: quarantine, random
 // Options are read when a process first allocates; a death test's child is a
 // fresh process (threadsafe style), so it sees the environment set here.
