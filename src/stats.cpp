@@ -26,8 +26,10 @@ struct ClassSums {
 static void add_heap(const Heap* h, void* ctx) {
   auto* s = static_cast<ClassSums*>(ctx);
   for (unsigned c = 0; c < kNumClasses; c++) {
-    s->allocated[c] += h->stats.allocated[c].load(std::memory_order_relaxed);
+    // freed first: release_page adds a page's allocated count before its
+    // freed count, so a page released meanwhile is counted out, not back.
     s->freed[c] += h->stats.freed[c].load(std::memory_order_relaxed);
+    s->allocated[c] += h->stats.allocated[c].load(std::memory_order_relaxed);
     s->collected[c] += h->stats.collected[c].load(std::memory_order_relaxed);
     s->remote[c] += h->stats.remote_frees[c].load(std::memory_order_relaxed);
   }
@@ -55,7 +57,10 @@ void gather_stats(mapalloc_stats* out) {
     uint64_t remote = sums.remote[c];
     for (const OrphanShard& shard : orphan_frees) remote += shard.frees[c].load(std::memory_order_relaxed);
     uint64_t pending = remote > sums.collected[c] ? remote - sums.collected[c] : 0;
-    uint64_t out_blocks = sums.allocated[c] - sums.freed[c];
+    // Read while other threads run, the sums are a moment's approximation (a
+    // page released between the heap's counters and the arena's pages can
+    // be missed or counted twice): never below 0.
+    uint64_t out_blocks = sums.allocated[c] > sums.freed[c] ? sums.allocated[c] - sums.freed[c] : 0;
     uint64_t live = out_blocks > pending ? out_blocks - pending : 0;
     mapalloc_class_stats& cs = out->classes[c];
     cs.block_size = kClasses[c].block_size;

@@ -711,6 +711,31 @@ TEST(MemoryStats, PagesEmptiedByFreesGoBackAtOnce) {
   }
 }
 
+// Statistics read while another thread's pages come and go are a moment's
+// approximation, but never absurd: a page released between the reader's
+// look at the heaps and at the arena once made live_blocks wrap to 2^64 - n.
+TEST(MemoryStats, ReadsDuringPageChurnNeverWrap) {
+  std::atomic<bool> stop{false};
+  std::thread churner([&] {
+    std::vector<void*> blocks(3 * 64);  // three or more pages of 1000-byte blocks
+    while (!stop.load(std::memory_order_relaxed)) {
+      for (void*& p : blocks) p = mapalloc_malloc(1000);
+      for (void* p : blocks) mapalloc_free(p);
+    }
+  });
+  int c = class_index(stats(), 1024);
+  uint64_t worst = 0;
+  for (int i = 0; i < 100000 && c >= 0; i++) {
+    mapalloc_stats s;
+    mapalloc_stats_get(&s);
+    worst = std::max(worst, s.classes[c].live_blocks);
+  }
+  stop = true;
+  churner.join();
+  ASSERT_GE(c, 0);
+  EXPECT_LT(worst, uint64_t(1) << 20) << "live_blocks wrapped below 0";
+}
+
 // Blocks allocated by one thread and freed by another: after the freeing
 // thread has run and mapalloc_collect(), the counts are exact again.
 TEST(MemoryStats, CrossThreadFreesExactAfterCollect) {
