@@ -31,33 +31,9 @@ void report_invalid_free(const void* p) noexcept { fatal("invalid free (pointer 
 void report_double_free(const void* p) noexcept { fatal("double free of", p); }
 void* report_corrupted(const Page* page, const void* block) noexcept { page_corrupted(page, block); }
 
-// The owner's frees count Page::free_wait down in the fast path, every
-// page's, and the one that reaches 0 calls heap_page_wait_over, which looks
-// at the page and sets the count again:
-// - the current page: kNoWait (it stays, however empty: a malloc/free
-//   ping-pong must not cycle pages);
-// - a page in a class queue: its blocks out, so the free that empties it is
-//   the one that calls (no mallocs come to a page that is not current);
-// - a full page: also at most an eighth of its capacity, the frees after
-//   which it goes back to its class queue (one taken back for one or two
-//   free blocks would cost a slow-path trip per malloc).
-// No test of in_full or of the blocks out in the fast path: a program
-// freeing at random into full and non-full pages made such a test
-// mispredict on 45 % of its frees (64-byte blocks replaced at random, 5000
-// and 20000 live, cachegrind).
-static void arm_wait(Page* page) {
-  if (page->is_current) {
-    page->free_wait = kNoWait;
-    return;
-  }
-  uint64_t wait = page->used_count();
-  if (page->in_full && wait > page->capacity / 8) wait = page->capacity / 8;
-  page->free_wait = uint16_t(wait < 1 ? 1 : wait < kNoWait ? wait : kNoWait);
-}
-
 static void move_to_full(Heap* heap, Page* page) {
   page->in_full = true;
-  arm_wait(page);
+  page_arm_wait(page);
   heap->full.push_front(page);
   heap->full_count++;
 }
@@ -96,7 +72,7 @@ void heap_page_wait_over(Heap* heap, Page* page) noexcept {
     page->in_full = false;
     heap->avail[page->size_class].push_front(page);
   }
-  arm_wait(page);
+  page_arm_wait(page);
 }
 
 void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
@@ -138,7 +114,7 @@ static void sweep_full(Heap* heap) {
         release_page(heap, page);
       } else {
         heap->avail[page->size_class].push_front(page);
-        arm_wait(page);
+        page_arm_wait(page);
       }
     }
     page = next;
@@ -147,7 +123,7 @@ static void sweep_full(Heap* heap) {
 
 static void make_current(Heap* heap, Page* page) {
   page->is_current = true;
-  arm_wait(page);
+  page_arm_wait(page);
   heap->current[page->size_class] = page;
 }
 

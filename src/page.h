@@ -110,7 +110,7 @@ struct alignas(64) Page {
   // looks at the page. Never more than the blocks out (when it is not the
   // current page, which gets no mallocs), so that the free that empties a
   // page always finds it; on the full list, also no more than the frees
-  // after which it goes back to its class queue (heap.cpp, arm_wait).
+  // after which it goes back to its class queue (page_arm_wait).
   uint16_t free_wait = 0;
 
   std::atomic<uint64_t> collected{0};  // remote frees collected so far (part of freed_count())
@@ -291,6 +291,8 @@ MAPALLOC_INLINE size_t requested_bytes(const Page* page, const void* block) {
 void page_init(Page* page, Heap* heap, unsigned size_class);
 // Folds thread_free (other threads' frees) into free.
 void page_collect(Page* page);
+// Sets free_wait for the page's state (current, in a class queue, full).
+void page_arm_wait(Page* page);
 // Carves fresh blocks onto free; false when the page has none left.
 bool page_extend(Page* page);
 [[noreturn]] void page_corrupted(const Page* page, const void* block);
