@@ -40,7 +40,10 @@ void* alloc_aligned(size_t alignment, size_t size) noexcept {
     // size, so a class whose size is a multiple of the alignment is aligned.
     unsigned c = size_class(want);
     while (c < kNumClasses && kClasses[c].block_size % alignment != 0) c++;
-    if (c < kNumClasses && kClasses[c].block_size <= threshold) return heap_malloc_class(tls_heap, c, size);
+    if (c < kNumClasses && kClasses[c].block_size <= threshold) {
+      size_t asked = size ? size : 1;  // a slack page's block holds at least one byte
+      return heap_malloc_queue(tls_heap, queue_of(c, asked), asked);
+    }
   }
   ensure_init();
   return large::alloc(size, alignment, false);
@@ -113,10 +116,13 @@ void* reallocate(void* p, size_t size) noexcept {
       return nullptr;
     }
     if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
-    if (size <= page->block_size && size >= page->block_size / 2) {
-#if MAPALLOC_SECURE
-      canary_set(page, p, slack_slot(page, p), size);
-#endif
+    // In place when the block stays at least half used and its page's kind
+    // fits the new size: a slack page needs a byte of slack, an exact page
+    // (with canaries) none.
+    size_t block_size = page->block_size;
+    bool fits = page->slacked ? size < block_size : kSlackPages ? size == block_size : size <= block_size;
+    if (fits && size >= block_size / 2) {
+      if (page->slacked) canary_set(page, p, size);
       return p;
     }
   }

@@ -101,30 +101,20 @@ static void unmap_chunk(char* base) {
 }
 
 constexpr size_t kDescriptorBytes = align_up(sizeof(Chunk), os::kPageSize);
-// Slot i's slack bytes start at i * kSlackStride: one cache line more than
-// it needs, so that the first lines of the slots' arrays (the only ones that
-// pages of larger blocks use) fall into different L1 sets. At a 1 KiB stride
-// they all shared 4 of its 64 sets, and a thread with a few hundred pages in
-// use missed L1 on most mallocs and frees of blocks with slack.
-constexpr size_t kSlackStride = kMaxBlocksPerSlot + 64;
-constexpr size_t kSlackBytes = align_up(kSlotsPerChunk * kSlackStride, os::kPageSize);
-
 // A chunk's descriptor goes with it. (Only a free racing with the unmapping
 // of its wholly free chunk, a double free, could still be reading it.)
-static void unmap_descriptor(Chunk* c) { os::unmap(c, kDescriptorBytes + kSlackBytes); }
+static void unmap_descriptor(Chunk* c) { os::unmap(c, kDescriptorBytes); }
 
 static Chunk* new_chunk() {
   char* base = map_chunk();
   if (!base) return nullptr;
-  // The descriptor and the chunk's slack bytes (touched only as blocks are
-  // handed out, and purged with the slots) in one mapping of their own.
-  void* mem = os::map(kDescriptorBytes + kSlackBytes);
+  // The descriptor in a mapping of its own, away from user data.
+  void* mem = os::map(kDescriptorBytes);
   if (!mem) {
     unmap_chunk(base);
     return nullptr;
   }
   Chunk* c = new (mem) Chunk();
-  c->slack = static_cast<uint8_t*>(mem) + kDescriptorBytes;
   c->base = base;
   c->free_slots = ~uint64_t(0);
   for (unsigned i = 0; i < kSlotsPerChunk; i++) {
@@ -133,7 +123,6 @@ static Chunk* new_chunk() {
     p.slot_index = uint8_t(i);
     p.start = base + i * kSlotSize;
     p.capacity = 0;  // free slots reject every free
-    p.slack_bytes = c->slack + i * kSlackStride;
     if (!pagemap::set_page(p.start, kSlotSize, &p)) {
       pagemap::set(base, i * kSlotSize, 0);
       unmap_chunk(base);
@@ -220,7 +209,8 @@ static int arrange_guards(Chunk* c, unsigned index, unsigned slots, bool want_gu
   return want_guard;
 }
 
-Page* alloc_page(Heap* heap, unsigned size_class) {
+Page* alloc_page(Heap* heap, unsigned queue) {
+  unsigned size_class = queue_class(queue);
   unsigned slots = kClasses[size_class].page_slots;
   Chunk* chosen = nullptr;
   unsigned index = 64;
@@ -251,7 +241,7 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
     Page* head = &chosen->pages[index];
     head->slot_count = uint8_t(slots);
     head->start = chosen->base + index * kSlotSize;
-    page_init(head, heap, size_class);
+    page_init(head, heap, queue);
     if (guarded) head->capacity = info.guarded_capacity;
     maybe_purge_locked(os::now_ms());
   }
@@ -280,15 +270,6 @@ static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard
   return marked;
 }
 
-// The slots whose slack bytes share OS page g of a chunk's slack array: it
-// is purged once all of them are free.
-static uint64_t slots_of_slack_page(unsigned g) {
-  unsigned first = unsigned(g * os::kPageSize / kSlackStride);
-  unsigned last = unsigned(((g + 1) * os::kPageSize - 1) / kSlackStride);
-  if (last >= kSlotsPerChunk) last = kSlotsPerChunk - 1;
-  return run_mask(last - first + 1) << first;
-}
-
 // Free slots are purged into guard markers (with guard=1, where the kernel
 // has them): a read or write through a dangling pointer into a block of a
 // page that went back to the arena and was purged then faults instead of
@@ -298,12 +279,6 @@ static uint64_t slots_of_slack_page(unsigned g) {
 static void purge_chunk(Chunk* c, uint64_t which) {
   bool to_guard = options.guard && !run_guards_refused;
   c->purge_marked |= purge_runs(c->base, kSlotSize, which, to_guard);
-  uint64_t slack_pages = 0;  // bit g: OS page g of the slack array
-  for (unsigned g = 0; g < kSlackBytes / os::kPageSize; g++) {
-    uint64_t slots = slots_of_slack_page(g);
-    if ((which & slots) && (c->free_slots & slots) == slots) slack_pages |= uint64_t(1) << g;
-  }
-  purge_runs(reinterpret_cast<char*>(c->slack), os::kPageSize, slack_pages);
   dirty_bytes -= uint64_t(__builtin_popcountll(c->dirty_slots)) * kSlotSize;
   c->dirty_slots = 0;
 }

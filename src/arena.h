@@ -11,7 +11,6 @@
 
 namespace mapalloc {
 
-constexpr size_t kMaxBlocksPerSlot = kSlotSize / kMinBlock;
 
 struct Chunk {
   char* base = nullptr;        // kChunkSize bytes, kChunkSize aligned
@@ -24,15 +23,14 @@ struct Chunk {
   int bin = -1;                // log2 of its longest aligned free run; -1: full
   uint64_t guard_ends = 0;     // bit i: slot i's last OS page holds a guard marker
   uint64_t purge_marked = 0;   // bit i: free slot i was purged into guard markers, all of it
-  uint8_t* slack = nullptr;    // kSlotsPerChunk * kMaxBlocksPerSlot: Page::slack
   Page pages[kSlotsPerChunk];  // slot i's descriptor; a run uses its first slot's
 };
 
 namespace arena {
 
-// A page for size_class owned by heap, its page map entries set; nullptr
+// A page for a heap queue (size_classes.h) owned by heap, its page map entries set; nullptr
 // when the OS refuses memory.
-Page* alloc_page(Heap* heap, unsigned size_class);
+Page* alloc_page(Heap* heap, unsigned queue);
 // Gives an empty page back to the arena.
 void free_page(Page* page);
 // Purges free pages idle longer than the purge delay; all of them and idle

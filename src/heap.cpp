@@ -49,14 +49,14 @@ static void release_page(Heap* heap, Page* page) {
 // Unlinks page from whichever list holds it.
 static void unlink_page(Heap* heap, Page* page) {
   if (page->is_current) {
-    heap->current[page->size_class] = &empty_page;
+    heap->current[page_queue(page)] = &empty_page;
     page->is_current = false;
   } else if (page->in_full) {
     heap->full.remove(page);
     heap->full_count--;
     page->in_full = false;
   } else {
-    heap->avail[page->size_class].remove(page);
+    heap->avail[page_queue(page)].remove(page);
   }
 }
 
@@ -70,7 +70,7 @@ void heap_page_wait_over(Heap* heap, Page* page) noexcept {
     heap->full.remove(page);
     heap->full_count--;
     page->in_full = false;
-    heap->avail[page->size_class].push_front(page);
+    heap->avail[page_queue(page)].push_front(page);
   }
   page_arm_wait(page);
 }
@@ -82,14 +82,10 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   } else {
     orphan_counter(c).fetch_add(1, std::memory_order_relaxed);
   }
-#if MAPALLOC_SECURE
-  // A request under 16 bytes has its canary in the two words the list is
-  // about to overwrite, so it is checked here rather than by the owner. Only
-  // for 16-byte blocks, where plain requests under 16 bytes go: elsewhere the
-  // slack bytes stay off this core (page_collect), so an aligned request
-  // under 16 bytes in a bigger class is not checked (README, What is detected).
-  if (page->block_size == kMinBlock && canary_check(page, b, slack_slot(page, b)) == SIZE_MAX) return report_overflow(b);
-#endif
+  // Checked here, where the block is still this thread's alone: its canary
+  // is in the block, and the free list's words are about to overwrite a
+  // 16-byte block's.
+  if (page->slacked && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
   b->cookie = freed_cookie(b);
   uintptr_t old = page->thread_free.load(std::memory_order_relaxed);
   do {
@@ -113,7 +109,7 @@ static void sweep_full(Heap* heap) {
       if (page->used_count() == 0) {
         release_page(heap, page);
       } else {
-        heap->avail[page->size_class].push_front(page);
+        heap->avail[page_queue(page)].push_front(page);
         page_arm_wait(page);
       }
     }
@@ -124,7 +120,7 @@ static void sweep_full(Heap* heap) {
 static void make_current(Heap* heap, Page* page) {
   page->is_current = true;
   page_arm_wait(page);
-  heap->current[page->size_class] = page;
+  heap->current[page_queue(page)] = page;
 }
 
 static bool has_free_block(Page* page) {
@@ -132,17 +128,17 @@ static bool has_free_block(Page* page) {
   return page->free || page_extend(page);
 }
 
-// Finds a page of class c with a free block and makes it current.
-static Page* find_page(Heap* heap, unsigned c) {
-  Page* page = heap->current[c];
+// Finds a page of queue q with a free block and makes it current.
+static Page* find_page(Heap* heap, unsigned q) {
+  Page* page = heap->current[q];
   if (page != &empty_page) {
     if (has_free_block(page)) return page;
     page->is_current = false;
-    heap->current[c] = &empty_page;
+    heap->current[q] = &empty_page;
     move_to_full(heap, page);
   }
   for (int attempt = 0; attempt < 2; attempt++) {
-    while ((page = heap->avail[c].pop_front())) {
+    while ((page = heap->avail[q].pop_front())) {
       if (has_free_block(page)) {
         make_current(heap, page);
         return page;
@@ -159,7 +155,7 @@ static Page* find_page(Heap* heap, unsigned c) {
     }
   }
   thread_maybe_reclaim_abandoned();
-  page = arena::alloc_page(heap, c);
+  page = arena::alloc_page(heap, q);
   if (!page) return nullptr;
   heap->fresh_since_sweep++;
   page_extend(page);
@@ -167,10 +163,11 @@ static Page* find_page(Heap* heap, unsigned c) {
   return page;
 }
 
-void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
-  if (c == kZeroClass) {
+void* heap_malloc_slow(Heap* heap, unsigned q, size_t size) noexcept {
+  if (q == kZeroQueue) {
     if (void* p = zero::alloc()) return p;
-    c = size_class(1);  // the zero-size region is used up: a real block will do
+    q = size_queue(1);  // the zero-size region is used up: a real block will do
+    size = 1;
   }
   if (heap == &empty_heap) {
     heap = thread_heap_init();
@@ -179,11 +176,11 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
       return nullptr;
     }
   }
-  if (!find_page(heap, c)) {
+  if (!find_page(heap, q)) {
     errno = ENOMEM;
     return nullptr;
   }
-  return heap_malloc_class(heap, c, size);
+  return heap_malloc_queue(heap, q, size);
 }
 
 // ---------------------------------------------------------------- quarantine
@@ -209,9 +206,7 @@ static void quarantine_release_oldest(Heap* heap) {
     if (c[i] != kQuarantineFill) fatal("write after free (into a quarantined block) at", p);
   }
   static_cast<Block*>(p)->cookie = 0;
-#if MAPALLOC_SECURE
-  canary_set(page, p, slack_slot(page, p), used);  // whole again for heap_free's check
-#endif
+  if (page->slacked) canary_set_fresh(page, p, used);  // whole again for heap_free's check
   heap_free(page, p);
 }
 
@@ -240,8 +235,8 @@ static void quarantine_flush(Heap* heap) {
 
 void heap_collect(Heap* heap, bool release_current) {
   quarantine_flush(heap);
-  for (unsigned c = 0; c < kNumClasses; c++) {
-    Page* page = heap->current[c];
+  for (unsigned q = 0; q < kNumQueues; q++) {
+    Page* page = heap->current[q];
     if (page != &empty_page) {
       page_collect(page);
       if (page->used_count() == 0 && release_current) {
@@ -249,7 +244,7 @@ void heap_collect(Heap* heap, bool release_current) {
         release_page(heap, page);
       }
     }
-    for (page = heap->avail[c].head; page;) {
+    for (page = heap->avail[q].head; page;) {
       Page* next = page->next;
       page_collect(page);
       if (page->used_count() == 0) {

@@ -7,7 +7,8 @@ namespace mapalloc {
 
 Keys keys;
 
-void page_init(Page* page, Heap* heap, unsigned size_class) {
+void page_init(Page* page, Heap* heap, unsigned queue) {
+  unsigned size_class = queue_class(queue);
   const ClassInfo& info = kClasses[size_class];
   page->free = nullptr;
   page->run_mask = info.page_slots * uint32_t(kSlotSize) - 1;
@@ -19,6 +20,7 @@ void page_init(Page* page, Heap* heap, unsigned size_class) {
   page->block_size = info.block_size;
   page->reciprocal = info.reciprocal;
   page->size_class = uint8_t(size_class);
+  page->slacked = queue & 1;
   page->in_full = false;
   page->free_wait = kNoWait;
   page->is_current = false;
@@ -41,18 +43,14 @@ void report_overflow(const void* block) noexcept {
 }
 
 size_t check_canary_past_header(const Page* page, const void* block) {
-#if MAPALLOC_SECURE
-  uint64_t slot = slack_slot(page, block);
-  size_t slack = recorded_slack(page, block, slot);
+  if (!page->slacked) return page->block_size;
+  if (page->block_size == kMinBlock) return kMinBlock - 1;
+  uint64_t w = canary_word(block);
+  size_t slack = recorded_slack(page, block, w);
   if (slack == SIZE_MAX) report_overflow(block);
   size_t used = page->block_size - slack;
-  if (used >= sizeof(Block) && canary_check(page, block, slot) == SIZE_MAX) report_overflow(block);
-  page->slack_bytes[slot] = 0;  // free blocks keep it 0 (canary_set_fresh)
+  if (used >= sizeof(Block) && canary_check(page, block) == SIZE_MAX) report_overflow(block);
   return used;
-#else
-  (void)block;
-  return page->block_size;
-#endif
 }
 
 // The owner's frees count Page::free_wait down in the fast path, every
@@ -79,21 +77,16 @@ void page_arm_wait(Page* page) {
   page->free_wait = uint16_t(wait < 1 ? 1 : wait < kNoWait ? wait : kNoWait);
 }
 
-// Other threads' frees are checked here, by the owner, rather than by the
-// freeing thread: the slack bytes are written by the owner's mallocs, and
-// reading them from another core would bounce their cache line between the
-// two on every producer/consumer hand-off.
+// Other threads' frees were checked by the freeing thread (heap_free_remote).
 void page_collect(Page* page) {
   if (page->thread_free.load(std::memory_order_relaxed)) {
     Block* list = reinterpret_cast<Block*>(page->thread_free.exchange(0, std::memory_order_acquire));
     if (list) {
       uint32_t count = 1;
       Block* tail = list;
-      check_canary_past_header(page, tail);
       for (Block* n; (n = decode_link(tail)); tail = n, count++) {
         check_link(page, tail, n);
         if (count > page->capacity) page_corrupted(page, tail);  // a cycle
-        check_canary_past_header(page, n);
       }
       tail->link = encode_link(tail, page->free);
       page->free = list;

@@ -15,10 +15,6 @@
 #include "base/bits.h"
 #include "size_classes.h"
 
-#ifndef MAPALLOC_SECURE
-#define MAPALLOC_SECURE 1
-#endif
-
 namespace mapalloc {
 
 struct Heap;
@@ -84,10 +80,6 @@ struct alignas(64) Page {
   // Owner-only: touched by the owning heap's thread (or by whoever holds an
   // abandoned heap exclusively).
   Block* free = nullptr;        // malloc pops here; the owner's frees push here
-  // Per block, the bytes between its requested size and block_size (255:
-  // see the canaries below), at slack_bytes[slack_slot(block)]. Out of line,
-  // in the chunk descriptor's mapping, one byte per block (slack_slot).
-  uint8_t* slack_bytes = nullptr;
   // Blocks handed out since the page left the arena (counted by malloc), and
   // blocks the owner freed (counted by free): with collected below, the
   // blocks out now. Two counters rather than one of blocks out, so that
@@ -106,15 +98,18 @@ struct alignas(64) Page {
   uint16_t carved = 0;   // blocks carved from fresh memory so far (owner writes)
   bool in_full = false;  // on the heap's full list rather than its class queue
   bool is_current = false;
+  // A slack page (queue 2c + 1, size_classes.h): every block's last byte
+  // records its slack, and free checks its canary.
+  bool slacked = false;
   // Counted down by every free of the owner's; at 0, heap_page_wait_over
   // looks at the page. Never more than the blocks out (when it is not the
   // current page, which gets no mallocs), so that the free that empties a
   // page always finds it; on the full list, also no more than the frees
   // after which it goes back to its class queue (page_arm_wait).
   uint16_t free_wait = 0;
+  char* start = nullptr;  // first block (slot aligned); free finds blocks by run_mask
 
   std::atomic<uint64_t> collected{0};  // remote frees collected so far (part of freed_count())
-  char* start = nullptr;  // first block (slot aligned); free finds blocks by run_mask
   Page* next = nullptr;  // heap queue links, or arena links while free
   Page* prev = nullptr;
 
@@ -162,32 +157,32 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
   return uint32_t(index);
 }
 
-// Canaries (secure builds). The bytes right after a block's requested size,
-// up to 8 of them, hold a word derived from the secret and the block's
-// address, checked when the block is freed or reallocated: a write past the
-// end of a small block is caught then. The slack itself is kept out of line,
-// one byte per block (Page::slack); 255 means "at least 255, exact value in the block's
-// last four bytes" (never reached by an overflow that spared the canary).
-// Where a block's slack byte is: its block index, so the bytes of a page's
-// blocks are dense (one cache line covers 64 blocks of any size, not 1 KiB of
-// the page), which saves a cache miss per malloc and free when blocks are
-// spread over many pages. The run's share of the chunk's array has one byte
-// per 16 bytes of the run, so every index fits.
-MAPALLOC_INLINE uint64_t slack_slot(const Page* page, const void* p) {
-  uint64_t offset = uint64_t(reinterpret_cast<uintptr_t>(p) & page->run_mask);
-  return (offset * page->reciprocal) >> kReciprocalShift;
-}
+// The queue a page belongs to in its heap (size_classes.h).
+MAPALLOC_INLINE unsigned page_queue(const Page* page) { return 2u * page->size_class + page->slacked; }
+
+// Canaries (secure builds). A block of a slack page was asked for fewer
+// bytes than its block size, and the bytes in between are its canary:
+// - the up to 8 bytes right after the requested size hold a word derived
+//   from the secret and the block's address, so that a write past the end
+//   is caught when the block is freed or reallocated;
+// - the block's last byte (the word's last when the slack is 8 or less)
+//   holds the slack, xored with the word's top byte; 255 there means "at
+//   least 255, exact value in the 4 bytes before it".
+// The record is in the block rather than out of line, so that it costs no
+// cache line of its own: with one byte per block in the chunk descriptor's
+// mapping (the earlier layout), free missed L1 on that byte on 74 % of bench
+// server's requests. Exact pages hold only requests of exactly the class
+// size: nothing to record, nothing to check.
+constexpr size_t kSlackEscape = 255;
 
 MAPALLOC_INLINE uint64_t canary_word(const void* block) {
   return std::rotl(reinterpret_cast<uintptr_t>(block) ^ keys.canary, 23);
 }
 
 // The canary's word sits at block_size - max(slack, 8); its bytes in mask
-// (the top min(slack, 8) of them, none for an exact fit) are the canary.
-// Computed without branches (two conditional moves and a 9-entry mask
-// table): slack varies from block to block, and a mispredicted branch costs
-// more than these few instructions. (Exact fits branch away before: the
-// common small sizes are exact fits, and they then do no canary work.)
+// (the top min(slack, 8) of them) are canary. Computed without branches (two
+// conditional moves and a 9-entry mask table): slack varies from block to
+// block, and a mispredicted branch costs more than these few instructions.
 struct CanarySpot {
   size_t offset;
   uint64_t mask;
@@ -205,90 +200,89 @@ MAPALLOC_INLINE CanarySpot canary_spot(size_t block_size, size_t slack) {
   return {block_size - (slack > 8 ? slack : 8), kCanaryMasks[slack < 8 ? slack : 8]};
 }
 
-MAPALLOC_INLINE void canary_record_slack(const Page* page, void* block, uint64_t slot, size_t slack) {
-  page->slack_bytes[slot] = uint8_t(slack < 255 ? slack : 255);
-  if (MAPALLOC_UNLIKELY(slack >= 255)) {
+// The last byte (and with a large slack the 4 bytes before it), written
+// after the word: when the slack is 8 or less it replaces the word's top byte.
+MAPALLOC_INLINE void canary_record_slack(char* block, size_t block_size, size_t slack, uint64_t word) {
+  if (MAPALLOC_UNLIKELY(slack >= kSlackEscape)) {
     uint32_t exact = uint32_t(slack);
-    __builtin_memcpy(static_cast<char*>(block) + page->block_size - 4, &exact, 4);
+    __builtin_memcpy(block + block_size - 5, &exact, 4);
+    slack = kSlackEscape;
   }
+  block[block_size - 1] = char(uint8_t(slack ^ (word >> 56)));
 }
 
 // For a block being handed out: its bytes are not the caller's yet, so the
-// whole word is written, one store and no load. A free block's slack byte is
-// always 0 (freeing clears it, below), so an exact fit, the common case, has
-// nothing to record and nothing to write.
+// whole word is written, one store and no load. An exact fit (an exact page)
+// has nothing to write.
 MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size) {
-  size_t block_size = page->block_size;  // once: the byte store below could alias it
+  size_t block_size = page->block_size;
   size_t slack = block_size - size;
   if (!slack) return;
-  uint64_t slot = slack_slot(page, block);
-  if (MAPALLOC_LIKELY(slack < 255)) {
-    page->slack_bytes[slot] = uint8_t(slack);
-  } else {
-    canary_record_slack(page, block, slot, slack);
-  }
   uint64_t w = canary_word(block);
   // block_size - max(slack, 8), as min(size, block_size - 8).
   size_t offset = size < block_size - 8 ? size : block_size - 8;
   __builtin_memcpy(static_cast<char*>(block) + offset, &w, 8);
+  canary_record_slack(static_cast<char*>(block), block_size, slack, w);
 }
 
-// For a live block (realloc in place): only the canary's bytes change.
-MAPALLOC_INLINE void canary_set(const Page* page, void* block, uint64_t slot, size_t size) {
-  size_t slack = page->block_size - size;
-  canary_record_slack(page, block, slot, slack);
-  CanarySpot spot = canary_spot(page->block_size, slack);
+// For a live block of a slack page (realloc in place, size < block size):
+// only the canary's bytes change.
+MAPALLOC_INLINE void canary_set(const Page* page, void* block, size_t size) {
+  size_t block_size = page->block_size;
+  size_t slack = block_size - size;
+  CanarySpot spot = canary_spot(block_size, slack);
   char* at = static_cast<char*>(block) + spot.offset;
-  uint64_t word;
+  uint64_t w = canary_word(block), word;
   __builtin_memcpy(&word, at, 8);
-  word ^= (word ^ canary_word(block)) & spot.mask;
+  word ^= (word ^ w) & spot.mask;
   __builtin_memcpy(at, &word, 8);
+  canary_record_slack(static_cast<char*>(block), block_size, slack, w);
 }
 
-// The slack recorded for a block (SIZE_MAX if its record is broken).
-MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint64_t slot) {
-  size_t slack = page->slack_bytes[slot];
-  if (MAPALLOC_LIKELY(slack != 255)) return slack;
-  uint32_t exact;
-  __builtin_memcpy(&exact, static_cast<const char*>(block) + page->block_size - 4, 4);
-  return exact < 255 || exact > page->block_size ? SIZE_MAX : exact;
+// The slack a block of a slack page records (SIZE_MAX if the record is
+// broken: it must lie in 1 .. block size - 1).
+MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint64_t word) {
+  size_t block_size = page->block_size;
+  const char* b = static_cast<const char*>(block);
+  size_t slack = uint8_t(uint8_t(b[block_size - 1]) ^ (word >> 56));
+  if (MAPALLOC_UNLIKELY(slack == kSlackEscape)) {
+    uint32_t exact;
+    __builtin_memcpy(&exact, b + block_size - 5, 4);
+    slack = exact < kSlackEscape ? 0 : exact;
+  }
+  return slack - 1 < block_size - 1 ? slack : SIZE_MAX;
 }
 
-// The block's slack, or SIZE_MAX when its canary is broken.
-MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block, uint64_t slot) {
-  size_t slack = recorded_slack(page, block, slot);
-  if (!slack || slack == SIZE_MAX) return slack;
-  CanarySpot spot = canary_spot(page->block_size, slack);
+// Per slack up to 8, the canary bytes of the word at block_size - 8 other
+// than its top byte (the record, checked by reading it); above 8, all of
+// the word at the requested size.
+inline constexpr uint64_t kCanaryCheckMasks[10] = {
+    0, 0, kCanaryMasks[2] & ~kCanaryMasks[1], kCanaryMasks[3] & ~kCanaryMasks[1], kCanaryMasks[4] & ~kCanaryMasks[1],
+    kCanaryMasks[5] & ~kCanaryMasks[1], kCanaryMasks[6] & ~kCanaryMasks[1], kCanaryMasks[7] & ~kCanaryMasks[1],
+    kCanaryMasks[8] & ~kCanaryMasks[1], ~uint64_t(0)};
+
+// The slack of a block of a slack page, or SIZE_MAX when its canary is broken.
+MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
+  uint64_t w = canary_word(block);
+  size_t slack = recorded_slack(page, block, w);
+  if (MAPALLOC_UNLIKELY(slack == SIZE_MAX)) return slack;
+  size_t offset = page->block_size - (slack > 8 ? slack : 8);
   uint64_t word;
-  __builtin_memcpy(&word, static_cast<const char*>(block) + spot.offset, 8);
-  return ((word ^ canary_word(block)) & spot.mask) == 0 ? slack : SIZE_MAX;
-}
-
-// For a block being freed by its owner: checks its canary and clears its
-// slack byte, so that free blocks keep the byte 0. False when the canary is
-// broken.
-MAPALLOC_INLINE bool canary_check_clear(const Page* page, const void* block, uint64_t slot) {
-  uint8_t* byte = &page->slack_bytes[slot];
-  if (MAPALLOC_LIKELY(!*byte)) return true;
-  if (canary_check(page, block, slot) == SIZE_MAX) return false;
-  *byte = 0;
-  return true;
+  __builtin_memcpy(&word, static_cast<const char*>(block) + offset, 8);
+  return ((word ^ w) & kCanaryCheckMasks[slack < 9 ? slack : 9]) == 0 ? slack : SIZE_MAX;
 }
 
 // The bytes a live block was asked for, or SIZE_MAX when its canary is
-// broken. Unprotected builds know only the class size.
+// broken. Blocks of exact pages, and all blocks of unprotected builds, were
+// asked for their block size.
 MAPALLOC_INLINE size_t requested_bytes(const Page* page, const void* block) {
-#if MAPALLOC_SECURE
-  size_t slack = canary_check(page, block, slack_slot(page, block));
+  if (!page->slacked) return page->block_size;
+  size_t slack = canary_check(page, block);
   return slack == SIZE_MAX ? SIZE_MAX : page->block_size - slack;
-#else
-  (void)block;
-  return page->block_size;
-#endif
 }
 
 // Slow paths of page.cpp.
-void page_init(Page* page, Heap* heap, unsigned size_class);
+void page_init(Page* page, Heap* heap, unsigned queue);
 // Folds thread_free (other threads' frees) into free.
 void page_collect(Page* page);
 // Sets free_wait for the page's state (current, in a class queue, full).
@@ -298,10 +292,10 @@ bool page_extend(Page* page);
 [[noreturn]] void page_corrupted(const Page* page, const void* block);
 // Aborts; not noreturn so that the free fast path reaches it by a tail jump.
 void report_overflow(const void* block) noexcept;
-// For a freed block whose first 16 bytes were overwritten by the free list
-// (a free from another thread, a quarantined block): checks its canary
-// unless that canary began inside those 16 bytes, and clears its slack byte.
-// Returns the bytes the block was asked for.
+// For a quarantined block, whose first 16 bytes hold the free list's words:
+// checks its canary unless that began inside those 16 bytes. Returns the
+// bytes the block was asked for (15 for a 16-byte block with slack, whose
+// record those words overwrote).
 size_t check_canary_past_header(const Page* page, const void* block);
 
 }  // namespace mapalloc

@@ -95,16 +95,10 @@ constexpr std::array<ClassInfo, kNumClasses> make_class_table() {
 inline constexpr std::array<ClassInfo, kNumClasses> kClasses = make_class_table();
 
 // Byte lookup for requests up to 1 KiB, indexed by (size + 15) / 16.
-// malloc(0) maps to this class, whose heap entry never holds a page, so the
-// fast path needs no test for zero: it falls into the slow path (zero.h).
-constexpr unsigned kZeroClass = kNumClasses;
-static_assert(kZeroClass < 256);
-
 constexpr size_t kLookupMax = 1024;
 constexpr std::array<uint8_t, kLookupMax / 16 + 1> make_lookup() {
   std::array<uint8_t, kLookupMax / 16 + 1> t{};
   for (size_t i = 0; i < t.size(); i++) t[i] = uint8_t(class_of_computed(i * 16));
-  t[0] = kZeroClass;
   return t;
 }
 inline constexpr std::array<uint8_t, kLookupMax / 16 + 1> kClassLookup = make_lookup();
@@ -112,6 +106,39 @@ inline constexpr std::array<uint8_t, kLookupMax / 16 + 1> kClassLookup = make_lo
 MAPALLOC_INLINE unsigned size_class(size_t size) {
   if (MAPALLOC_LIKELY(size <= kLookupMax)) return kClassLookup[(size + 15) >> 4];
   return class_of_large(size);
+}
+
+// Queues: a heap keeps its pages of a class in two queues. Queue 2c holds
+// exact pages, whose blocks were all asked for exactly the class size, and
+// queue 2c + 1 slack pages, whose blocks were all asked for less: such a
+// block's last byte is never the caller's, and records the slack for its
+// canary (page.h). Unprotected builds have no canaries and use exact pages only.
+#ifndef MAPALLOC_SECURE
+#define MAPALLOC_SECURE 1
+#endif
+constexpr bool kSlackPages = MAPALLOC_SECURE;
+constexpr unsigned kNumQueues = 2 * kNumClasses;
+// malloc(0) maps to this queue, whose heap entry never holds a page, so the
+// fast path needs no test for zero: it falls into the slow path (zero.h).
+constexpr unsigned kZeroQueue = kNumQueues;
+static_assert(kZeroQueue < 256);
+
+constexpr unsigned queue_of(unsigned c, size_t size) { return 2 * c + (kSlackPages && size != class_block_size(c)); }
+constexpr unsigned queue_class(unsigned q) { return q >> 1; }
+
+// Indexed by the size itself (one load, where the class and its size would be two).
+constexpr std::array<uint8_t, kLookupMax + 1> make_queue_lookup() {
+  std::array<uint8_t, kLookupMax + 1> t{};
+  for (size_t s = 1; s <= kLookupMax; s++) t[s] = uint8_t(queue_of(class_of_computed(s), s));
+  t[0] = kZeroQueue;
+  return t;
+}
+inline constexpr std::array<uint8_t, kLookupMax + 1> kQueueLookup = make_queue_lookup();
+
+MAPALLOC_INLINE unsigned size_queue(size_t size) {
+  if (MAPALLOC_LIKELY(size <= kLookupMax)) return kQueueLookup[size];
+  unsigned c = class_of_large(size);
+  return 2 * c + (kSlackPages && size != kClasses[c].block_size);
 }
 
 // Compile-time proof of the table's promises.
@@ -141,9 +168,11 @@ constexpr bool check_classes() {
       }
     }
   }
-  if (kClassLookup[0] != kZeroClass) return false;
-  for (size_t s = 1; s <= kLookupMax; s++)
+  for (size_t s = 1; s <= kLookupMax; s++) {
     if (kClassLookup[(s + 15) >> 4] != class_of_computed(s)) return false;
+    if (queue_class(kQueueLookup[s]) != class_of_computed(s)) return false;
+  }
+  if (kQueueLookup[0] != kZeroQueue) return false;
   return class_block_size(kNumClasses - 1) == kMaxClassSize;
 }
 static_assert(check_classes(), "size class table broken");

@@ -17,6 +17,10 @@
 
 using namespace mapalloc_test;
 
+#ifndef MAPALLOC_TEST_SECURE
+#define MAPALLOC_TEST_SECURE 1
+#endif
+
 namespace {
 
 constexpr size_t KiB = 1024;
@@ -386,6 +390,37 @@ TEST(Realloc, SmallSizesToNeighbourSizesPreserveContents) {
       size_t bad = check_pattern(q, std::min(size, next), key);
       ASSERT_EQ(bad, SIZE_MAX) << "realloc " << size << " -> " << next << " (" << p << " -> " << q << ") byte " << bad;
       mapalloc_free(q);
+    }
+  }
+}
+
+// Secure builds keep exact fits and requests with slack on different pages
+// (exact and slack pages): a realloc that crosses between the two within one
+// size class moves the block, one that stays on a slack page does not, and
+// either way the contents and the usable size (the request) follow.
+TEST(Realloc, BetweenExactFitsAndSmallerSizesOfOneClass) {
+  uint64_t seed = test_seed();
+  for (size_t block : {16, 64, 128, 1024, 4096, 40960}) {
+    for (size_t first : {block, block - 1, block - 7}) {  // all in block's class (README, Design)
+      for (size_t next : {block, block - 1, block - 3}) {
+        void* p = mapalloc_malloc(first);
+        ASSERT_NE(p, nullptr);
+        uint64_t key = block_key(p, first, seed);
+        fill_pattern(p, first, key);
+        void* q = mapalloc_realloc(p, next);
+        ASSERT_NE(q, nullptr);
+        size_t bad = check_pattern(q, std::min(first, next), key);
+        ASSERT_EQ(bad, SIZE_MAX) << "realloc " << first << " -> " << next << " byte " << bad;
+        if (MAPALLOC_TEST_SECURE) {
+          EXPECT_EQ(mapalloc_usable_size(q), next) << "realloc " << first << " -> " << next;
+          if (first < block && next < block) {
+            EXPECT_EQ(q, p) << "realloc " << first << " -> " << next;
+          }
+        } else {
+          EXPECT_GE(mapalloc_usable_size(q), next);
+        }
+        mapalloc_free(q);
+      }
     }
   }
 }

@@ -666,35 +666,46 @@ TEST(Canary, OverflowCaughtByReallocAndUsableSize) {
       "mapalloc: heap overflow");
 }
 
-// A block freed by another thread is checked by its owner, when the owner
-// collects that thread's frees (before the block can be handed out again).
+// A block freed by another thread is checked by that thread, before the
+// cross-thread free list's words overwrite its first 16 bytes (where a
+// request under 16 bytes, aligned ones in bigger classes too, has its canary).
 TEST(Canary, OverflowFromThreadFreeCaught) {
   skip_unless_secure();
-  EXPECT_DEATH(
-      {
-        char* p = static_cast<char*>(mapalloc_malloc(50));
-        poke(p + 50);
-        std::thread([p] { mapalloc_free(p); }).join();
-        // Checked by the owner when it takes the other thread's frees back.
-        for (int i = 0; i < 5000; i++) (void)mapalloc_malloc(50);
-      },
-      "mapalloc: heap overflow");
+  for (size_t n : {1, 7, 8, 12, 15, 50, 1000}) {
+    for (size_t alignment : {0, 64, 4096}) {
+      EXPECT_DEATH(
+          {
+            char* p = static_cast<char*>(alignment ? mapalloc_aligned_alloc(alignment, n) : mapalloc_malloc(n));
+            memset(p, 0x5a, n);
+            poke(p + n);
+            std::thread([p] { mapalloc_free(p); }).join();
+          },
+          "mapalloc: heap overflow")
+          << "size " << n << " alignment " << alignment;
+    }
+  }
 }
 
-// A request under 16 bytes has its canary where the cross-thread free list
-// writes its link: the freeing thread checks it first.
-TEST(Canary, TinyOverflowFromThreadFreeCaught) {
+// A block with slack records its slack in its last byte (and, from 255
+// bytes of slack on, in the 4 bytes before it): a stray write there, past
+// the canary word, is caught on free as an overflow too. The block sizes are
+// those of the size classes (README, Design).
+TEST(Canary, StrayWriteIntoTheSlackRecordCaught) {
   skip_unless_secure();
-  for (size_t n : {1, 7, 8, 12, 15}) {
+  struct Case {
+    size_t request, block, at;  // at: bytes from the block's end
+  };
+  for (Case c : {Case{50, 64, 1}, Case{100, 112, 1}, Case{1000, 1024, 1}, Case{4097, 4608, 1}, Case{4097, 4608, 3},
+                 Case{20000, 20480, 1}, Case{20000, 20480, 5}}) {
     EXPECT_DEATH(
         {
-          char* p = static_cast<char*>(mapalloc_malloc(n));
-          memset(p, 0x5a, n);
-          poke(p + n);
-          std::thread([p] { mapalloc_free(p); }).join();
+          char* p = static_cast<char*>(mapalloc_malloc(c.request));
+          memset(p, 0x5a, c.request);
+          poke(p + c.block - c.at);
+          mapalloc_free(p);
         },
         "mapalloc: heap overflow")
-        << "size " << n;
+        << "request " << c.request << ", byte " << c.at << " from the end";
   }
 }
 

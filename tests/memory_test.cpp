@@ -556,14 +556,9 @@ TEST(MemoryPurge, FreedMemoryWithALockedPageIsUsableAfterAPurge) {
   mapalloc_collect();
 }
 
-// The slack bytes (each small block's requested size, for its canary) of
-// the slots of a chunk sit in one array, slot after slot, and an OS page of
-// it is purged once every slot it holds bytes of is free. Slots whose bytes
-// straddle two OS pages must keep both: a live block whose record was purged
-// would read as an exact fit (its canary unchecked, its usable size the
-// class's). Every eighth slot stays live, full of 10-byte blocks (768 of
-// them: slot 7's records run 192 bytes into the OS page of slots 8 to 11),
-// the others go free.
+// A live block's slack record (its requested size, for its canary) is in
+// the block: a purge of the free slots around it must leave it alone. Every
+// eighth slot stays live, full of 10-byte blocks, the others go free.
 TEST(MemoryPurge, LiveBlocksKeepTheirSlackRecordsThroughAPurge) {
   mapalloc_collect();
   void* probe = mapalloc_malloc(10);
