@@ -154,9 +154,13 @@ bool move_pages(void* old_p, size_t size, void* dest) {
   return true;
 }
 
+// The coarse clock (the kernel's last tick, read from the vDSO without the
+// TSC) is precise enough for purge delays of milliseconds, and large blocks
+// read it on every malloc and free: on bench large, the precise clock's
+// 30 ns a call were 3 % of mapalloc's time.
 uint64_t now_ms() {
   timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
 }
 

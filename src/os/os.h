@@ -42,7 +42,7 @@ bool purge_to_guard(void* p, size_t size);
 // there (MREMAP_FIXED): no copy, no fault. The old range becomes a hole.
 bool move_pages(void* old_p, size_t size, void* dest);
 
-uint64_t now_ms();            // CLOCK_MONOTONIC milliseconds
+uint64_t now_ms();            // CLOCK_MONOTONIC_COARSE milliseconds (a tick: 1-4 ms)
 uint64_t resident_bytes();    // from /proc/self/statm, without allocating
 uint64_t random_u64();        // from getrandom, falls back to clock mixing
 
