@@ -38,10 +38,10 @@ void* alloc_aligned(size_t alignment, size_t size) noexcept {
   if (want <= threshold) {
     // Pages start at their run size and blocks sit at multiples of the block
     // size, so a class whose size is a multiple of the alignment is aligned.
+    size_t asked = size ? size : 1;  // a block as for one byte: its page needs a kind
     unsigned c = size_class(want);
-    while (c < kNumClasses && kClasses[c].block_size % alignment != 0) c++;
+    while (c < kNumClasses && (kClasses[c].block_size % alignment != 0 || !class_takes(c, asked))) c++;
     if (c < kNumClasses && kClasses[c].block_size <= threshold) {
-      size_t asked = size ? size : 1;  // a slack page's block holds at least one byte
       return heap_malloc_queue(tls_heap, queue_of(c, asked), asked);
     }
   }
@@ -117,10 +117,12 @@ void* reallocate(void* p, size_t size) noexcept {
     }
     if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
     // In place when the block stays at least half used and its page's kind
-    // fits the new size: a slack page needs a byte of slack, an exact page
-    // (with canaries) none.
+    // fits the new size: a slack page needs room for the record, an exact
+    // page (with canaries) no slack at all.
     size_t block_size = page->block_size;
-    bool fits = page->slacked ? size < block_size : kSlackPages ? size == block_size : size <= block_size;
+    bool fits = page->slacked   ? size + kMinSlack <= block_size
+                : kSlackPages ? size == block_size
+                              : size <= block_size;
     if (fits && size >= block_size / 2) {
       if (page->slacked) canary_set(page, p, size);
       return p;

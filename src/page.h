@@ -160,20 +160,24 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
 // The queue a page belongs to in its heap (size_classes.h).
 MAPALLOC_INLINE unsigned page_queue(const Page* page) { return 2u * page->size_class + page->slacked; }
 
-// Canaries (secure builds). A block of a slack page was asked for fewer
-// bytes than its block size, and the bytes in between are its canary:
+// Canaries (secure builds). A block of a slack page was asked for at least
+// kMinSlack bytes less than its block size, and the bytes in between are its
+// canary:
 // - the up to 8 bytes right after the requested size hold a word derived
 //   from the secret and the block's address, so that a write past the end
 //   is caught when the block is freed or reallocated;
-// - the block's last byte (the word's last when the slack is 8 or less)
-//   holds the slack, xored with the word's top byte; 255 there means "at
-//   least 255, exact value in the 4 bytes before it".
+// - the block's last two bytes (the word's top two when the slack is 8 or
+//   less) record the slack, xored with the word's top 16 bits; 0xFFFF there
+//   means "exact value, xored with 32 more bits of the word, in the 4 bytes
+//   before it".
 // The record is in the block rather than out of line, so that it costs no
 // cache line of its own: with one byte per block in the chunk descriptor's
 // mapping (the earlier layout), free missed L1 on that byte on 74 % of bench
-// server's requests. Exact pages hold only requests of exactly the class
-// size: nothing to record, nothing to check.
-constexpr size_t kSlackEscape = 255;
+// server's requests. It is two bytes because an overflow that reaches it
+// points the check somewhere else: with one, 1 such overflow in 256 decoded
+// as a slack of one byte, which leaves nothing else to check. Exact pages
+// hold only requests of exactly the class size: nothing to record or check.
+constexpr size_t kSlackEscape = 0xFFFF;
 
 MAPALLOC_INLINE uint64_t canary_word(const void* block) {
   return std::rotl(reinterpret_cast<uintptr_t>(block) ^ keys.canary, 23);
@@ -200,15 +204,17 @@ MAPALLOC_INLINE CanarySpot canary_spot(size_t block_size, size_t slack) {
   return {block_size - (slack > 8 ? slack : 8), kCanaryMasks[slack < 8 ? slack : 8]};
 }
 
-// The last byte (and with a large slack the 4 bytes before it), written
-// after the word: when the slack is 8 or less it replaces the word's top byte.
+// The last two bytes (and with a large slack the 4 bytes before them),
+// written after the word: when the slack is 9 or less they replace the
+// word's top one or two bytes.
 MAPALLOC_INLINE void canary_record_slack(char* block, size_t block_size, size_t slack, uint64_t word) {
   if (MAPALLOC_UNLIKELY(slack >= kSlackEscape)) {
-    uint32_t exact = uint32_t(slack);
-    __builtin_memcpy(block + block_size - 5, &exact, 4);
+    uint32_t exact = uint32_t(slack) ^ uint32_t(word >> 16);
+    __builtin_memcpy(block + block_size - 6, &exact, 4);
     slack = kSlackEscape;
   }
-  block[block_size - 1] = char(uint8_t(slack ^ (word >> 56)));
+  uint16_t record = uint16_t(slack ^ (word >> 48));
+  __builtin_memcpy(block + block_size - 2, &record, 2);
 }
 
 // For a block being handed out: its bytes are not the caller's yet, so the
@@ -240,26 +246,37 @@ MAPALLOC_INLINE void canary_set(const Page* page, void* block, size_t size) {
 }
 
 // The slack a block of a slack page records (SIZE_MAX if the record is
-// broken: it must lie in 1 .. block size - 1).
+// broken: it must lie in kMinSlack .. block size - 1).
 MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint64_t word) {
   size_t block_size = page->block_size;
   const char* b = static_cast<const char*>(block);
-  size_t slack = uint8_t(uint8_t(b[block_size - 1]) ^ (word >> 56));
+  uint16_t record;
+  __builtin_memcpy(&record, b + block_size - 2, 2);
+  size_t slack = uint16_t(record ^ (word >> 48));
   if (MAPALLOC_UNLIKELY(slack == kSlackEscape)) {
     uint32_t exact;
-    __builtin_memcpy(&exact, b + block_size - 5, 4);
+    __builtin_memcpy(&exact, b + block_size - 6, 4);
+    exact ^= uint32_t(word >> 16);
     slack = exact < kSlackEscape ? 0 : exact;
   }
-  return slack - 1 < block_size - 1 ? slack : SIZE_MAX;
+  return slack - kMinSlack < block_size - kMinSlack ? slack : SIZE_MAX;
 }
 
-// Per slack up to 8, the canary bytes of the word at block_size - 8 other
-// than its top byte (the record, checked by reading it); above 8, all of
-// the word at the requested size.
-inline constexpr uint64_t kCanaryCheckMasks[10] = {
-    0, 0, kCanaryMasks[2] & ~kCanaryMasks[1], kCanaryMasks[3] & ~kCanaryMasks[1], kCanaryMasks[4] & ~kCanaryMasks[1],
-    kCanaryMasks[5] & ~kCanaryMasks[1], kCanaryMasks[6] & ~kCanaryMasks[1], kCanaryMasks[7] & ~kCanaryMasks[1],
-    kCanaryMasks[8] & ~kCanaryMasks[1], ~uint64_t(0)};
+// Per slack, the bytes of the canary's word that are canary and not record
+// (the record is checked by decoding it): up to 8, the word's top bytes but
+// its top two; at 9, all but its top byte (the record's first); from 10 on,
+// all of it.
+inline constexpr uint64_t kCanaryCheckMasks[11] = {0,
+                                                   0,
+                                                   0,
+                                                   kCanaryMasks[3] & ~kCanaryMasks[2],
+                                                   kCanaryMasks[4] & ~kCanaryMasks[2],
+                                                   kCanaryMasks[5] & ~kCanaryMasks[2],
+                                                   kCanaryMasks[6] & ~kCanaryMasks[2],
+                                                   kCanaryMasks[7] & ~kCanaryMasks[2],
+                                                   kCanaryMasks[8] & ~kCanaryMasks[2],
+                                                   ~kCanaryMasks[1],
+                                                   ~uint64_t(0)};
 
 // The slack of a block of a slack page, or SIZE_MAX when its canary is broken.
 MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
@@ -269,7 +286,7 @@ MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
   size_t offset = page->block_size - (slack > 8 ? slack : 8);
   uint64_t word;
   __builtin_memcpy(&word, static_cast<const char*>(block) + offset, 8);
-  return ((word ^ w) & kCanaryCheckMasks[slack < 9 ? slack : 9]) == 0 ? slack : SIZE_MAX;
+  return ((word ^ w) & kCanaryCheckMasks[slack < 10 ? slack : 10]) == 0 ? slack : SIZE_MAX;
 }
 
 // The bytes a live block was asked for, or SIZE_MAX when its canary is
@@ -294,8 +311,8 @@ bool page_extend(Page* page);
 void report_overflow(const void* block) noexcept;
 // For a quarantined block, whose first 16 bytes hold the free list's words:
 // checks its canary unless that began inside those 16 bytes. Returns the
-// bytes the block was asked for (15 for a 16-byte block with slack, whose
-// record those words overwrote).
+// bytes the block was asked for (for a 16-byte block with slack, whose
+// record those words overwrote, 14: a valid record to write back).
 size_t check_canary_past_header(const Page* page, const void* block);
 
 }  // namespace mapalloc

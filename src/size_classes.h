@@ -110,20 +110,36 @@ MAPALLOC_INLINE unsigned size_class(size_t size) {
 
 // Queues: a heap keeps its pages of a class in two queues. Queue 2c holds
 // exact pages, whose blocks were all asked for exactly the class size, and
-// queue 2c + 1 slack pages, whose blocks were all asked for less: such a
-// block's last byte is never the caller's, and records the slack for its
-// canary (page.h). Unprotected builds have no canaries and use exact pages only.
+// queue 2c + 1 slack pages, whose blocks were all asked for at least
+// kMinSlack bytes less: such a block's last two bytes are never the caller's,
+// and record the slack for its canary (page.h). A request one byte short of
+// its class size goes to the next class's slack page (a record of one byte
+// would be forged past by 1 overflow in 256). Unprotected builds have no
+// canaries and use exact pages only.
 #ifndef MAPALLOC_SECURE
 #define MAPALLOC_SECURE 1
 #endif
 constexpr bool kSlackPages = MAPALLOC_SECURE;
+constexpr size_t kMinSlack = 2;
 constexpr unsigned kNumQueues = 2 * kNumClasses;
 // malloc(0) maps to this queue, whose heap entry never holds a page, so the
 // fast path needs no test for zero: it falls into the slow path (zero.h).
 constexpr unsigned kZeroQueue = kNumQueues;
 static_assert(kZeroQueue < 256);
 
-constexpr unsigned queue_of(unsigned c, size_t size) { return 2 * c + (kSlackPages && size != class_block_size(c)); }
+// Whether a request of size bytes may take a block of class c as it is: an
+// exact fit, or one with room for the slack record.
+constexpr bool class_takes(unsigned c, size_t size) {
+  size_t block = kClasses[c].block_size;
+  return block == size || !kSlackPages || block - size >= kMinSlack;
+}
+// The queue for a request of size bytes, size_class(size) == c. (The last
+// class has no next one: a request a byte short of it takes an exact page,
+// its usable size the class size.)
+constexpr unsigned queue_of(unsigned c, size_t size) {
+  if (!class_takes(c, size) && c + 1 < kNumClasses) c++;
+  return 2 * c + (kSlackPages && size < kClasses[c].block_size && class_takes(c, size));
+}
 constexpr unsigned queue_class(unsigned q) { return q >> 1; }
 
 // Indexed by the size itself (one load, where the class and its size would be two).
@@ -137,8 +153,7 @@ inline constexpr std::array<uint8_t, kLookupMax + 1> kQueueLookup = make_queue_l
 
 MAPALLOC_INLINE unsigned size_queue(size_t size) {
   if (MAPALLOC_LIKELY(size <= kLookupMax)) return kQueueLookup[size];
-  unsigned c = class_of_large(size);
-  return 2 * c + (kSlackPages && size != kClasses[c].block_size);
+  return queue_of(class_of_large(size), size);
 }
 
 // Compile-time proof of the table's promises.
@@ -170,7 +185,11 @@ constexpr bool check_classes() {
   }
   for (size_t s = 1; s <= kLookupMax; s++) {
     if (kClassLookup[(s + 15) >> 4] != class_of_computed(s)) return false;
-    if (queue_class(kQueueLookup[s]) != class_of_computed(s)) return false;
+    // The queue's class holds the request, exactly or with room for the record.
+    unsigned q = kQueueLookup[s], qc = queue_class(q);
+    size_t qb = kClasses[qc].block_size;
+    if (qb < s || (qc != class_of_computed(s) && qc != class_of_computed(s) + 1)) return false;
+    if ((q & 1) ? qb - s < kMinSlack : qb != s && kSlackPages) return false;
   }
   if (kQueueLookup[0] != kZeroQueue) return false;
   return class_block_size(kNumClasses - 1) == kMaxClassSize;

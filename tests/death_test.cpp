@@ -37,11 +37,14 @@ void poke(char* p) {
   *v = char(~*v);
 }
 
-void skip_unless_secure() {
-  if (!MAPALLOC_TEST_SECURE) GTEST_SKIP() << "built with -Dsecure=false: misuse checks are off";
-}
-
 }  // namespace
+
+// A macro, not a function: GTEST_SKIP returns from the function it is in,
+// and only the test's own body returning skips the test.
+#define SKIP_UNLESS_SECURE()                                                                    \
+  do {                                                                                          \
+    if (!MAPALLOC_TEST_SECURE) GTEST_SKIP() << "built with -Dsecure=false: misuse checks are off"; \
+  } while (0)
 
 // ---------------------------------------------------------------- guard pages
 
@@ -355,7 +358,7 @@ TEST(GuardPage, MlockallKeepsAllocationsAndGuardsWorking) {
 // ---------------------------------------------------------------- misuse
 
 TEST(Misuse, DoubleFreeOfSmallBlockAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   for (size_t size : {size_t(1), size_t(16), size_t(100), size_t(5000), 64 * KiB}) {
     EXPECT_DEATH(
         {
@@ -369,7 +372,7 @@ TEST(Misuse, DoubleFreeOfSmallBlockAborts) {
 }
 
 TEST(Misuse, DoubleFreeOfSmallBlockNotAtFreeListHeadAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   EXPECT_DEATH(
       {
         void* a = mapalloc_malloc(48);
@@ -384,7 +387,7 @@ TEST(Misuse, DoubleFreeOfSmallBlockNotAtFreeListHeadAborts) {
 }
 
 TEST(Misuse, DoubleFreeFromAnotherThreadAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   // Freed twice remotely, and freed remotely then by the owner.
   EXPECT_DEATH(
       {
@@ -403,7 +406,7 @@ TEST(Misuse, DoubleFreeFromAnotherThreadAborts) {
 }
 
 TEST(Misuse, DoubleFreeAfterPageWasReleasedAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   EXPECT_DEATH(
       {
         void* p = mapalloc_malloc(40000);
@@ -510,7 +513,7 @@ TEST(Misuse, WriteAfterFreeIntoLargeBlockCaught) {
 }
 
 TEST(Misuse, DoubleFreeOfLargeBlockAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   size_t t = mapalloc_mmap_threshold();
   for (size_t size : {t + 1, 1 * MiB, 8 * MiB}) {
     EXPECT_DEATH(
@@ -525,7 +528,7 @@ TEST(Misuse, DoubleFreeOfLargeBlockAborts) {
 }
 
 TEST(Misuse, FreeOfStackPointerAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   EXPECT_DEATH(
       {
         char buf[64];
@@ -536,12 +539,12 @@ TEST(Misuse, FreeOfStackPointerAborts) {
 }
 
 TEST(Misuse, FreeOfGlobalAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   EXPECT_DEATH(mapalloc_free(&global_int), kFreeMisuse);
 }
 
 TEST(Misuse, FreeOfInteriorPointerOfSmallBlockAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   for (size_t size : {size_t(64), size_t(1000), size_t(5000)}) {
     EXPECT_DEATH(
         {
@@ -554,7 +557,7 @@ TEST(Misuse, FreeOfInteriorPointerOfSmallBlockAborts) {
 }
 
 TEST(Misuse, FreeOfInteriorPointerOfLargeBlockAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   size_t t = mapalloc_mmap_threshold();
   for (size_t offset : {size_t(16), size_t(4096), size_t(64 * KiB)}) {
     EXPECT_DEATH(
@@ -568,13 +571,13 @@ TEST(Misuse, FreeOfInteriorPointerOfLargeBlockAborts) {
 }
 
 TEST(Misuse, FreeOfGlibcPointerAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   EXPECT_DEATH(mapalloc_free(std::malloc(32)), kFreeMisuse);
   EXPECT_DEATH(mapalloc_free(std::malloc(4 * MiB)), kFreeMisuse);
 }
 
 TEST(Misuse, ReallocOfForeignPointerAborts) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   EXPECT_DEATH(mapalloc_realloc(&global_int, 100), "mapalloc.*realloc");
   EXPECT_DEATH(
       {
@@ -634,7 +637,7 @@ TEST(ZeroSize, ReallocAndUsableSizeOfFreedAbort) {
 // Every request size whose class has spare bytes: one byte written past the
 // requested end is caught when the block is freed.
 TEST(Canary, OneBytePastSmallBlockCaughtOnFree) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   for (size_t n : {1, 8, 15, 17, 20, 24, 100, 129, 1000, 1500, 5000, 40000, 100000}) {
     EXPECT_DEATH(
         {
@@ -649,7 +652,7 @@ TEST(Canary, OneBytePastSmallBlockCaughtOnFree) {
 }
 
 TEST(Canary, OverflowCaughtByReallocAndUsableSize) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   EXPECT_DEATH(
       {
         char* p = static_cast<char*>(mapalloc_malloc(40));
@@ -670,7 +673,7 @@ TEST(Canary, OverflowCaughtByReallocAndUsableSize) {
 // cross-thread free list's words overwrite its first 16 bytes (where a
 // request under 16 bytes, aligned ones in bigger classes too, has its canary).
 TEST(Canary, OverflowFromThreadFreeCaught) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   for (size_t n : {1, 7, 8, 12, 15, 50, 1000}) {
     for (size_t alignment : {0, 64, 4096}) {
       EXPECT_DEATH(
@@ -686,20 +689,43 @@ TEST(Canary, OverflowFromThreadFreeCaught) {
   }
 }
 
-// A block with slack records its slack in its last byte (and, from 255
-// bytes of slack on, in the 4 bytes before it): a stray write there, past
-// the canary word, is caught on free as an overflow too. The block sizes are
-// those of the size classes (README, Design).
-TEST(Canary, StrayWriteIntoTheSlackRecordCaught) {
-  skip_unless_secure();
-  struct Case {
-    size_t request, block, at;  // at: bytes from the block's end
-  };
-  for (Case c : {Case{50, 64, 1}, Case{100, 112, 1}, Case{1000, 1024, 1}, Case{4097, 4608, 1}, Case{4097, 4608, 3},
-                 Case{20000, 20480, 1}, Case{20000, 20480, 5}}) {
+// Every slack from 1 to 255 bytes, through sizes up to 320 (the canary's
+// word and the slack record share bytes when the slack is under 10).
+TEST(Canary, OneBytePastEverySizeUpTo320Caught) {
+  SKIP_UNLESS_SECURE();
+  for (size_t n = 1; n <= 320; n++) {
+    // Class sizes (README, Size classes) are exact fits: no slack, no canary
+    // (ExactFitOverflowCaughtAtNeighboursHandout below).
+    if ((n <= 256 && n % 16 == 0) || n == 288 || n == 320) continue;
     EXPECT_DEATH(
         {
-          char* p = static_cast<char*>(mapalloc_malloc(c.request));
+          char* q = static_cast<char*>(mapalloc_malloc(n));
+          memset(q, 0x5a, n);
+          poke(q + n);
+          mapalloc_free(q);
+        },
+        "mapalloc: heap overflow")
+        << "size " << n;
+  }
+}
+
+// A block with slack records its slack in its last two bytes (and, from
+// 65535 bytes of slack on, in the 4 bytes before them): a stray write there,
+// past the canary word, is caught on free as an overflow too. The block
+// sizes are those of the size classes (README, Size classes).
+TEST(Canary, StrayWriteIntoTheSlackRecordCaught) {
+  SKIP_UNLESS_SECURE();
+  struct Case {
+    size_t request, alignment, block, at;  // at: bytes from the block's end
+  };
+  for (Case c : {Case{14, 0, 16, 1}, Case{50, 0, 64, 1}, Case{50, 0, 64, 2}, Case{100, 0, 112, 2},
+                 Case{1000, 0, 1024, 1}, Case{20000, 0, 20480, 2},
+                 // 128 KiB, the first class that is a multiple of 64 KiB: 65535 bytes of slack.
+                 Case{65537, 65536, 131072, 1}, Case{65537, 65536, 131072, 4}}) {
+    EXPECT_DEATH(
+        {
+          char* p = static_cast<char*>(c.alignment ? mapalloc_aligned_alloc(c.alignment, c.request)
+                                                   : mapalloc_malloc(c.request));
           memset(p, 0x5a, c.request);
           poke(p + c.block - c.at);
           mapalloc_free(p);
@@ -709,10 +735,31 @@ TEST(Canary, StrayWriteIntoTheSlackRecordCaught) {
   }
 }
 
+// A request one byte short of its class takes the next class (a slack page
+// needs two bytes for its record): its usable size is still the request, and
+// a write one past it is still caught.
+TEST(Canary, OneByteShortOfItsClassIsCanaried) {
+  SKIP_UNLESS_SECURE();
+  for (size_t n : {15, 31, 63, 127, 1023, 4095}) {
+    char* p = static_cast<char*>(mapalloc_malloc(n));
+    EXPECT_EQ(mapalloc_usable_size(p), n);
+    mapalloc_free(p);
+    EXPECT_DEATH(
+        {
+          char* q = static_cast<char*>(mapalloc_malloc(n));
+          memset(q, 0x5a, n);
+          poke(q + n);
+          mapalloc_free(q);
+        },
+        "mapalloc: heap overflow")
+        << "size " << n;
+  }
+}
+
 // An exact-fit block has no spare bytes: the overflow lands in the next
 // block, and is caught when that block, free, is handed out.
 TEST(Canary, ExactFitOverflowCaughtAtNeighboursHandout) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   for (size_t n : {16, 64, 128, 1024}) {
     EXPECT_DEATH(
         {
@@ -729,7 +776,7 @@ TEST(Canary, ExactFitOverflowCaughtAtNeighboursHandout) {
 }
 
 TEST(Canary, UsableSizeIsTheRequestedSize) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   for (size_t n : {1, 20, 100, 1000, 5000}) {
     void* p = mapalloc_malloc(n);
     EXPECT_EQ(mapalloc_usable_size(p), n);
@@ -739,7 +786,7 @@ TEST(Canary, UsableSizeIsTheRequestedSize) {
 
 // A write into a freed block is caught when the block is handed out again.
 TEST(Misuse, WriteAfterFreeCaughtAtNextHandout) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   EXPECT_DEATH(
       {
         char* p = static_cast<char*>(mapalloc_malloc(48));
@@ -755,7 +802,7 @@ TEST(Misuse, WriteAfterFreeCaughtAtNextHandout) {
 // must not lead out of the block's page, to memory the allocator would then
 // hand out (here, a global).
 TEST(Misuse, ForgedLinkOfFreeBlockCaught) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   static char target[4096];
   EXPECT_DEATH(
       {
@@ -838,7 +885,7 @@ TEST(RandomOrder, FreshBlocksAreNotHandedOutInAddressOrder) {
 // A freed large block's mapping waits in the cache with its page-map entry,
 // so realloc of it is named for what it is (its double free: above).
 TEST(Misuse, ReallocOfFreedLargeBlockIsNamed) {
-  skip_unless_secure();
+  SKIP_UNLESS_SECURE();
   for (size_t n : {size_t(200 * KiB), size_t(MiB + 1)}) {
     EXPECT_DEATH(
         {
