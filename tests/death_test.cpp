@@ -747,6 +747,28 @@ TEST(Canary, OneByteShortOfItsClassIsCanaried) {
   }
 }
 
+// A write one byte below a block with slack lands in the record of the block
+// before it on the page, which is caught when that block is freed (if it is
+// live; a free one's tail is not checked).
+TEST(Canary, UnderflowIntoALiveNeighboursRecordCaught) {
+  SKIP_UNLESS_SECURE();
+  EXPECT_DEATH(
+      {
+        // Two neighbours: blocks of a fresh page are handed out in address order.
+        char* first = static_cast<char*>(mapalloc_malloc(50));
+        char* second = static_cast<char*>(mapalloc_malloc(50));
+        for (int i = 0; i < 1000 && second != first + 64; i++) {
+          first = second;
+          second = static_cast<char*>(mapalloc_malloc(50));
+        }
+        if (second != first + 64) abort();  // no neighbours found: the expected message is missing
+        poke(second - 1);
+        mapalloc_free(second);
+        mapalloc_free(first);
+      },
+      "mapalloc: heap overflow");
+}
+
 // An exact-fit block has no spare bytes: the overflow lands in the next
 // block, and is caught when that block, free, is handed out.
 TEST(Canary, ExactFitOverflowCaughtAtNeighboursHandout) {
