@@ -98,8 +98,8 @@ struct alignas(64) Page {
   uint16_t carved = 0;   // blocks carved from fresh memory so far (owner writes)
   bool in_full = false;  // on the heap's full list rather than its class queue
   bool is_current = false;
-  // A slack page (queue 2c + 1, size_classes.h): every block's last byte
-  // records its slack, and free checks its canary.
+  // A slack page (queue 2c + 1, size_classes.h): every block's last two
+  // bytes record its slack, and free checks its canary.
   bool slacked = false;
   // Counted down by every free of the owner's; at 0, heap_page_wait_over
   // looks at the page. Never more than the blocks out (when it is not the
@@ -221,9 +221,9 @@ MAPALLOC_INLINE void canary_record_slack(char* block, size_t block_size, size_t 
 // whole word is written, one store and no load. An exact fit (an exact page)
 // has nothing to write.
 MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size) {
+  if (!page->slacked) return;
   size_t block_size = page->block_size;
   size_t slack = block_size - size;
-  if (!slack) return;
   uint64_t w = canary_word(block);
   // block_size - max(slack, 8), as min(size, block_size - 8).
   size_t offset = size < block_size - 8 ? size : block_size - 8;

@@ -2,8 +2,10 @@
 //
 // Classes 0..7 are 16..128 bytes in 16-byte steps. Above 128 bytes every
 // power of two [2^k, 2^(k+1)) is split into 8 classes of step 2^(k-3), so a
-// request wastes at most 2^(k-3) / (2^k + 1) < 12.5% of its size. The last
-// class is 1 MiB; the mmap threshold can be set anywhere up to it.
+// request wastes at most 2^(k-3) / (2^k + 1) < 12.5% of its size (secure
+// builds send a request one byte short of a class to the next one, queues
+// below: at most (2^(k-2) + 1) / (2^(k+1) - 1) < 13%). The last class is
+// 1 MiB; the mmap threshold can be set anywhere up to it.
 #pragma once
 #include <array>
 #include <cstddef>
@@ -192,6 +194,14 @@ constexpr bool check_classes() {
     if ((q & 1) ? qb - s < kMinSlack : qb != s && kSlackPages) return false;
   }
   if (kQueueLookup[0] != kZeroQueue) return false;
+  // The waste bound with the queues' one-byte-short rule, at every class's edge.
+  for (unsigned c = 0; c < kNumClasses; c++) {
+    size_t b = class_block_size(c);
+    for (size_t s : {b - 1, b - 2, b}) {
+      size_t qb = kClasses[queue_class(queue_of(class_of_computed(s), s))].block_size;
+      if (qb < s || (s <= 128 ? qb - s > 17 : (qb - s) * 100 >= 13 * s)) return false;
+    }
+  }
   return class_block_size(kNumClasses - 1) == kMaxClassSize;
 }
 static_assert(check_classes(), "size class table broken");
