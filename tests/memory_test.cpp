@@ -499,7 +499,10 @@ TEST(MemoryLarge, SplitPiecesMergeForABiggerRequest) {
   const mapalloc_stats s1 = stats();
   EXPECT_GE(s1.large_coalesced - s0.large_coalesced, 1u);
   EXPECT_EQ(s1.large_cache_hits - s0.large_cache_hits, 2u);
-  EXPECT_EQ(s1.mmap_calls, s0.mmap_calls) << "a fresh mapping was made";
+  // No fresh mapping for the block. (Not "no mmap call": when the pieces
+  // straddle a 1 GiB boundary, the piece above it takes a new page-map leaf,
+  // 512 KiB; this failed once in a fresh-clone run.)
+  EXPECT_LT(int64_t(s1.bytes_mapped - s0.bytes_mapped), int64_t(big)) << "a fresh mapping was made";
   mapalloc_free(again);
 }
 
