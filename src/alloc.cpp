@@ -120,11 +120,9 @@ void* reallocate(void* p, size_t size) noexcept {
     // fits the new size: a slack page needs room for the record, an exact
     // page (with canaries) no slack at all.
     size_t block_size = page->block_size;
-    bool fits = page->slacked   ? size + kMinSlack <= block_size
-                : kSlackPages ? size == block_size
-                              : size <= block_size;
+    bool fits = has_canary(page) ? size + kMinSlack <= block_size : kSlackPages ? size == block_size : size <= block_size;
     if (fits && size >= block_size / 2) {
-      if (page->slacked) canary_set(page, p, size);
+      if (has_canary(page)) canary_set(page, p, size);
       return p;
     }
   }

@@ -85,7 +85,7 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   // Checked here, where the block is still this thread's alone: its canary
   // is in the block, and the free list's words are about to overwrite a
   // 16-byte block's.
-  if (page->slacked && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
+  if (has_canary(page) && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
   b->cookie = freed_cookie(b);
   uintptr_t old = page->thread_free.load(std::memory_order_relaxed);
   do {
@@ -206,7 +206,7 @@ static void quarantine_release_oldest(Heap* heap) {
     if (c[i] != kQuarantineFill) fatal("write after free (into a quarantined block) at", p);
   }
   static_cast<Block*>(p)->cookie = 0;
-  if (page->slacked) canary_set_fresh(page, p, used);  // whole again for heap_free's check
+  canary_set_fresh(page, p, used);  // whole again for heap_free's check
   heap_free(page, p);
 }
 

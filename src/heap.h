@@ -160,7 +160,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   if (MAPALLOC_UNLIKELY(b->cookie == freed_cookie(b))) return report_double_free(p);
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
-    if (page->slacked && MAPALLOC_UNLIKELY(canary_check(page, p) == SIZE_MAX)) return report_overflow(p);
+    if (has_canary(page) && MAPALLOC_UNLIKELY(canary_check(page, p) == SIZE_MAX)) return report_overflow(p);
     b->link = encode_link(b, page->free);
     b->cookie = freed_cookie(b);
     page->free = b;

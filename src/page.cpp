@@ -43,7 +43,7 @@ void report_overflow(const void* block) noexcept {
 }
 
 size_t check_canary_past_header(const Page* page, const void* block) {
-  if (!page->slacked) return page->block_size;
+  if (!has_canary(page)) return page->block_size;
   if (page->block_size == kMinBlock) return kMinBlock - kMinSlack;  // its record is gone, any will do
   uint64_t w = canary_word(block);
   size_t slack = recorded_slack(page, block, w);

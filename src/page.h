@@ -183,26 +183,34 @@ MAPALLOC_INLINE uint64_t canary_word(const void* block) {
   return std::rotl(reinterpret_cast<uintptr_t>(block) ^ keys.canary, 23);
 }
 
-// The canary's word sits at block_size - max(slack, 8); its bytes in mask
-// (the top min(slack, 8) of them) are canary. Computed without branches (two
-// conditional moves and a 9-entry mask table): slack varies from block to
-// block, and a mispredicted branch costs more than these few instructions.
-struct CanarySpot {
-  size_t offset;
-  uint64_t mask;
-};
-inline constexpr uint64_t kCanaryMasks[9] = {0,
-                                             ~uint64_t(0) << 56,
-                                             ~uint64_t(0) << 48,
-                                             ~uint64_t(0) << 40,
-                                             ~uint64_t(0) << 32,
-                                             ~uint64_t(0) << 24,
-                                             ~uint64_t(0) << 16,
-                                             ~uint64_t(0) << 8,
-                                             ~uint64_t(0)};
-MAPALLOC_INLINE CanarySpot canary_spot(size_t block_size, size_t slack) {
-  return {block_size - (slack > 8 ? slack : 8), kCanaryMasks[slack < 8 ? slack : 8]};
+// Whether blocks of the page carry a canary: those of slack pages, in
+// secure builds (constant false in unprotected ones, so their fast paths
+// have no test of it).
+MAPALLOC_INLINE bool has_canary(const Page* page) { return kSlackPages && page->slacked; }
+
+// The canary's word sits at block_size - max(slack, 8): right after the
+// request, or at the block's end when there are 8 bytes of slack or fewer.
+MAPALLOC_INLINE size_t canary_offset(size_t block_size, size_t slack) {
+  size_t requested = block_size - slack;  // when the caller knows it, one instruction less
+  return requested < block_size - 8 ? requested : block_size - 8;
 }
+
+// Per slack (from 10 on, the last entry), the bytes of the canary's word
+// that are canary and not record (the record is checked by decoding it, and
+// written after the word): up to 8, the word's top bytes but its top two; at
+// 9, all but its top byte (the record's first); from 10 on, all of it. A
+// table and conditional moves, no branches: slack varies from block to
+// block, and a mispredicted branch costs more than these few instructions.
+constexpr uint64_t canary_bytes(size_t slack) {
+  if (slack >= 10) return ~uint64_t(0);
+  if (slack == 9) return ~uint64_t(0) >> 8;
+  uint64_t top = slack ? ~uint64_t(0) << (64 - 8 * slack) : 0;
+  return top & (~uint64_t(0) >> 16);
+}
+inline constexpr uint64_t kCanaryBytes[11] = {canary_bytes(0), canary_bytes(1), canary_bytes(2), canary_bytes(3),
+                                              canary_bytes(4), canary_bytes(5), canary_bytes(6), canary_bytes(7),
+                                              canary_bytes(8), canary_bytes(9), canary_bytes(10)};
+MAPALLOC_INLINE uint64_t canary_mask(size_t slack) { return kCanaryBytes[slack < 10 ? slack : 10]; }
 
 // The last two bytes (and with a large slack the 4 bytes before them),
 // written after the word: when the slack is 9 or less they replace the
@@ -221,13 +229,11 @@ MAPALLOC_INLINE void canary_record_slack(char* block, size_t block_size, size_t 
 // whole word is written, one store and no load. An exact fit (an exact page)
 // has nothing to write.
 MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size) {
-  if (!page->slacked) return;
+  if (!has_canary(page)) return;
   size_t block_size = page->block_size;
   size_t slack = block_size - size;
   uint64_t w = canary_word(block);
-  // block_size - max(slack, 8), as min(size, block_size - 8).
-  size_t offset = size < block_size - 8 ? size : block_size - 8;
-  __builtin_memcpy(static_cast<char*>(block) + offset, &w, 8);
+  __builtin_memcpy(static_cast<char*>(block) + canary_offset(block_size, slack), &w, 8);
   canary_record_slack(static_cast<char*>(block), block_size, slack, w);
 }
 
@@ -236,11 +242,10 @@ MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size
 MAPALLOC_INLINE void canary_set(const Page* page, void* block, size_t size) {
   size_t block_size = page->block_size;
   size_t slack = block_size - size;
-  CanarySpot spot = canary_spot(block_size, slack);
-  char* at = static_cast<char*>(block) + spot.offset;
+  char* at = static_cast<char*>(block) + canary_offset(block_size, slack);
   uint64_t w = canary_word(block), word;
   __builtin_memcpy(&word, at, 8);
-  word ^= (word ^ w) & spot.mask;
+  word ^= (word ^ w) & canary_mask(slack);
   __builtin_memcpy(at, &word, 8);
   canary_record_slack(static_cast<char*>(block), block_size, slack, w);
 }
@@ -262,38 +267,21 @@ MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint6
   return slack - kMinSlack < block_size - kMinSlack ? slack : SIZE_MAX;
 }
 
-// Per slack, the bytes of the canary's word that are canary and not record
-// (the record is checked by decoding it): up to 8, the word's top bytes but
-// its top two; at 9, all but its top byte (the record's first); from 10 on,
-// all of it.
-inline constexpr uint64_t kCanaryCheckMasks[11] = {0,
-                                                   0,
-                                                   0,
-                                                   kCanaryMasks[3] & ~kCanaryMasks[2],
-                                                   kCanaryMasks[4] & ~kCanaryMasks[2],
-                                                   kCanaryMasks[5] & ~kCanaryMasks[2],
-                                                   kCanaryMasks[6] & ~kCanaryMasks[2],
-                                                   kCanaryMasks[7] & ~kCanaryMasks[2],
-                                                   kCanaryMasks[8] & ~kCanaryMasks[2],
-                                                   ~kCanaryMasks[1],
-                                                   ~uint64_t(0)};
-
 // The slack of a block of a slack page, or SIZE_MAX when its canary is broken.
 MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
   uint64_t w = canary_word(block);
   size_t slack = recorded_slack(page, block, w);
   if (MAPALLOC_UNLIKELY(slack == SIZE_MAX)) return slack;
-  size_t offset = page->block_size - (slack > 8 ? slack : 8);
   uint64_t word;
-  __builtin_memcpy(&word, static_cast<const char*>(block) + offset, 8);
-  return ((word ^ w) & kCanaryCheckMasks[slack < 10 ? slack : 10]) == 0 ? slack : SIZE_MAX;
+  __builtin_memcpy(&word, static_cast<const char*>(block) + canary_offset(page->block_size, slack), 8);
+  return ((word ^ w) & canary_mask(slack)) == 0 ? slack : SIZE_MAX;
 }
 
 // The bytes a live block was asked for, or SIZE_MAX when its canary is
 // broken. Blocks of exact pages, and all blocks of unprotected builds, were
 // asked for their block size.
 MAPALLOC_INLINE size_t requested_bytes(const Page* page, const void* block) {
-  if (!page->slacked) return page->block_size;
+  if (!has_canary(page)) return page->block_size;
   size_t slack = canary_check(page, block);
   return slack == SIZE_MAX ? SIZE_MAX : page->block_size - slack;
 }

@@ -377,18 +377,27 @@ TEST(Realloc, GrowAndShrinkPreserveContentsAcrossSmallAndLarge) {
   mapalloc_free(p);
 }
 
+// A block of size bytes, filled, reallocated to next: *from and *to get the
+// two addresses, and the bytes both sizes share must have come along.
+static void realloc_filled(size_t size, size_t next, uint64_t seed, void** from, void** to) {
+  void* p = mapalloc_malloc(size);
+  ASSERT_NE(p, nullptr);
+  uint64_t key = block_key(p, size, seed);
+  fill_pattern(p, size, key);
+  void* q = mapalloc_realloc(p, next);
+  ASSERT_NE(q, nullptr);
+  size_t bad = check_pattern(q, std::min(size, next), key);
+  ASSERT_EQ(bad, SIZE_MAX) << "realloc " << size << " -> " << next << " (" << p << " -> " << q << ") byte " << bad;
+  *from = p;
+  *to = q;
+}
+
 TEST(Realloc, SmallSizesToNeighbourSizesPreserveContents) {
   uint64_t seed = test_seed();
   for (size_t size = 1; size <= 2048; size += 7) {
     for (size_t next : {size + 1, size * 2, size / 2 + 1, size + 16}) {
-      void* p = mapalloc_malloc(size);
-      ASSERT_NE(p, nullptr);
-      uint64_t key = block_key(p, size, seed);
-      fill_pattern(p, size, key);
-      void* q = mapalloc_realloc(p, next);
-      ASSERT_NE(q, nullptr);
-      size_t bad = check_pattern(q, std::min(size, next), key);
-      ASSERT_EQ(bad, SIZE_MAX) << "realloc " << size << " -> " << next << " (" << p << " -> " << q << ") byte " << bad;
+      void *p, *q;
+      ASSERT_NO_FATAL_FAILURE(realloc_filled(size, next, seed, &p, &q));
       mapalloc_free(q);
     }
   }
@@ -402,16 +411,11 @@ TEST(Realloc, SmallSizesToNeighbourSizesPreserveContents) {
 TEST(Realloc, BetweenExactFitsAndSmallerSizesOfOneClass) {
   uint64_t seed = test_seed();
   for (size_t block : {16, 64, 128, 1024, 4096, 40960}) {
-    for (size_t first : {block, block - 1, block - 7}) {  // all in block's class (README, Design)
+    // block - 1 takes the next class's slack page, block - 7 and block - 3 this class's.
+    for (size_t first : {block, block - 1, block - 7}) {
       for (size_t next : {block, block - 1, block - 3}) {
-        void* p = mapalloc_malloc(first);
-        ASSERT_NE(p, nullptr);
-        uint64_t key = block_key(p, first, seed);
-        fill_pattern(p, first, key);
-        void* q = mapalloc_realloc(p, next);
-        ASSERT_NE(q, nullptr);
-        size_t bad = check_pattern(q, std::min(first, next), key);
-        ASSERT_EQ(bad, SIZE_MAX) << "realloc " << first << " -> " << next << " byte " << bad;
+        void *p, *q;
+        ASSERT_NO_FATAL_FAILURE(realloc_filled(first, next, seed, &p, &q));
         if (MAPALLOC_TEST_SECURE) {
           EXPECT_EQ(mapalloc_usable_size(q), next) << "realloc " << first << " -> " << next;
           // Both on the class's slack page (one byte short takes the next class's).

@@ -37,6 +37,20 @@ void poke(char* p) {
   *v = char(~*v);
 }
 
+// A request of n bytes, filled, then one byte written past it: caught when
+// the block is freed.
+void expect_one_past_caught(size_t n) {
+  EXPECT_DEATH(
+      {
+        char* p = static_cast<char*>(mapalloc_malloc(n));
+        memset(p, 0x5a, n);
+        poke(p + n);
+        mapalloc_free(p);
+      },
+      "mapalloc: heap overflow.*0x")
+      << "size " << n;
+}
+
 }  // namespace
 
 // For the checks -Dsecure=false leaves out (canaries, the malloc-side
@@ -629,17 +643,7 @@ TEST(ZeroSize, ReallocAndUsableSizeOfFreedAbort) {
 // requested end is caught when the block is freed.
 TEST(Canary, OneBytePastSmallBlockCaughtOnFree) {
   SKIP_UNLESS_SECURE();
-  for (size_t n : {1, 8, 15, 17, 20, 24, 100, 129, 1000, 1500, 5000, 40000, 100000}) {
-    EXPECT_DEATH(
-        {
-          char* p = static_cast<char*>(mapalloc_malloc(n));
-          memset(p, 0x5a, n);
-          poke(p + n);
-          mapalloc_free(p);
-        },
-        "mapalloc: heap overflow.*0x")
-        << "size " << n;
-  }
+  for (size_t n : {1, 8, 15, 17, 20, 24, 100, 129, 1000, 1500, 5000, 40000, 100000}) expect_one_past_caught(n);
 }
 
 TEST(Canary, OverflowCaughtByReallocAndUsableSize) {
@@ -688,15 +692,7 @@ TEST(Canary, OneBytePastEverySizeUpTo320Caught) {
     // Class sizes (README, Size classes) are exact fits: no slack, no canary
     // (ExactFitOverflowCaughtAtNeighboursHandout below).
     if ((n <= 256 && n % 16 == 0) || n == 288 || n == 320) continue;
-    EXPECT_DEATH(
-        {
-          char* q = static_cast<char*>(mapalloc_malloc(n));
-          memset(q, 0x5a, n);
-          poke(q + n);
-          mapalloc_free(q);
-        },
-        "mapalloc: heap overflow")
-        << "size " << n;
+    expect_one_past_caught(n);
   }
 }
 
@@ -735,15 +731,7 @@ TEST(Canary, OneByteShortOfItsClassIsCanaried) {
     char* p = static_cast<char*>(mapalloc_malloc(n));
     EXPECT_EQ(mapalloc_usable_size(p), n);
     mapalloc_free(p);
-    EXPECT_DEATH(
-        {
-          char* q = static_cast<char*>(mapalloc_malloc(n));
-          memset(q, 0x5a, n);
-          poke(q + n);
-          mapalloc_free(q);
-        },
-        "mapalloc: heap overflow")
-        << "size " << n;
+    expect_one_past_caught(n);
   }
 }
 
