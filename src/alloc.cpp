@@ -38,12 +38,10 @@ void* alloc_aligned(size_t alignment, size_t size) noexcept {
   if (want <= threshold) {
     // Pages start at their run size and blocks sit at multiples of the block
     // size, so a class whose size is a multiple of the alignment is aligned.
-    size_t asked = size ? size : 1;  // a block as for one byte: its page needs a kind
+    size_t asked = size ? size : 1;  // a block as for one byte (it has a canary)
     unsigned c = size_class(want);
     while (c < kNumClasses && (kClasses[c].block_size % alignment != 0 || !class_takes(c, asked))) c++;
-    if (c < kNumClasses && kClasses[c].block_size <= threshold) {
-      return heap_malloc_queue(tls_heap, queue_of(c, asked), asked);
-    }
+    if (c < kNumClasses && kClasses[c].block_size <= threshold) return heap_malloc_class(tls_heap, c, asked);
   }
   ensure_init();
   return large::alloc(size, alignment, false);
@@ -116,13 +114,11 @@ void* reallocate(void* p, size_t size) noexcept {
       return nullptr;
     }
     if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
-    // In place when the block stays at least half used and its page's kind
-    // fits the new size: a slack page needs room for the record, an exact
-    // page (with canaries) no slack at all.
+    // In place when the block stays at least half used and has room for
+    // the new size (and its canary's record).
     size_t block_size = page->block_size;
-    bool fits = has_canary(page) ? size + kMinSlack <= block_size : kSlackPages ? size == block_size : size <= block_size;
-    if (fits && size >= block_size / 2) {
-      if (has_canary(page)) canary_set(page, p, size);
+    if (size + kMinSlack <= block_size && size >= block_size / 2) {
+      if (kCanaries) canary_set(page, p, size);
       return p;
     }
   }

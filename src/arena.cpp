@@ -209,8 +209,7 @@ static int arrange_guards(Chunk* c, unsigned index, unsigned slots, bool want_gu
   return want_guard;
 }
 
-Page* alloc_page(Heap* heap, unsigned queue) {
-  unsigned size_class = queue_class(queue);
+Page* alloc_page(Heap* heap, unsigned size_class) {
   unsigned slots = kClasses[size_class].page_slots;
   Chunk* chosen = nullptr;
   unsigned index = 64;
@@ -241,7 +240,7 @@ Page* alloc_page(Heap* heap, unsigned queue) {
     Page* head = &chosen->pages[index];
     head->slot_count = uint8_t(slots);
     head->start = chosen->base + index * kSlotSize;
-    page_init(head, heap, queue);
+    page_init(head, heap, size_class);
     if (guarded) head->capacity = info.guarded_capacity;
     maybe_purge_locked(os::now_ms());
   }

@@ -28,9 +28,9 @@ struct Chunk {
 
 namespace arena {
 
-// A page for a heap queue (size_classes.h) owned by heap, its page map entries set; nullptr
+// A page of a size class owned by heap, its page map entries set; nullptr
 // when the OS refuses memory.
-Page* alloc_page(Heap* heap, unsigned queue);
+Page* alloc_page(Heap* heap, unsigned size_class);
 // Gives an empty page back to the arena.
 void free_page(Page* page);
 // Purges free pages idle longer than the purge delay; all of them and idle

@@ -49,14 +49,14 @@ static void release_page(Heap* heap, Page* page) {
 // Unlinks page from whichever list holds it.
 static void unlink_page(Heap* heap, Page* page) {
   if (page->is_current) {
-    heap->current[page_queue(page)] = &empty_page;
+    heap->current[page->size_class] = &empty_page;
     page->is_current = false;
   } else if (page->in_full) {
     heap->full.remove(page);
     heap->full_count--;
     page->in_full = false;
   } else {
-    heap->avail[page_queue(page)].remove(page);
+    heap->avail[page->size_class].remove(page);
   }
 }
 
@@ -70,7 +70,7 @@ void heap_page_wait_over(Heap* heap, Page* page) noexcept {
     heap->full.remove(page);
     heap->full_count--;
     page->in_full = false;
-    heap->avail[page_queue(page)].push_front(page);
+    heap->avail[page->size_class].push_front(page);
   }
   page_arm_wait(page);
 }
@@ -85,7 +85,7 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   // Checked here, where the block is still this thread's alone: its canary
   // is in the block, and the free list's words are about to overwrite a
   // 16-byte block's.
-  if (has_canary(page) && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
+  if (kCanaries && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
   b->cookie = freed_cookie(b);
   uintptr_t old = page->thread_free.load(std::memory_order_relaxed);
   do {
@@ -109,7 +109,7 @@ static void sweep_full(Heap* heap) {
       if (page->used_count() == 0) {
         release_page(heap, page);
       } else {
-        heap->avail[page_queue(page)].push_front(page);
+        heap->avail[page->size_class].push_front(page);
         page_arm_wait(page);
       }
     }
@@ -120,7 +120,7 @@ static void sweep_full(Heap* heap) {
 static void make_current(Heap* heap, Page* page) {
   page->is_current = true;
   page_arm_wait(page);
-  heap->current[page_queue(page)] = page;
+  heap->current[page->size_class] = page;
 }
 
 static bool has_free_block(Page* page) {
@@ -128,17 +128,17 @@ static bool has_free_block(Page* page) {
   return page->free || page_extend(page);
 }
 
-// Finds a page of queue q with a free block and makes it current.
-static Page* find_page(Heap* heap, unsigned q) {
-  Page* page = heap->current[q];
+// Finds a page of class c with a free block and makes it current.
+static Page* find_page(Heap* heap, unsigned c) {
+  Page* page = heap->current[c];
   if (page != &empty_page) {
     if (has_free_block(page)) return page;
     page->is_current = false;
-    heap->current[q] = &empty_page;
+    heap->current[c] = &empty_page;
     move_to_full(heap, page);
   }
   for (int attempt = 0; attempt < 2; attempt++) {
-    while ((page = heap->avail[q].pop_front())) {
+    while ((page = heap->avail[c].pop_front())) {
       if (has_free_block(page)) {
         make_current(heap, page);
         return page;
@@ -155,7 +155,7 @@ static Page* find_page(Heap* heap, unsigned q) {
     }
   }
   thread_maybe_reclaim_abandoned();
-  page = arena::alloc_page(heap, q);
+  page = arena::alloc_page(heap, c);
   if (!page) return nullptr;
   heap->fresh_since_sweep++;
   page_extend(page);
@@ -163,10 +163,10 @@ static Page* find_page(Heap* heap, unsigned q) {
   return page;
 }
 
-void* heap_malloc_slow(Heap* heap, unsigned q, size_t size) noexcept {
-  if (q == kZeroQueue) {
+void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
+  if (c == kZeroClass) {
     if (void* p = zero::alloc()) return p;
-    q = size_queue(1);  // the zero-size region is used up: a real block will do
+    c = request_class(1);  // the zero-size region is used up: a real block will do
     size = 1;
   }
   if (heap == &empty_heap) {
@@ -176,11 +176,11 @@ void* heap_malloc_slow(Heap* heap, unsigned q, size_t size) noexcept {
       return nullptr;
     }
   }
-  if (!find_page(heap, q)) {
+  if (!find_page(heap, c)) {
     errno = ENOMEM;
     return nullptr;
   }
-  return heap_malloc_queue(heap, q, size);
+  return heap_malloc_class(heap, c, size);
 }
 
 // ---------------------------------------------------------------- quarantine
@@ -235,8 +235,8 @@ static void quarantine_flush(Heap* heap) {
 
 void heap_collect(Heap* heap, bool release_current) {
   quarantine_flush(heap);
-  for (unsigned q = 0; q < kNumQueues; q++) {
-    Page* page = heap->current[q];
+  for (unsigned c = 0; c < kNumClasses; c++) {
+    Page* page = heap->current[c];
     if (page != &empty_page) {
       page_collect(page);
       if (page->used_count() == 0 && release_current) {
@@ -244,7 +244,7 @@ void heap_collect(Heap* heap, bool release_current) {
         release_page(heap, page);
       }
     }
-    for (page = heap->avail[q].head; page;) {
+    for (page = heap->avail[c].head; page;) {
       Page* next = page->next;
       page_collect(page);
       if (page->used_count() == 0) {

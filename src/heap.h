@@ -65,10 +65,10 @@ struct Quarantine {
 };
 
 struct Heap {
-  // Owner-only, per queue (size_classes.h). current[q] is never null:
-  // &empty_page when the heap has none.
-  Page* current[kNumQueues + 1];  // + kZeroQueue, always &empty_page
-  PageQueue avail[kNumQueues];    // non-full pages besides current
+  // Owner-only, per class. current[c] is never null: &empty_page when the
+  // heap has none.
+  Page* current[kNumClasses + 1];  // + kZeroClass, always &empty_page
+  PageQueue avail[kNumClasses];    // non-full pages besides current
   PageQueue full;                // pages with no free block at last look
   uint32_t full_count = 0;
   uint32_t fresh_since_sweep = 0;
@@ -98,7 +98,7 @@ struct alignas(64) OrphanShard {
 };
 extern OrphanShard orphan_frees[kOrphanShards];
 
-void* heap_malloc_slow(Heap* heap, unsigned queue, size_t size) noexcept;
+void* heap_malloc_slow(Heap* heap, unsigned size_class, size_t size) noexcept;
 void heap_page_wait_over(Heap* heap, Page* page) noexcept;
 void heap_free_remote(Heap* heap, Page* page, Block* block) noexcept;
 // These abort. They are not marked noreturn so that the fast paths can reach
@@ -107,13 +107,12 @@ void report_invalid_free(const void* p) noexcept;
 void report_double_free(const void* p) noexcept;
 void* report_corrupted(const Page* page, const void* block) noexcept;
 
-// A block from a page of queue q for a request of size bytes (size is the
-// class size on an exact page, less on a slack page: the canary goes right
-// after size).
-MAPALLOC_INLINE void* heap_malloc_queue(Heap* heap, unsigned q, size_t size) noexcept {
-  Page* page = heap->current[q];
+// A block of class c for a request of size bytes (class_takes(c, size): the
+// canary goes right after size).
+MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noexcept {
+  Page* page = heap->current[c];
   Block* b = page->free;
-  if (MAPALLOC_UNLIKELY(!b)) return heap_malloc_slow(heap, q, size);
+  if (MAPALLOC_UNLIKELY(!b)) return heap_malloc_slow(heap, c, size);
   // next ^ b, the link without the block's address: what the range test
   // below needs, one XOR short of next.
   uintptr_t relative = b->link ^ keys.link;
@@ -139,7 +138,7 @@ MAPALLOC_INLINE void* heap_malloc_queue(Heap* heap, unsigned q, size_t size) noe
 }
 
 MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
-  return heap_malloc_queue(heap, size_queue(size), size);
+  return heap_malloc_class(heap, request_class(size), size);
 }
 
 // Frees a block of an arena page (the page map said so).
@@ -160,7 +159,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   if (MAPALLOC_UNLIKELY(b->cookie == freed_cookie(b))) return report_double_free(p);
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
-    if (has_canary(page) && MAPALLOC_UNLIKELY(canary_check(page, p) == SIZE_MAX)) return report_overflow(p);
+    if (kCanaries && MAPALLOC_UNLIKELY(canary_check(page, p) == SIZE_MAX)) return report_overflow(p);
     b->link = encode_link(b, page->free);
     b->cookie = freed_cookie(b);
     page->free = b;

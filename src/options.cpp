@@ -16,7 +16,8 @@ Options options;
 
 bool set_mmap_threshold(size_t bytes) {
   if (bytes < kMinThreshold || bytes > kMaxClassSize) return false;
-  options.mmap_threshold.store(bytes, std::memory_order_relaxed);
+  // A threshold of 1 MiB serves up to 1 MiB less the canary's record.
+  options.mmap_threshold.store(bytes < kMaxSmallRequest ? bytes : kMaxSmallRequest, std::memory_order_relaxed);
   return true;
 }
 

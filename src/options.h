@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "size_classes.h"
+
 #ifndef MAPALLOC_DEFAULT_MMAP_THRESHOLD
 #define MAPALLOC_DEFAULT_MMAP_THRESHOLD 131072
 #endif
@@ -12,7 +14,9 @@
 namespace mapalloc {
 
 struct Options {
-  std::atomic<size_t> mmap_threshold{MAPALLOC_DEFAULT_MMAP_THRESHOLD};  // mallopt may change it
+  // mallopt may change it; never above kMaxSmallRequest (set_mmap_threshold).
+  std::atomic<size_t> mmap_threshold{MAPALLOC_DEFAULT_MMAP_THRESHOLD < kMaxSmallRequest ? MAPALLOC_DEFAULT_MMAP_THRESHOLD
+                                                                                        : kMaxSmallRequest};
   uint64_t purge_delay_ms = 30;  // empty pages and cached large blocks older than this are purged
   size_t large_cache = 256 << 20;  // bytes of freed large mappings kept for reuse
   bool guard = true;              // PROT_NONE guard pages around arena chunks and large blocks

@@ -7,8 +7,7 @@ namespace mapalloc {
 
 Keys keys;
 
-void page_init(Page* page, Heap* heap, unsigned queue) {
-  unsigned size_class = queue_class(queue);
+void page_init(Page* page, Heap* heap, unsigned size_class) {
   const ClassInfo& info = kClasses[size_class];
   page->free = nullptr;
   page->run_mask = info.page_slots * uint32_t(kSlotSize) - 1;
@@ -20,7 +19,6 @@ void page_init(Page* page, Heap* heap, unsigned queue) {
   page->block_size = info.block_size;
   page->reciprocal = info.reciprocal;
   page->size_class = uint8_t(size_class);
-  page->slacked = queue & 1;
   page->in_full = false;
   page->free_wait = kNoWait;
   page->is_current = false;
@@ -43,7 +41,7 @@ void report_overflow(const void* block) noexcept {
 }
 
 size_t check_canary_past_header(const Page* page, const void* block) {
-  if (!has_canary(page)) return page->block_size;
+  if (!kCanaries) return page->block_size;
   if (page->block_size == kMinBlock) return kMinBlock - kMinSlack;  // its record is gone, any will do
   uint64_t w = canary_word(block);
   size_t slack = recorded_slack(page, block, w);

@@ -98,9 +98,6 @@ struct alignas(64) Page {
   uint16_t carved = 0;   // blocks carved from fresh memory so far (owner writes)
   bool in_full = false;  // on the heap's full list rather than its class queue
   bool is_current = false;
-  // A slack page (queue 2c + 1, size_classes.h): every block's last two
-  // bytes record its slack, and free checks its canary.
-  bool slacked = false;
   // Counted down by every free of the owner's; at 0, heap_page_wait_over
   // looks at the page. Never more than the blocks out (when it is not the
   // current page, which gets no mallocs), so that the free that empties a
@@ -157,12 +154,9 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
   return uint32_t(index);
 }
 
-// The queue a page belongs to in its heap (size_classes.h).
-MAPALLOC_INLINE unsigned page_queue(const Page* page) { return 2u * page->size_class + page->slacked; }
-
-// Canaries (secure builds). A block of a slack page was asked for at least
-// kMinSlack bytes less than its block size, and the bytes in between are its
-// canary:
+// Canaries (secure builds). Every block was asked for at least kMinSlack
+// bytes less than its block size (size_classes.h), and the bytes in between
+// are its canary:
 // - the up to 8 bytes right after the requested size hold a word derived
 //   from the secret and the block's address, so that a write past the end
 //   is caught when the block is freed or reallocated;
@@ -175,18 +169,12 @@ MAPALLOC_INLINE unsigned page_queue(const Page* page) { return 2u * page->size_c
 // mapping (the earlier layout), free missed L1 on that byte on 74 % of bench
 // server's requests. It is two bytes because an overflow that reaches it
 // points the check somewhere else: with one, 1 such overflow in 256 decoded
-// as a slack of one byte, which leaves nothing else to check. Exact pages
-// hold only requests of exactly the class size: nothing to record or check.
+// as a slack of one byte, which leaves nothing else to check.
 constexpr size_t kSlackEscape = 0xFFFF;
 
 MAPALLOC_INLINE uint64_t canary_word(const void* block) {
   return std::rotl(reinterpret_cast<uintptr_t>(block) ^ keys.canary, 23);
 }
-
-// Whether blocks of the page carry a canary: those of slack pages, in
-// secure builds (constant false in unprotected ones, so their fast paths
-// have no test of it).
-MAPALLOC_INLINE bool has_canary(const Page* page) { return kSlackPages && page->slacked; }
 
 // The canary's word sits at block_size - max(slack, 8): right after the
 // request, or at the block's end when there are 8 bytes of slack or fewer.
@@ -226,10 +214,9 @@ MAPALLOC_INLINE void canary_record_slack(char* block, size_t block_size, size_t 
 }
 
 // For a block being handed out: its bytes are not the caller's yet, so the
-// whole word is written, one store and no load. An exact fit (an exact page)
-// has nothing to write.
+// whole word is written, one store and no load.
 MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size) {
-  if (!has_canary(page)) return;
+  if (!kCanaries) return;
   size_t block_size = page->block_size;
   size_t slack = block_size - size;
   uint64_t w = canary_word(block);
@@ -237,8 +224,8 @@ MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size
   canary_record_slack(static_cast<char*>(block), block_size, slack, w);
 }
 
-// For a live block of a slack page (realloc in place, size < block size):
-// only the canary's bytes change.
+// For a live block (realloc in place, size + kMinSlack <= block size): only
+// the canary's bytes change.
 MAPALLOC_INLINE void canary_set(const Page* page, void* block, size_t size) {
   size_t block_size = page->block_size;
   size_t slack = block_size - size;
@@ -250,7 +237,7 @@ MAPALLOC_INLINE void canary_set(const Page* page, void* block, size_t size) {
   canary_record_slack(static_cast<char*>(block), block_size, slack, w);
 }
 
-// The slack a block of a slack page records (SIZE_MAX if the record is
+// The slack a block records (SIZE_MAX if the record is
 // broken: it must lie in kMinSlack .. block size - 1).
 MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint64_t word) {
   size_t block_size = page->block_size;
@@ -267,7 +254,7 @@ MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint6
   return slack - kMinSlack < block_size - kMinSlack ? slack : SIZE_MAX;
 }
 
-// The slack of a block of a slack page, or SIZE_MAX when its canary is broken.
+// The slack of a block, or SIZE_MAX when its canary is broken.
 MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
   uint64_t w = canary_word(block);
   size_t slack = recorded_slack(page, block, w);
@@ -278,16 +265,15 @@ MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
 }
 
 // The bytes a live block was asked for, or SIZE_MAX when its canary is
-// broken. Blocks of exact pages, and all blocks of unprotected builds, were
-// asked for their block size.
+// broken. Blocks of unprotected builds were asked for their block size.
 MAPALLOC_INLINE size_t requested_bytes(const Page* page, const void* block) {
-  if (!has_canary(page)) return page->block_size;
+  if (!kCanaries) return page->block_size;
   size_t slack = canary_check(page, block);
   return slack == SIZE_MAX ? SIZE_MAX : page->block_size - slack;
 }
 
 // Slow paths of page.cpp.
-void page_init(Page* page, Heap* heap, unsigned queue);
+void page_init(Page* page, Heap* heap, unsigned size_class);
 // Folds thread_free (other threads' frees) into free.
 void page_collect(Page* page);
 // Sets free_wait for the page's state (current, in a class queue, full).

@@ -3,9 +3,11 @@
 // Classes 0..7 are 16..128 bytes in 16-byte steps. Above 128 bytes every
 // power of two [2^k, 2^(k+1)) is split into 8 classes of step 2^(k-3), so a
 // request wastes at most 2^(k-3) / (2^k + 1) < 12.5% of its size (secure
-// builds send a request one byte short of a class to the next one, queues
-// below: at most (2^(k-2) + 1) / (2^(k+1) - 1) < 13%). The last class is
-// 1 MiB; the mmap threshold can be set anywhere up to it.
+// builds keep two bytes of every block for the canary's record, below, so
+// a request of a class's size, or one byte short of it, takes the next
+// class: at most (2^(k-3) + 1) / (2^k - 1), under 13%, above 128 bytes, and
+// at most 17 bytes up to 128). The last class is 1 MiB; the mmap threshold
+// can be set anywhere up to it (less the two bytes in secure builds).
 #pragma once
 #include <array>
 #include <cstddef>
@@ -110,52 +112,43 @@ MAPALLOC_INLINE unsigned size_class(size_t size) {
   return class_of_large(size);
 }
 
-// Queues: a heap keeps its pages of a class in two queues. Queue 2c holds
-// exact pages, whose blocks were all asked for exactly the class size, and
-// queue 2c + 1 slack pages, whose blocks were all asked for at least
-// kMinSlack bytes less: such a block's last two bytes are never the caller's,
-// and record the slack for its canary (page.h). A request one byte short of
-// its class size goes to the next class's slack page (a record of one byte
-// would be forged past by 1 overflow in 256). Unprotected builds have no
-// canaries and use exact pages only.
+// Canaries (secure builds): every small block carries one in its slack
+// (page.h), so a request takes the smallest class at least kMinSlack bytes
+// bigger than itself, and a request of exactly a class's size the next
+// class. That is what catches a write one past the end of a malloc(16) or a
+// malloc(64), the round sizes where an overflow is likeliest: with exact
+// fits on pages of their own (the layout before), none of those was caught.
+// Unprotected builds have no canaries: a request takes the smallest class
+// that holds it.
 #ifndef MAPALLOC_SECURE
 #define MAPALLOC_SECURE 1
 #endif
-constexpr bool kSlackPages = MAPALLOC_SECURE;
-constexpr size_t kMinSlack = 2;
-constexpr unsigned kNumQueues = 2 * kNumClasses;
-// malloc(0) maps to this queue, whose heap entry never holds a page, so the
+constexpr bool kCanaries = MAPALLOC_SECURE;
+constexpr size_t kMinSlack = kCanaries ? 2 : 0;
+// The biggest request the classes serve; the mmap threshold is capped at it.
+constexpr size_t kMaxSmallRequest = kMaxClassSize - kMinSlack;
+// malloc(0) maps to this class, whose heap entry never holds a page, so the
 // fast path needs no test for zero: it falls into the slow path (zero.h).
-constexpr unsigned kZeroQueue = kNumQueues;
-static_assert(kZeroQueue < 256);
+constexpr unsigned kZeroClass = kNumClasses;
+static_assert(kZeroClass < 256);
 
-// Whether a request of size bytes may take a block of class c as it is: an
-// exact fit, or one with room for the slack record.
-constexpr bool class_takes(unsigned c, size_t size) {
-  size_t block = kClasses[c].block_size;
-  return block == size || !kSlackPages || block - size >= kMinSlack;
-}
-// The queue for a request of size bytes, size_class(size) == c. (The last
-// class has no next one: a request a byte short of it takes an exact page,
-// its usable size the class size.)
-constexpr unsigned queue_of(unsigned c, size_t size) {
-  if (!class_takes(c, size) && c + 1 < kNumClasses) c++;
-  return 2 * c + (kSlackPages && size < kClasses[c].block_size && class_takes(c, size));
-}
-constexpr unsigned queue_class(unsigned q) { return q >> 1; }
+// Whether a request of size bytes may take a block of class c.
+constexpr bool class_takes(unsigned c, size_t size) { return kClasses[c].block_size >= size + kMinSlack; }
+// The class of a request of 1 .. kMaxSmallRequest bytes.
+constexpr unsigned request_class_computed(size_t size) { return class_of_computed(size + kMinSlack); }
 
 // Indexed by the size itself (one load, where the class and its size would be two).
-constexpr std::array<uint8_t, kLookupMax + 1> make_queue_lookup() {
+constexpr std::array<uint8_t, kLookupMax + 1> make_request_lookup() {
   std::array<uint8_t, kLookupMax + 1> t{};
-  for (size_t s = 1; s <= kLookupMax; s++) t[s] = uint8_t(queue_of(class_of_computed(s), s));
-  t[0] = kZeroQueue;
+  for (size_t s = 1; s <= kLookupMax; s++) t[s] = uint8_t(request_class_computed(s));
+  t[0] = kZeroClass;
   return t;
 }
-inline constexpr std::array<uint8_t, kLookupMax + 1> kQueueLookup = make_queue_lookup();
+inline constexpr std::array<uint8_t, kLookupMax + 1> kRequestLookup = make_request_lookup();
 
-MAPALLOC_INLINE unsigned size_queue(size_t size) {
-  if (MAPALLOC_LIKELY(size <= kLookupMax)) return kQueueLookup[size];
-  return queue_of(class_of_large(size), size);
+MAPALLOC_INLINE unsigned request_class(size_t size) {
+  if (MAPALLOC_LIKELY(size <= kLookupMax)) return kRequestLookup[size];
+  return class_of_large(size + kMinSlack);
 }
 
 // Compile-time proof of the table's promises.
@@ -187,19 +180,19 @@ constexpr bool check_classes() {
   }
   for (size_t s = 1; s <= kLookupMax; s++) {
     if (kClassLookup[(s + 15) >> 4] != class_of_computed(s)) return false;
-    // The queue's class holds the request, exactly or with room for the record.
-    unsigned q = kQueueLookup[s], qc = queue_class(q);
-    size_t qb = kClasses[qc].block_size;
-    if (qb < s || (qc != class_of_computed(s) && qc != class_of_computed(s) + 1)) return false;
-    if ((q & 1) ? qb - s < kMinSlack : qb != s && kSlackPages) return false;
+    // The request's class is the smallest with room for it and its record.
+    unsigned c = kRequestLookup[s];
+    if (c != request_class_computed(s) || !class_takes(c, s) || (c > 0 && class_takes(c - 1, s))) return false;
   }
-  if (kQueueLookup[0] != kZeroQueue) return false;
-  // The waste bound with the queues' one-byte-short rule, at every class's edge.
+  if (kRequestLookup[0] != kZeroClass) return false;
+  // The waste bound with canaries, at every class's edge: a request of a
+  // class's size, or one byte short of it, takes the next class.
   for (unsigned c = 0; c < kNumClasses; c++) {
     size_t b = class_block_size(c);
     for (size_t s : {b - 1, b - 2, b}) {
-      size_t qb = kClasses[queue_class(queue_of(class_of_computed(s), s))].block_size;
-      if (qb < s || (s <= 128 ? qb - s > 17 : (qb - s) * 100 >= 13 * s)) return false;
+      if (s > kMaxSmallRequest) continue;
+      size_t qb = kClasses[request_class_computed(s)].block_size;
+      if (qb < s + kMinSlack || (s <= 128 ? qb - s > 17 : (qb - s) * 100 >= 13 * s)) return false;
     }
   }
   return class_block_size(kNumClasses - 1) == kMaxClassSize;

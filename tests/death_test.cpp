@@ -258,8 +258,8 @@ TEST(GuardPage, ReadPastLargeBlockEndFaults) {
 // Runs of small blocks end with a guard page (a guard marker: kernels with
 // MADV_GUARD_INSTALL only), so a linear overflow out of a run's last block
 // faults before it reaches the next run. Blocks up to 1 KiB live in 64 KiB
-// runs aligned to 64 KiB; with the guard, exact-fit blocks of these sizes
-// fill the run up to 60 KiB, where the guard starts. A run that ends its
+// runs aligned to 64 KiB; with the guard, blocks of the 16, 64, 256 and
+// 1024-byte classes fill the run up to 60 KiB, where the guard starts. A run that ends its
 // 1 MiB chunk has no marker: the chunk's own guard page follows it.
 bool kernel_has_guard_markers() {
   void* m = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -296,7 +296,8 @@ char* free_past_the_resident_cap() {
 TEST(GuardPage, WritePastTheLastBlockOfASmallRunFaults) {
   if (!kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers in this kernel: runs have no guard page";
   for (size_t size : {size_t(16), size_t(64), size_t(256), size_t(1024)}) {
-    auto* p = static_cast<char*>(mapalloc_malloc(size));
+    // Two bytes short: secure builds keep two for the canary's record.
+    auto* p = static_cast<char*>(mapalloc_malloc(size - 2));
     ASSERT_NE(p, nullptr);
     uintptr_t run = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(64 * KiB - 1);
     uintptr_t run_end = run + 64 * KiB;
@@ -684,16 +685,12 @@ TEST(Canary, OverflowFromThreadFreeCaught) {
   }
 }
 
-// Every slack from 1 to 255 bytes, through sizes up to 320 (the canary's
-// word and the slack record share bytes when the slack is under 10).
+// Every size up to 320, the class sizes among them, and so every slack from
+// 2 to 17 and many up to 255 (the canary's word and the slack record share
+// bytes when the slack is under 10).
 TEST(Canary, OneBytePastEverySizeUpTo320Caught) {
   SKIP_UNLESS_SECURE();
-  for (size_t n = 1; n <= 320; n++) {
-    // Class sizes (README, Size classes) are exact fits: no slack, no canary
-    // (ExactFitOverflowCaughtAtNeighboursHandout below).
-    if ((n <= 256 && n % 16 == 0) || n == 288 || n == 320) continue;
-    expect_one_past_caught(n);
-  }
+  for (size_t n = 1; n <= 320; n++) expect_one_past_caught(n);
 }
 
 // A block with slack records its slack in its last two bytes (and, from
@@ -722,12 +719,12 @@ TEST(Canary, StrayWriteIntoTheSlackRecordCaught) {
   }
 }
 
-// A request one byte short of its class takes the next class (a slack page
-// needs two bytes for its record): its usable size is still the request, and
-// a write one past it is still caught.
-TEST(Canary, OneByteShortOfItsClassIsCanaried) {
+// A request of a class's size, or one byte short of it, takes the next class
+// (a block keeps two bytes for its record): its usable size is still the
+// request, and a write one past it is still caught.
+TEST(Canary, AClassSizeOrOneByteShortOfItIsCanaried) {
   SKIP_UNLESS_SECURE();
-  for (size_t n : {15, 31, 63, 127, 1023, 4095}) {
+  for (size_t n : {15, 16, 31, 32, 63, 64, 127, 128, 1023, 1024, 4095, 4096, 65536}) {
     char* p = static_cast<char*>(mapalloc_malloc(n));
     EXPECT_EQ(mapalloc_usable_size(p), n);
     mapalloc_free(p);
@@ -757,22 +754,24 @@ TEST(Canary, UnderflowIntoALiveNeighboursRecordCaught) {
       "mapalloc: heap overflow");
 }
 
-// An exact-fit block has no spare bytes: the overflow lands in the next
-// block, and is caught when that block, free, is handed out.
-TEST(Canary, ExactFitOverflowCaughtAtNeighboursHandout) {
+// A write past a block's slack, into the next block (free), is caught when
+// that block is handed out, even if the one written from is never freed.
+// The requests leave 2 bytes of slack (the block sizes are their classes').
+TEST(Canary, OverflowPastTheSlackCaughtAtNeighboursHandout) {
   SKIP_UNLESS_SECURE();
-  for (size_t n : {16, 64, 128, 1024}) {
+  for (size_t block : {16, 64, 128, 1024}) {
+    size_t n = block - 2;
     EXPECT_DEATH(
         {
           char* p = static_cast<char*>(mapalloc_malloc(n));
           memset(p, 0x5a, n);
-          poke(p + n);
+          poke(p + block);
           for (int i = 0; i < 10000; i++) mapalloc_free(mapalloc_malloc(n));
           void* keep[64];
           for (void*& k : keep) k = mapalloc_malloc(n);
         },
         "mapalloc: heap corruption")
-        << "size " << n;
+        << "block " << block;
   }
 }
 

@@ -636,8 +636,8 @@ TEST(MemoryStats, SmallClassCountersExactForSameThreadPattern) {
     const size_t n = block <= 1024 ? 5000 : block <= 8192 ? 500 : 40;
     std::vector<void*> blocks;
     for (size_t i = 0; i < n; i++) {
-      // Half exactly the block size, half a little less: the same class.
-      size_t size = i % 2 ? block : block - 15;
+      // Half the most the class takes, half a little less.
+      size_t size = i % 2 ? request_for_block(block) : block - 15;
       void* p = mapalloc_malloc(size);
       ASSERT_NE(p, nullptr);
       ASSERT_GE(mapalloc_usable_size(p), size);
@@ -747,7 +747,7 @@ TEST(MemoryStats, CrossThreadFreesExactAfterCollect) {
     ASSERT_GE(c, 0);
     std::vector<void*> blocks;
     for (size_t i = 0; i < kCount; i++) {
-      void* p = mapalloc_malloc(kBlock);
+      void* p = mapalloc_malloc(request_for_block(kBlock));
       ASSERT_NE(p, nullptr);
       blocks.push_back(p);
     }
@@ -774,7 +774,7 @@ TEST(MemoryStats, CrossThreadFreesExactAfterCollect) {
     int c = class_index(s0, kBlock);
     std::vector<void*> blocks(kCount);
     std::thread([&] {
-      for (auto& p : blocks) p = mapalloc_malloc(kBlock);
+      for (auto& p : blocks) p = mapalloc_malloc(request_for_block(kBlock));
     }).join();
     for (void* p : blocks) ASSERT_NE(p, nullptr);
     const mapalloc_stats s1 = stats();
@@ -902,7 +902,7 @@ int64_t report_value(const std::string& text, const std::string& label) {
 TEST(MemoryStats, TextReportHasEveryKeyAndMatchesStats) {
   // Some live blocks of a known class and a large block.
   std::vector<void*> blocks;
-  for (int i = 0; i < 333; i++) blocks.push_back(mapalloc_malloc(48));
+  for (int i = 0; i < 333; i++) blocks.push_back(mapalloc_malloc(request_for_block(48)));
   void* big = mapalloc_malloc(1 * MiB);
   ASSERT_NE(big, nullptr);
   int fd = memfd_create("mapalloc-stats", MFD_CLOEXEC);
@@ -1352,7 +1352,7 @@ TEST(MemoryOptions, ValidSetsAreSilentAndApplied) {
     ChildResult r = run_options_child(c.options);
     ASSERT_TRUE(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0) << describe(r);
     EXPECT_EQ(r.err, "") << describe(r);
-    EXPECT_EQ(r.threshold, c.threshold) << describe(r);
+    EXPECT_EQ(r.threshold, threshold_in_effect(c.threshold)) << describe(r);
     if (c.cache_hits >= 0) {
       EXPECT_EQ(r.cache_hits, c.cache_hits) << describe(r);
     }
@@ -1373,11 +1373,12 @@ TEST(MemoryOptions, ThresholdSetterRoundTripsAndRejectsOutOfRange) {
   for (size_t ok : {size_t(64 * KiB), size_t(1 * MiB), size_t(200000), size_t(128 * KiB), size_t(64 * KiB + 1),
                     size_t(1 * MiB - 1)}) {
     ASSERT_EQ(mapalloc_set_mmap_threshold(ok), 1) << ok;
-    EXPECT_EQ(mapalloc_mmap_threshold(), ok);
-    // The threshold decides: `ok` bytes are small, one more is large.
+    const size_t in_effect = threshold_in_effect(ok);
+    EXPECT_EQ(mapalloc_mmap_threshold(), in_effect);
+    // The threshold decides: that many bytes are small, one more is large.
     const mapalloc_stats s0 = stats();
-    void* a = mapalloc_malloc(ok);
-    void* b = mapalloc_malloc(ok + 1);
+    void* a = mapalloc_malloc(in_effect);
+    void* b = mapalloc_malloc(in_effect + 1);
     ASSERT_TRUE(a && b);
     const mapalloc_stats s1 = stats();
     EXPECT_EQ(s1.large_live_count - s0.large_live_count, 1u) << "threshold " << ok;

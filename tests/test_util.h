@@ -10,6 +10,17 @@
 
 namespace mapalloc_test {
 
+// What mapalloc_mmap_threshold() reads after setting t: secure builds serve
+// at most 1 MiB less the 2 bytes of the canary's record from the classes.
+inline size_t threshold_in_effect(size_t t) {
+  const size_t cap = (size_t(1) << 20) - (MAPALLOC_TEST_SECURE ? 2 : 0);
+  return t < cap ? t : cap;
+}
+
+// A request that takes a block of exactly block_size bytes (a class's size):
+// secure builds keep the block's last 2 bytes for the canary's record.
+inline size_t request_for_block(size_t block_size) { return block_size - (MAPALLOC_TEST_SECURE ? 2 : 0); }
+
 // The seed every randomised test starts from; MAPALLOC_TEST_SEED overrides it
 // so a failure printed with its seed can be replayed.
 inline uint64_t test_seed() {
