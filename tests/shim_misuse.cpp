@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
     return page != MAP_FAILED && madvise(page, 4096, 102 /* MADV_GUARD_INSTALL */) == 0 ? 0 : 1;
   }
   else if (is("small-overflow-1")) { p = alloc(24); std::memset(p, 1, 24); poke(p + 24); std::free(p); }
+  else if (is("small-overflow-class-size")) { p = alloc(64); std::memset(p, 1, 64); poke(p + 64); std::free(p); }
   else if (is("small-overflow-20")) { p = alloc(100); std::memset(p, 1, 120); std::free(p); }
   else if (is("small-overflow-realloc")) { p = alloc(40); poke(p + 40); p = static_cast<char*>(std::realloc(p, 44)); }
   else if (is("large-overflow-1")) { p = alloc(200000); p[200000] = 1; std::free(p); }

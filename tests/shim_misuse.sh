@@ -39,6 +39,7 @@ fi
 if [ "$secure" = true ]; then
   cases+=(
     "small-overflow-1:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
+    "small-overflow-class-size:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
     "small-overflow-20:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
     "small-overflow-realloc:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
     "write-after-free-small:^mapalloc: heap corruption: free block overwritten"
