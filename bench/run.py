@@ -45,10 +45,12 @@ PACKAGES = {'jemalloc': 'libjemalloc2', 'mimalloc': 'libmimalloc2.0', 'tcmalloc'
 # name -> (full-size arguments, --quick arguments); {t} is --threads, {p} half of it
 # (at least 1): prodcons runs a producer and a consumer per pair, and with
 # more threads than CPUs its times depended on the scheduler (on 2 CPUs, two
-# pairs ran some rounds twice as long as others, under every allocator).
+# pairs ran some rounds twice as long as others, under every allocator). Its
+# 6M blocks take about 0.3 s: with 2M (0.1 s), whole rounds of every
+# allocator ran 3x slower now and then, and took the medians with them.
 WORKLOADS = {
     'server':     ('ops=10000000 threads={t}', 'ops=1000000 threads={t}'),
-    'prodcons':   ('blocks=2000000 pairs={p}', 'blocks=200000 pairs={p}'),
+    'prodcons':   ('blocks=6000000 pairs={p}', 'blocks=200000 pairs={p}'),
     'churn':      ('units=12000', 'units=1200'),
     'frag':       ('blocks=150000 phases=12', 'blocks=30000 phases=8'),
     'large':      ('ops=20000', 'ops=2000'),
