@@ -285,8 +285,8 @@ bool page_extend(Page* page);
 void report_overflow(const void* block) noexcept;
 // For a quarantined block, whose first 16 bytes hold the free list's words:
 // checks its canary unless that began inside those 16 bytes. Returns the
-// bytes the block was asked for (for a 16-byte block with slack, whose
-// record those words overwrote, 14: a valid record to write back).
+// bytes the block was asked for (for a 16-byte block, whose record those
+// words overwrote, 14: a valid record to write back).
 size_t check_canary_past_header(const Page* page, const void* block);
 
 }  // namespace mapalloc

@@ -195,6 +195,8 @@ constexpr bool check_classes() {
       if (qb < s + kMinSlack || (s <= 128 ? qb - s > 17 : (qb - s) * 100 >= 13 * s)) return false;
     }
   }
+  // The biggest small request still has a class (the threshold is capped at it).
+  if (request_class_computed(kMaxSmallRequest) != kNumClasses - 1) return false;
   return class_block_size(kNumClasses - 1) == kMaxClassSize;
 }
 static_assert(check_classes(), "size class table broken");
