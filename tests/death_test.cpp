@@ -798,6 +798,28 @@ TEST(Misuse, WriteAfterFreeCaughtAtNextHandout) {
       "mapalloc: heap corruption");
 }
 
+// One byte written at a freed block's start (a flag, a string's first
+// character) changes only the low byte of its link, which still points into
+// the page: caught when the block itself is handed out again (every block
+// start is 16-byte aligned), even if the next malloc takes it at once and
+// the link it leads to is never followed.
+TEST(Misuse, OneByteWrittenAtAFreedBlocksStartCaughtAtItsHandout) {
+  SKIP_UNLESS_SECURE();
+  for (size_t n : {8, 48, 128, 1000, 5000}) {
+    EXPECT_DEATH(
+        {
+          char* keep = static_cast<char*>(mapalloc_malloc(n));  // so that p's link leads somewhere
+          char* p = static_cast<char*>(mapalloc_malloc(n));
+          mapalloc_free(keep);
+          mapalloc_free(p);
+          poke(p);
+          for (int i = 0; i < 100; i++) mapalloc_free(mapalloc_malloc(n));
+        },
+        "mapalloc: heap corruption")
+        << "size " << n;
+  }
+}
+
 // Only the link of a freed block overwritten, its cookie intact: the link
 // must not lead out of the block's page, to memory the allocator would then
 // hand out (here, a global).

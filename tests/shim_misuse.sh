@@ -43,6 +43,7 @@ if [ "$secure" = true ]; then
     "small-overflow-20:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
     "small-overflow-realloc:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
     "write-after-free-small:^mapalloc: heap corruption: free block overwritten"
+    "write-after-free-small-first-byte:^mapalloc: heap corruption: free block overwritten"
   )
 fi
 for entry in "${cases[@]}"; do
