@@ -130,6 +130,12 @@ static Chunk* new_chunk() {
       return nullptr;
     }
   }
+  // Free slots of a fresh chunk are guard markers, as purged ones are: a
+  // stray write into arena space that no run holds (below the first block of
+  // a run carved above free slots, say) faults. Carving a run removes them
+  // (one call, where installing its end guard would have been one; its last
+  // page stays a marker, its end guard: arrange_guards).
+  if (options.guard && os::guard_markers() && os::guard_marker(base, kChunkSize)) c->purge_marked = ~uint64_t(0);
   c->next = chunks;
   chunks = c;
   rebin(c);
