@@ -53,6 +53,13 @@ int main(int argc, char** argv) {
     for (char* q : b) std::free(q);
     sink = b[0][4096];
   }
+  else if (is("small-underflow-first-block")) {
+    // The 5120-byte class's first block: its run's first (only slot-aligned) block.
+    p = alloc(5000);
+    if (reinterpret_cast<unsigned long>(p) % 16384 != 0) return 3;  // not a fresh run's first block
+    p[-1] = 1;
+    std::free(p);
+  }
   else if (is("read-after-free-small-purged")) {
     p = alloc(3000);
     std::memset(p, 1, 3000);

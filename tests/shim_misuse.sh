@@ -32,6 +32,7 @@ if "$prog" probe-guard-markers; then
   cases+=(
     "read-after-free-large-purged:SIGSEGV"
     "read-after-free-small-purged:SIGSEGV"
+    "small-underflow-first-block:SIGSEGV"
   )
 else
   echo "skip read-after-free-*-purged: the kernel has no guard markers"
