@@ -16,8 +16,7 @@ Options options;
 
 bool set_mmap_threshold(size_t bytes) {
   if (bytes < kMinThreshold || bytes > kMaxClassSize) return false;
-  // A threshold of 1 MiB serves up to 1 MiB less the canary's record.
-  options.mmap_threshold.store(bytes < kMaxSmallRequest ? bytes : kMaxSmallRequest, std::memory_order_relaxed);
+  options.mmap_threshold.store(capped_threshold(bytes), std::memory_order_relaxed);
   return true;
 }
 

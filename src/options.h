@@ -13,10 +13,12 @@
 
 namespace mapalloc {
 
+// The threshold in effect for a wanted one: never above the biggest request
+// the classes serve (1 MiB less the canary's record in secure builds).
+constexpr size_t capped_threshold(size_t bytes) { return bytes < kMaxSmallRequest ? bytes : kMaxSmallRequest; }
+
 struct Options {
-  // mallopt may change it; never above kMaxSmallRequest (set_mmap_threshold).
-  std::atomic<size_t> mmap_threshold{MAPALLOC_DEFAULT_MMAP_THRESHOLD < kMaxSmallRequest ? MAPALLOC_DEFAULT_MMAP_THRESHOLD
-                                                                                        : kMaxSmallRequest};
+  std::atomic<size_t> mmap_threshold{capped_threshold(MAPALLOC_DEFAULT_MMAP_THRESHOLD)};  // mallopt may change it
   uint64_t purge_delay_ms = 30;  // empty pages and cached large blocks older than this are purged
   size_t large_cache = 256 << 20;  // bytes of freed large mappings kept for reuse
   bool guard = true;              // PROT_NONE guard pages around arena chunks and large blocks

@@ -47,7 +47,7 @@ size_t check_canary_past_header(const Page* page, const void* block) {
   size_t slack = recorded_slack(page, block, w);
   if (slack == SIZE_MAX) report_overflow(block);
   size_t used = page->block_size - slack;
-  if (used >= sizeof(Block) && canary_check(page, block) == SIZE_MAX) report_overflow(block);
+  if (used >= sizeof(Block) && !canary_intact(page, block, w, slack)) report_overflow(block);
   return used;
 }
 

@@ -254,14 +254,19 @@ MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint6
   return slack - kMinSlack < block_size - kMinSlack ? slack : SIZE_MAX;
 }
 
+// Whether the canary bytes of a block with this (recorded) slack hold its word w.
+MAPALLOC_INLINE bool canary_intact(const Page* page, const void* block, uint64_t w, size_t slack) {
+  uint64_t word;
+  __builtin_memcpy(&word, static_cast<const char*>(block) + canary_offset(page->block_size, slack), 8);
+  return ((word ^ w) & canary_mask(slack)) == 0;
+}
+
 // The slack of a block, or SIZE_MAX when its canary is broken.
 MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
   uint64_t w = canary_word(block);
   size_t slack = recorded_slack(page, block, w);
   if (MAPALLOC_UNLIKELY(slack == SIZE_MAX)) return slack;
-  uint64_t word;
-  __builtin_memcpy(&word, static_cast<const char*>(block) + canary_offset(page->block_size, slack), 8);
-  return ((word ^ w) & canary_mask(slack)) == 0 ? slack : SIZE_MAX;
+  return canary_intact(page, block, w, slack) ? slack : SIZE_MAX;
 }
 
 // The bytes a live block was asked for, or SIZE_MAX when its canary is
