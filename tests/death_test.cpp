@@ -170,33 +170,36 @@ TEST(GuardPage, WriteOneByteBeforeOverAlignedLargeBlockFaults) {
 }
 
 // A block that starts inside its first page may reuse a cached mapping open
-// wider than it needs, the mapping's guard left where it is: the canary
-// then covers the page below the block's first page too, where a guard
-// right below would lie, so an underflow into it is caught on free, realloc
-// and malloc_usable_size (before, the pages below a moved guard stayed
-// writable and such an underflow went unseen).
+// wider than it needs, the mapping's guard left where it is: the 256 bytes
+// right below the block are canary then too, in the page below its first
+// one when the block starts less than 256 bytes into that, so an underflow
+// there is caught on free, realloc and malloc_usable_size.
 TEST(GuardPage, UnderflowIntoTheGapBelowAReusedLargeBlockIsCaught) {
-  // Gaps of 3 pages, of 106 pages, and of 75 pages below a block of 76
-  // (near the widest reused in place: the block's own size).
+  // Gaps of 3 pages, of 106 pages, and of 75 pages below a block of 76 (near
+  // the widest reused in place: the block's own size); each small block
+  // starts 96 bytes into its first page.
   struct Case { size_t big, small; };
-  for (Case c : {Case{600 * KiB + 16, 600 * KiB + 16 - 3 * 4096}, Case{1 * MiB + 16, 600 * KiB + 16},
-                 Case{600 * KiB + 16, 300 * KiB + 16}}) {
+  for (Case c : {Case{600 * KiB + 16, 600 * KiB - 96 - 3 * 4096}, Case{1 * MiB + 16, 600 * KiB - 96},
+                 Case{600 * KiB + 16, 304 * KiB - 96}}) {
     for (int use : {0, 1, 2}) {
-      EXPECT_DEATH(
-          {
-            mapalloc_collect();  // no cached mapping but the next one
-            auto* q = static_cast<char*>(mapalloc_malloc(c.big));
-            mapalloc_free(q);
-            auto* p = static_cast<char*>(mapalloc_malloc(c.small));
-            if (p < q || p >= q + c.big) _exit(3);  // not the same mapping: proves nothing
-            memset(p, 0x5a, c.small);
-            poke(p - 4096);  // in the page below the block's first one: in the gap
-            if (use == 0) mapalloc_free(p);
-            if (use == 1) mapalloc_realloc(p, c.small + 100000);
-            if (use == 2) (void)mapalloc_usable_size(p);
-          },
-          "mapalloc: heap underflow before the start of large block 0x")
-          << "use " << use << " small " << c.small;
+      for (size_t below : {size_t(1), size_t(256)}) {
+        EXPECT_DEATH(
+            {
+              mapalloc_collect();  // no cached mapping but the next one
+              auto* q = static_cast<char*>(mapalloc_malloc(c.big));
+              mapalloc_free(q);
+              auto* p = static_cast<char*>(mapalloc_malloc(c.small));
+              if (p < q || p >= q + c.big) _exit(3);  // not the same mapping: proves nothing
+              if ((reinterpret_cast<uintptr_t>(p) & 4095) != 96) _exit(4);
+              memset(p, 0x5a, c.small);
+              poke(p - below);  // 256: in the page below the block's first one, in the gap
+              if (use == 0) mapalloc_free(p);
+              if (use == 1) mapalloc_realloc(p, c.small + 100000);
+              if (use == 2) (void)mapalloc_usable_size(p);
+            },
+            "mapalloc: heap underflow before the start of large block 0x")
+            << "use " << use << " small " << c.small << " below " << below;
+      }
     }
     // Without the underflow the same reuse goes through, every byte writable.
     mapalloc_collect();
@@ -212,30 +215,30 @@ TEST(GuardPage, UnderflowIntoTheGapBelowAReusedLargeBlockIsCaught) {
 }
 
 // A large block that is not a whole number of pages starts inside its first
-// page: a write into that page before the block (no guard there) is caught
-// by free, realloc and malloc_usable_size, fresh or reused, one byte before
-// the block or at the start of the page.
+// page: a write into the 256 bytes before the block (or into all of the
+// page before it, when that is less) is caught by free, realloc and
+// malloc_usable_size, fresh or reused.
 TEST(GuardPage, UnderflowIntoTheFirstPageOfALargeBlockIsCaught) {
   const size_t t = mapalloc_mmap_threshold();
   for (size_t size : {t + 160, size_t(200000), 300 * KiB + 16, 1 * MiB + 4000}) {
     for (int use : {0, 1, 2}) {
-      for (bool at_page_start : {false, true}) {
+      for (bool lowest : {false, true}) {
         EXPECT_DEATH(
             {
               mapalloc_free(mapalloc_malloc(2 * MiB));  // a cached mapping to reuse
               auto* p = static_cast<char*>(mapalloc_malloc(size));
               memset(p, 0x5a, size);
               char* first = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(4095));
-              poke(at_page_start ? first : p - 1);
+              poke(!lowest ? p - 1 : p - first > 256 ? p - 256 : first);
               if (use == 0) mapalloc_free(p);
               if (use == 1) mapalloc_realloc(p, size + 100000);
               if (use == 2) (void)mapalloc_usable_size(p);
             },
             "mapalloc: heap underflow before the start of large block 0x")
-            << "size " << size << " use " << use << " at page start " << at_page_start;
+            << "size " << size << " use " << use << " lowest " << lowest;
       }
     }
-    // Without an underflow, the same sequence goes through.
+  // Without an underflow, the same sequence goes through.
     auto* p = static_cast<char*>(mapalloc_malloc(size));
     memset(p, 0x5a, size);
     EXPECT_EQ(mapalloc_usable_size(p), (size + 15) / 16 * 16);

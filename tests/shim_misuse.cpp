@@ -39,11 +39,11 @@ int main(int argc, char** argv) {
   else if (is("large-underflow-page")) { p = alloc(256 * 1024); p[-1] = 1; std::free(p); }
   else if (is("large-underflow-gap")) {
     // The only cached mapping is 3 pages wider than the second block needs:
-    // its guard stays, and the page below the block's first one holds the
-    // canary, where a guard right below would lie.
+    // its guard stays, the block starts 96 bytes into its first page, and
+    // the 256 bytes below it, some in the page below, are canary.
     std::free(alloc(600 * 1024 + 16));
-    p = alloc(600 * 1024 + 16 - 3 * 4096);
-    p[-4096] = 1;
+    p = alloc(600 * 1024 - 96 - 3 * 4096);
+    p[-256] = 1;
     std::free(p);
   }
   else if (is("read-after-free-large-purged")) {
