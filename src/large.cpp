@@ -118,8 +118,8 @@ static void purge_block(LargeBlock* b) {
   if (lo < b->end) {
     if (b->guarded && os::purge_to_guard(lo, size_t(b->end - lo))) {
       if (b->open_from < b->end) b->open_from = b->end;
-    } else {
-      os::purge(lo, size_t(b->end - lo));
+    } else if (!os::purge(lo, size_t(b->end - lo))) {
+      b->lazily_purged = true;
     }
   }
   cache_dirty -= dirty_size(b);
@@ -355,6 +355,7 @@ static bool coalesce_cache() {
     hi->map_size += lo->map_size;
     hi->begin = lo->begin;
     hi->dirty_from = lo->dirty_from;  // conservative: the gap may hold old data
+    hi->lazily_purged |= lo->lazily_purged;
     if (lo->cached_at_ms > hi->cached_at_ms) hi->cached_at_ms = lo->cached_at_ms;
     cache_push_front(hi);
     give_back_descriptor_locked(lo);
@@ -419,6 +420,7 @@ static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bo
   b->open_from = b->begin;
   b->guarded = guarded;
   b->freed_marked = false;
+  b->lazily_purged = false;
   LockGuard guard(lock);
   mapped_bytes += map_size;
   return true;
@@ -509,8 +511,8 @@ void* alloc(size_t size, size_t alignment, bool zero) {
       return nullptr;
     }
   }
-  if (zero && b->dirty_from < b->end) {
-    char* from = user > b->dirty_from ? user : b->dirty_from;
+  if (zero && (b->dirty_from < b->end || b->lazily_purged)) {
+    char* from = user > b->dirty_from || b->lazily_purged ? user : b->dirty_from;
     __builtin_memset(from, 0, size_t(b->end - from));
   }
   char* canary = canary_from(b, user);  // (b->user is set by publish)

@@ -2,8 +2,8 @@
 // [guard | ... block | guard]; the block ends at the trailing guard (up to its
 // alignment), so running off its end faults at once, and so does running off
 // its start when it starts at a page. One that starts inside its first page
-// has a canary below it there, and one page further (a reused mapping may
-// leave a gap below it: large.cpp, gap_fits), checked on free. Freed
+// has a canary in the 256 bytes below it (a reused mapping may leave a gap
+// below it: large.cpp, gap_fits), checked on free. Freed
 // mappings wait in a bounded cache, guards intact and pages resident, so
 // that a program that mallocs and frees the same large size pays no syscall
 // or fault per round.
@@ -42,6 +42,9 @@ struct LargeBlock {
   bool guarded;
   bool growable;
   bool freed_marked;  // cached with its first 16 bytes marked (mark_freed)
+  // Purged with MADV_FREE (madv_free=1) since it was mapped: pages below
+  // dirty_from may still hold old data, so calloc zeroes all of its block.
+  bool lazily_purged;
 
   char* map_end() const { return map_base + map_size; }
 };

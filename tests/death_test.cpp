@@ -175,7 +175,7 @@ TEST(GuardPage, WriteOneByteBeforeOverAlignedLargeBlockFaults) {
 // one when the block starts less than 256 bytes into that, so an underflow
 // there is caught on free, realloc and malloc_usable_size.
 TEST(GuardPage, UnderflowIntoTheGapBelowAReusedLargeBlockIsCaught) {
-  // Gaps of 3 pages, of 106 pages, and of 75 pages below a block of 76 (near
+  // Gaps of 4 pages, of 107 pages, and of 75 pages below a block of 76 (near
   // the widest reused in place: the block's own size); each small block
   // starts 96 bytes into its first page.
   struct Case { size_t big, small; };
@@ -215,27 +215,29 @@ TEST(GuardPage, UnderflowIntoTheGapBelowAReusedLargeBlockIsCaught) {
 }
 
 // A large block that is not a whole number of pages starts inside its first
-// page: a write into the 256 bytes before the block (or into all of the
-// page before it, when that is less) is caught by free, realloc and
-// malloc_usable_size, fresh or reused.
+// page: a write into the 256 bytes before the block is caught by free,
+// realloc and malloc_usable_size, fresh or reused. Poked: the byte right
+// below the block, and the 256th below it or the first page's start, when
+// that is nearer (a gap may lie below that page, reaching the canary further
+// down: the gap test above pokes there).
 TEST(GuardPage, UnderflowIntoTheFirstPageOfALargeBlockIsCaught) {
   const size_t t = mapalloc_mmap_threshold();
   for (size_t size : {t + 160, size_t(200000), 300 * KiB + 16, 1 * MiB + 4000}) {
     for (int use : {0, 1, 2}) {
-      for (bool lowest : {false, true}) {
+      for (bool deep : {false, true}) {
         EXPECT_DEATH(
             {
               mapalloc_free(mapalloc_malloc(2 * MiB));  // a cached mapping to reuse
               auto* p = static_cast<char*>(mapalloc_malloc(size));
               memset(p, 0x5a, size);
               char* first = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(4095));
-              poke(!lowest ? p - 1 : p - first > 256 ? p - 256 : first);
+              poke(!deep ? p - 1 : p - first > 256 ? p - 256 : first);
               if (use == 0) mapalloc_free(p);
               if (use == 1) mapalloc_realloc(p, size + 100000);
               if (use == 2) (void)mapalloc_usable_size(p);
             },
             "mapalloc: heap underflow before the start of large block 0x")
-            << "size " << size << " use " << use << " lowest " << lowest;
+            << "size " << size << " use " << use << " deep " << deep;
       }
     }
   // Without an underflow, the same sequence goes through.
@@ -887,6 +889,32 @@ TEST(Quarantine, HeldBlocksAreNotReusedAtOnce) {
         }
         for (void* k : keep) mapalloc_free(k);
         std::_Exit(reused ? 1 : 0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// With madv_free=1 a purged cached mapping may keep its old bytes (MADV_FREE
+// leaves them until the kernel needs the memory): a calloc that reuses it
+// must zero all of its block, not only what was written since the purge.
+// (Without guards: guarded mappings are purged into guard markers, which
+// read as zero.)
+TEST(MadvFree, CallocOfAPurgedCachedMappingIsZero) {
+  ScopedOptions opts("guard=0,madv_free=1,purge_delay_ms=1");
+  EXPECT_EXIT(
+      {
+        const size_t n = 1 * MiB;
+        auto* p = static_cast<unsigned char*>(mapalloc_malloc(n));
+        memset(p, 0xff, n);
+        mapalloc_free(p);
+        usleep(50 * 1000);  // past ten purge delays: the next large request purges it
+        void* other = mapalloc_malloc(4 * MiB);
+        auto* q = static_cast<unsigned char*>(mapalloc_calloc(1, n));
+        if (q != p) std::_Exit(3);  // another mapping: proves nothing
+        size_t nonzero = 0;
+        for (size_t i = 0; i < n; i++) nonzero += q[i] != 0;
+        mapalloc_free(q);
+        mapalloc_free(other);
+        std::_Exit(nonzero ? 1 : 0);
       },
       ::testing::ExitedWithCode(0), "");
 }

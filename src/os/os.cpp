@@ -121,14 +121,15 @@ bool unguard(void* p, size_t size) {
   return ok;
 }
 
-void purge(void* p, size_t size) {
-  if (!size) return;
+bool purge(void* p, size_t size) {
+  if (!size) return true;
   ErrnoGuard guard;
   count(counters.madvise_calls);
   count(counters.purges);
   counters.purged_bytes.fetch_add(size, std::memory_order_relaxed);
-  if (use_madv_free && ::madvise(p, size, MADV_FREE) == 0) return;
+  if (use_madv_free && ::madvise(p, size, MADV_FREE) == 0) return false;
   ::madvise(p, size, MADV_DONTNEED);
+  return true;
 }
 
 bool purge_to_guard(void* p, size_t size) {
