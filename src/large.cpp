@@ -705,7 +705,7 @@ void* reallocate(LargeBlock* b, size_t new_size, bool* out_of_memory) {
       *out_of_memory = true;
       return nullptr;
     }
-    __builtin_memcpy(q, b->user, b->size);
+    __builtin_memcpy(q, b->user, have);  // every usable byte, as glibc keeps them
     free(b, b->user);
     return q;
   }

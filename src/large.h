@@ -42,8 +42,10 @@ struct LargeBlock {
   bool guarded;
   bool growable;
   bool freed_marked;  // cached with its first 16 bytes marked (mark_freed)
-  // Purged with MADV_FREE (madv_free=1) since it was mapped: pages below
-  // dirty_from may still hold old data, so calloc zeroes all of its block.
+  // Purged since it was mapped without its pages reading as zero after
+  // (MADV_FREE with madv_free=1, or locked pages the kernel would not
+  // purge): pages below dirty_from may still hold old data, so calloc
+  // zeroes all of its block.
   bool lazily_purged;
 
   char* map_end() const { return map_base + map_size; }

@@ -429,6 +429,33 @@ TEST(Realloc, AroundTheClassSizeKeepsContentsAndUsableSize) {
   }
 }
 
+// realloc keeps every byte malloc_usable_size reported, as glibc does, not
+// only the bytes asked for: large blocks, plain and over-aligned, grown.
+TEST(Realloc, GrowingALargeBlockKeepsEveryUsableByte) {
+  const size_t t = mapalloc_mmap_threshold();
+  for (size_t alignment : {size_t(0), size_t(4096), 64 * KiB}) {
+    for (size_t size : {t + 1, t + 4001, 3 * t + 17}) {
+      void* v = nullptr;
+      if (alignment) {
+        ASSERT_EQ(mapalloc_posix_memalign(&v, alignment, size), 0);
+      } else {
+        v = mapalloc_malloc(size);
+      }
+      auto* p = static_cast<unsigned char*>(v);
+      ASSERT_NE(p, nullptr);
+      size_t usable = mapalloc_usable_size(p);
+      ASSERT_GE(usable, size);
+      memset(p, 0xab, usable);
+      auto* q = static_cast<unsigned char*>(mapalloc_realloc(p, 2 * usable));
+      ASSERT_NE(q, nullptr);
+      size_t kept = 0;
+      while (kept < usable && q[kept] == 0xab) kept++;
+      EXPECT_EQ(kept, usable) << "size " << size << " alignment " << alignment;
+      mapalloc_free(q);
+    }
+  }
+}
+
 TEST(Realloc, FailureReturnsNullWithENOMEMAndKeepsOldBlock) {
   size_t t = mapalloc_mmap_threshold();
   for (size_t size : {size_t(100), size_t(5000), t + 1, 1 * MiB}) {

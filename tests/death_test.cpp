@@ -898,7 +898,7 @@ TEST(Quarantine, HeldBlocksAreNotReusedAtOnce) {
 // must zero all of its block, not only what was written since the purge.
 // (Without guards: guarded mappings are purged into guard markers, which
 // read as zero.)
-TEST(MadvFree, CallocOfAPurgedCachedMappingIsZero) {
+TEST(CallocReuse, MappingPurgedWithMadvFreeIsZeroed) {
   ScopedOptions opts("guard=0,madv_free=1,purge_delay_ms=1");
   EXPECT_EXIT(
       {
@@ -908,6 +908,33 @@ TEST(MadvFree, CallocOfAPurgedCachedMappingIsZero) {
         mapalloc_free(p);
         usleep(50 * 1000);  // past ten purge delays: the next large request purges it
         void* other = mapalloc_malloc(4 * MiB);
+        auto* q = static_cast<unsigned char*>(mapalloc_calloc(1, n));
+        if (q != p) std::_Exit(3);  // another mapping: proves nothing
+        size_t nonzero = 0;
+        for (size_t i = 0; i < n; i++) nonzero += q[i] != 0;
+        mapalloc_free(q);
+        mapalloc_free(other);
+        std::_Exit(nonzero ? 1 : 0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// Locked pages are not purged (the kernel refuses MADV_DONTNEED on them):
+// a calloc that reuses such a cached mapping must zero it all the same.
+TEST(CallocReuse, LockedMappingThePurgeCouldNotClearIsZeroed) {
+  struct rlimit lim;
+  if (geteuid() != 0 && (getrlimit(RLIMIT_MEMLOCK, &lim) != 0 || lim.rlim_cur < 2 * MiB))
+    GTEST_SKIP() << "mlock of 1 MiB needs root or RLIMIT_MEMLOCK of at least 2 MiB";
+  ScopedOptions opts("purge_delay_ms=1");
+  EXPECT_EXIT(
+      {
+        const size_t n = 1 * MiB;
+        auto* p = static_cast<unsigned char*>(mapalloc_malloc(n));
+        if (mlock(p, n) != 0) std::_Exit(4);
+        memset(p, 0xff, n);
+        mapalloc_free(p);
+        usleep(50 * 1000);  // past ten purge delays: the next large request purges it
+        void* other = mapalloc_malloc(3 * MiB);
         auto* q = static_cast<unsigned char*>(mapalloc_calloc(1, n));
         if (q != p) std::_Exit(3);  // another mapping: proves nothing
         size_t nonzero = 0;

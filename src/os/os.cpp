@@ -128,8 +128,7 @@ bool purge(void* p, size_t size) {
   count(counters.purges);
   counters.purged_bytes.fetch_add(size, std::memory_order_relaxed);
   if (use_madv_free && ::madvise(p, size, MADV_FREE) == 0) return false;
-  ::madvise(p, size, MADV_DONTNEED);
-  return true;
+  return ::madvise(p, size, MADV_DONTNEED) == 0;
 }
 
 bool purge_to_guard(void* p, size_t size) {

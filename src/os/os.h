@@ -34,7 +34,8 @@ bool unguard_markers(void* p, size_t size);
 // Releases the pages' contents; they read back as zero (MADV_DONTNEED) or
 // may (MADV_FREE, with use_madv_free) until reused. Returns whether they
 // read as zero now: false after MADV_FREE, which leaves a page's old bytes
-// in place until the kernel needs the memory.
+// in place until the kernel needs the memory, and when the kernel refused
+// (locked pages: mlock, mlockall).
 bool purge(void* p, size_t size);
 // Releases the pages as purge does and leaves guard markers on them, so that
 // any access faults until unguard: false (nothing done) where the kernel has
