@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "alloc.h"
+#include "base/lock.h"
 #include "mapalloc.h"
 
 using namespace mapalloc;
@@ -47,9 +48,16 @@ EXPORT int malloc_trim(size_t) noexcept {
 
 EXPORT void malloc_stats(void) noexcept { mapalloc_stats_print(2); }
 
+// The statistics are large (5 KiB): one static copy, under a lock, keeps
+// them off small thread stacks. Without the lock, threads calling these at
+// once read each other's half-gathered numbers (mallinfo2 returned zeros).
+static SpinLock introspection_lock;
+static struct mapalloc_stats introspection_stats;
+
 static struct mallinfo2 info2() {
-  static struct mapalloc_stats s;  // large; a static keeps it off small stacks
-  mapalloc_stats_get(&s);
+  LockGuard guard(introspection_lock);
+  const struct mapalloc_stats& s = introspection_stats;
+  mapalloc_stats_get(&introspection_stats);
   struct mallinfo2 mi = {};
   mi.arena = s.bytes_committed - s.large_live_bytes;  // non-mmapped bytes held
   mi.ordblks = s.arena_free_bytes / (64 * 1024);
@@ -91,8 +99,9 @@ EXPORT int malloc_info(int options, FILE* fp) noexcept {
     errno = EINVAL;
     return -1;
   }
-  static struct mapalloc_stats s;
-  mapalloc_stats_get(&s);
+  LockGuard guard(introspection_lock);
+  const struct mapalloc_stats& s = introspection_stats;
+  mapalloc_stats_get(&introspection_stats);
   fprintf(fp, "<malloc version=\"mapalloc-%s\">\n", MAPALLOC_VERSION);
   for (unsigned c = 0; c < s.class_count; c++) {
     const mapalloc_class_stats& cs = s.classes[c];

@@ -644,12 +644,16 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
       os::unmap(base, map_size);
       return false;
     }
+    // The old start's entry goes before the move: once the pages have moved,
+    // another thread's mapping may take their place and publish a block in
+    // that slot, whose entry a later clear would wipe.
+    pagemap::set(b->user, 1, 0);
     if (!os::protect_rw(begin + have, rw - have) || !os::move_pages(b->begin, have, begin)) {
       pagemap::set(begin, 1, 0);
+      pagemap::set(b->user, 1, reinterpret_cast<uintptr_t>(b));  // its leaf exists: cannot fail
       os::unmap(base, map_size);  // a failed move leaves the old pages in place
       return false;
     }
-    pagemap::set(b->user, 1, 0);
     // The moved pages left a hole that another thread's mmap may already
     // have taken: unmap only what is still ours, on either side of it.
     os::unmap(b->map_base, size_t(b->begin - b->map_base));

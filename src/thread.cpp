@@ -21,7 +21,8 @@ static SpinLock heaps_lock;
 static Heap* all_heaps = nullptr;  // guarded by heaps_lock
 static Heap* abandoned = nullptr;  // guarded by heaps_lock
 static std::atomic<bool> maybe_abandoned{false};  // a hint, read without the lock
-static unsigned long long heap_count = 0, thread_count = 0;
+// Written under heaps_lock, read by the statistics without it.
+static std::atomic<unsigned long long> heap_count{0}, thread_count{0};
 static pthread_key_t exit_key;
 
 static std::atomic<int> init_state{0};  // 0: not yet, 1: running, 2: done
@@ -60,7 +61,7 @@ Heap* thread_heap_init() {
   Heap* heap;
   {
     LockGuard guard(heaps_lock);
-    thread_count++;
+    thread_count.store(thread_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     heap = abandoned;
     if (heap) {
       abandoned = heap->next_abandoned;
@@ -70,7 +71,7 @@ Heap* thread_heap_init() {
       heap = new (mem) Heap(&empty_page);
       heap->next_all = all_heaps;
       all_heaps = heap;
-      heap_count++;
+      heap_count.store(heap_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
     heap->next_abandoned = nullptr;
     heap->owned = true;
@@ -124,22 +125,16 @@ void thread_maybe_reclaim_abandoned() {
 }
 
 void thread_reclaim_all_abandoned() {
-  Heap* first;
+  // One reclaim per heap abandoned now: each takes the front one and puts it
+  // back at the tail. Counted, not "until the first one comes round again":
+  // a new thread may adopt that one meanwhile, and the walk then went on for
+  // as long as that thread lived (mapalloc_collect never returned).
+  size_t count = 0;
   {
     LockGuard guard(heaps_lock);
-    first = abandoned;
+    for (Heap* h = abandoned; h; h = h->next_abandoned) count++;
   }
-  if (!first) return;
-  // Walk once round the list; stop when the first one comes back to the front.
-  bool started = false;
-  while (true) {
-    Heap* front;
-    {
-      LockGuard guard(heaps_lock);
-      front = abandoned;
-    }
-    if (!front || (started && front == first)) break;
-    started = true;
+  for (; count > 0; count--) {
     if (!reclaim_one(nullptr)) break;
   }
 }
@@ -149,8 +144,8 @@ void heaps_visit(void (*visit)(const Heap*, void*), void* ctx) {
   for (Heap* h = all_heaps; h; h = h->next_all) visit(h, ctx);
 }
 
-unsigned long long threads_seen() { return thread_count; }
-unsigned long long heaps_created() { return heap_count; }
+unsigned long long threads_seen() { return thread_count.load(std::memory_order_relaxed); }
+unsigned long long heaps_created() { return heap_count.load(std::memory_order_relaxed); }
 
 // fork: every lock is taken before, released in the parent, reset in the
 // child. Lock order: heaps, arena, large, zero, meta.

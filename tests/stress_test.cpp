@@ -655,6 +655,61 @@ thread_local ExitFreer exit_freer;
 
 // Thread-exit code that allocates: pthread key destructors (which may run
 // after mapalloc's) and C++ thread_local destructors.
+// mapalloc_collect (malloc_trim) walks the abandoned heaps of exited
+// threads while new threads adopt them. It once waited for the first heap of
+// its walk to come round again: when a new thread adopted that heap, the
+// walk went on for as long as that thread lived. A race, so the scenario
+// runs several times; each collector must keep returning.
+TEST(Stress, CollectReturnsWhileNewThreadsAdoptAbandonedHeaps) {
+  constexpr int kRounds = 6, kLeavers = 64, kAdopters = 40, kCollectors = 2;
+  for (int round = 0; round < kRounds; round++) {
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, nullptr, kLeavers);
+    std::vector<std::thread> leavers;
+    for (int i = 0; i < kLeavers; i++) {
+      leavers.emplace_back([&] {
+        pthread_barrier_wait(&barrier);  // all alive at once: one heap each
+        void* keep = mapalloc_malloc(64);  // a live block: the heap stays abandoned, not emptied
+        (void)keep;
+        pthread_barrier_wait(&barrier);
+      });
+    }
+    for (auto& t : leavers) t.join();
+    pthread_barrier_destroy(&barrier);
+    std::atomic<bool> stop{false};
+    std::atomic<long> collects[kCollectors] = {};
+    std::vector<std::thread> threads;
+    for (int k = 0; k < kCollectors; k++) {
+      threads.emplace_back([&, k] {
+        while (!stop.load()) {
+          mapalloc_collect();
+          collects[k]++;
+        }
+      });
+    }
+    for (int i = 0; i < kAdopters; i++) {
+      threads.emplace_back([&] {
+        mapalloc_free(mapalloc_malloc(64));  // adopts an abandoned heap
+        while (!stop.load()) usleep(1000);
+      });
+      usleep(2000);
+    }
+    long before[kCollectors];
+    for (int k = 0; k < kCollectors; k++) before[k] = collects[k].load();
+    usleep(1000 * 1000);
+    for (int k = 0; k < kCollectors; k++) {
+      if (collects[k].load() == before[k]) {
+        ADD_FAILURE() << "round " << round << ": a mapalloc_collect did not return in 1 s while threads adopted "
+                      << "abandoned heaps";
+        std::fflush(stdout);
+        std::_Exit(1);  // that collector would never join
+      }
+    }
+    stop = true;
+    for (auto& t : threads) t.join();
+  }
+}
+
 TEST(Stress, ThreadExitDestructorsAllocateAndFree) {
   ASSERT_EQ(pthread_key_create(&exit_key, exit_destructor), 0);
   mapalloc_stats before = stats();
