@@ -61,7 +61,7 @@ Heap* thread_heap_init() {
   Heap* heap;
   {
     LockGuard guard(heaps_lock);
-    thread_count.store(thread_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    thread_count.fetch_add(1, std::memory_order_relaxed);
     heap = abandoned;
     if (heap) {
       abandoned = heap->next_abandoned;
@@ -71,7 +71,7 @@ Heap* thread_heap_init() {
       heap = new (mem) Heap(&empty_page);
       heap->next_all = all_heaps;
       all_heaps = heap;
-      heap_count.store(heap_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      heap_count.fetch_add(1, std::memory_order_relaxed);
     }
     heap->next_abandoned = nullptr;
     heap->owned = true;

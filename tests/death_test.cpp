@@ -240,7 +240,7 @@ TEST(GuardPage, UnderflowIntoTheFirstPageOfALargeBlockIsCaught) {
             << "size " << size << " use " << use << " deep " << deep;
       }
     }
-  // Without an underflow, the same sequence goes through.
+    // Without an underflow, the same sequence goes through.
     auto* p = static_cast<char*>(mapalloc_malloc(size));
     memset(p, 0x5a, size);
     EXPECT_EQ(mapalloc_usable_size(p), (size + 15) / 16 * 16);
@@ -893,6 +893,27 @@ TEST(Quarantine, HeldBlocksAreNotReusedAtOnce) {
       ::testing::ExitedWithCode(0), "");
 }
 
+// A freed 1 MiB block full of 0xff is purged while cached (the next large
+// request after ten purge delays does it), then reused by calloc: exits 0
+// when calloc's block is all zero, 1 when not, 3 when calloc took another
+// mapping (which proves nothing), 4 when the block could not be locked.
+static void calloc_after_purge_child(bool lock) {
+  const size_t n = 1 * MiB;
+  auto* p = static_cast<unsigned char*>(mapalloc_malloc(n));
+  if (lock && mlock(p, n) != 0) std::_Exit(4);
+  memset(p, 0xff, n);
+  mapalloc_free(p);
+  usleep(50 * 1000);
+  void* other = mapalloc_malloc(3 * MiB);
+  auto* q = static_cast<unsigned char*>(mapalloc_calloc(1, n));
+  if (q != p) std::_Exit(3);
+  size_t nonzero = 0;
+  for (size_t i = 0; i < n; i++) nonzero += q[i] != 0;
+  mapalloc_free(q);
+  mapalloc_free(other);
+  std::_Exit(nonzero ? 1 : 0);
+}
+
 // With madv_free=1 a purged cached mapping may keep its old bytes (MADV_FREE
 // leaves them until the kernel needs the memory): a calloc that reuses it
 // must zero all of its block, not only what was written since the purge.
@@ -900,23 +921,7 @@ TEST(Quarantine, HeldBlocksAreNotReusedAtOnce) {
 // read as zero.)
 TEST(CallocReuse, MappingPurgedWithMadvFreeIsZeroed) {
   ScopedOptions opts("guard=0,madv_free=1,purge_delay_ms=1");
-  EXPECT_EXIT(
-      {
-        const size_t n = 1 * MiB;
-        auto* p = static_cast<unsigned char*>(mapalloc_malloc(n));
-        memset(p, 0xff, n);
-        mapalloc_free(p);
-        usleep(50 * 1000);  // past ten purge delays: the next large request purges it
-        void* other = mapalloc_malloc(4 * MiB);
-        auto* q = static_cast<unsigned char*>(mapalloc_calloc(1, n));
-        if (q != p) std::_Exit(3);  // another mapping: proves nothing
-        size_t nonzero = 0;
-        for (size_t i = 0; i < n; i++) nonzero += q[i] != 0;
-        mapalloc_free(q);
-        mapalloc_free(other);
-        std::_Exit(nonzero ? 1 : 0);
-      },
-      ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(calloc_after_purge_child(false), ::testing::ExitedWithCode(0), "");
 }
 
 // Locked pages are not purged (the kernel refuses MADV_DONTNEED on them):
@@ -926,24 +931,7 @@ TEST(CallocReuse, LockedMappingThePurgeCouldNotClearIsZeroed) {
   if (geteuid() != 0 && (getrlimit(RLIMIT_MEMLOCK, &lim) != 0 || lim.rlim_cur < 2 * MiB))
     GTEST_SKIP() << "mlock of 1 MiB needs root or RLIMIT_MEMLOCK of at least 2 MiB";
   ScopedOptions opts("purge_delay_ms=1");
-  EXPECT_EXIT(
-      {
-        const size_t n = 1 * MiB;
-        auto* p = static_cast<unsigned char*>(mapalloc_malloc(n));
-        if (mlock(p, n) != 0) std::_Exit(4);
-        memset(p, 0xff, n);
-        mapalloc_free(p);
-        usleep(50 * 1000);  // past ten purge delays: the next large request purges it
-        void* other = mapalloc_malloc(3 * MiB);
-        auto* q = static_cast<unsigned char*>(mapalloc_calloc(1, n));
-        if (q != p) std::_Exit(3);  // another mapping: proves nothing
-        size_t nonzero = 0;
-        for (size_t i = 0; i < n; i++) nonzero += q[i] != 0;
-        mapalloc_free(q);
-        mapalloc_free(other);
-        std::_Exit(nonzero ? 1 : 0);
-      },
-      ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(calloc_after_purge_child(true), ::testing::ExitedWithCode(0), "");
 }
 
 TEST(RandomOrder, FreshBlocksAreNotHandedOutInAddressOrder) {

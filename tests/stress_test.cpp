@@ -655,6 +655,29 @@ thread_local ExitFreer exit_freer;
 
 // Thread-exit code that allocates: pthread key destructors (which may run
 // after mapalloc's) and C++ thread_local destructors.
+TEST(Stress, ThreadExitDestructorsAllocateAndFree) {
+  ASSERT_EQ(pthread_key_create(&exit_key, exit_destructor), 0);
+  mapalloc_stats before = stats();
+  const unsigned rounds = 60 / kSlowdown, per_round = 8;
+  for (unsigned r = 0; r < rounds; r++) {
+    std::vector<std::thread> batch;
+    for (unsigned i = 0; i < per_round; i++) {
+      batch.emplace_back([] {
+        void* p = mapalloc_malloc(48);
+        write_headed(p, 48, 0);
+        pthread_setspecific(exit_key, p);
+        exit_freer.p = mapalloc_malloc(5000);
+        write_headed(exit_freer.p, 5000, 0);
+        mapalloc_free(mapalloc_malloc(100));
+      });
+    }
+    for (auto& th : batch) th.join();
+  }
+  pthread_key_delete(exit_key);
+  EXPECT_EQ(destructor_failures.load(), 0u) << "blocks corrupted or allocations failed in thread-exit destructors";
+  expect_no_leaked_blocks(before);
+}
+
 // mapalloc_collect (malloc_trim) walks the abandoned heaps of exited
 // threads while new threads adopt them. It once waited for the first heap of
 // its walk to come round again: when a new thread adopted that heap, the
@@ -708,29 +731,6 @@ TEST(Stress, CollectReturnsWhileNewThreadsAdoptAbandonedHeaps) {
     stop = true;
     for (auto& t : threads) t.join();
   }
-}
-
-TEST(Stress, ThreadExitDestructorsAllocateAndFree) {
-  ASSERT_EQ(pthread_key_create(&exit_key, exit_destructor), 0);
-  mapalloc_stats before = stats();
-  const unsigned rounds = 60 / kSlowdown, per_round = 8;
-  for (unsigned r = 0; r < rounds; r++) {
-    std::vector<std::thread> batch;
-    for (unsigned i = 0; i < per_round; i++) {
-      batch.emplace_back([] {
-        void* p = mapalloc_malloc(48);
-        write_headed(p, 48, 0);
-        pthread_setspecific(exit_key, p);
-        exit_freer.p = mapalloc_malloc(5000);
-        write_headed(exit_freer.p, 5000, 0);
-        mapalloc_free(mapalloc_malloc(100));
-      });
-    }
-    for (auto& th : batch) th.join();
-  }
-  pthread_key_delete(exit_key);
-  EXPECT_EQ(destructor_failures.load(), 0u) << "blocks corrupted or allocations failed in thread-exit destructors";
-  expect_no_leaked_blocks(before);
 }
 
 // fork() while other threads allocate: the child must be able to allocate
