@@ -44,7 +44,7 @@ void* alloc_aligned(size_t alignment, size_t size) noexcept {
     if (c < kNumClasses && kClasses[c].block_size <= threshold) return heap_malloc_class(tls_heap, c, asked);
   }
   ensure_init();
-  return large::alloc(size, alignment, false);
+  return large::alloc(size ? size : 1, alignment, false);  // as for one byte, as above
 }
 
 void* alloc_zeroed(size_t count, size_t size) noexcept {

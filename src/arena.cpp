@@ -283,7 +283,16 @@ static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard
 // page in anyway).
 static void purge_chunk(Chunk* c, uint64_t which) {
   bool to_guard = options.guard && !run_guards_refused;
-  c->purge_marked |= purge_runs(c->base, kSlotSize, which, to_guard);
+  uint64_t marked = purge_runs(c->base, kSlotSize, which, to_guard);
+  if (to_guard) {
+    // A refused install (locked pages) took back every marker of its
+    // range (os::purge_to_guard), the end guards of earlier runs too: so
+    // that the next run there installs its own, none is counted there.
+    uint64_t refused = which & ~marked;
+    c->guard_ends &= ~refused;
+    c->purge_marked &= ~refused;
+  }
+  c->purge_marked |= marked;
   dirty_bytes -= uint64_t(__builtin_popcountll(c->dirty_slots)) * kSlotSize;
   c->dirty_slots = 0;
 }

@@ -118,8 +118,12 @@ static void purge_block(LargeBlock* b) {
   if (lo < b->end) {
     if (b->guarded && os::purge_to_guard(lo, size_t(b->end - lo))) {
       if (b->open_from < b->end) b->open_from = b->end;
-    } else if (!os::purge(lo, size_t(b->end - lo))) {
-      b->lazily_purged = true;
+    } else {
+      // A refused install (locked pages) took back every marker of the
+      // range, the guard below open_from too if it lay there: mark the
+      // mapping open nowhere, so that its next use installs a guard again.
+      if (b->guarded && b->open_from < b->end && b->open_from - kGuard >= lo) b->open_from = b->end;
+      if (!os::purge(lo, size_t(b->end - lo))) b->lazily_purged = true;
     }
   }
   cache_dirty -= dirty_size(b);
@@ -236,12 +240,27 @@ static void give_back_descriptor(LargeBlock* b) {
   give_back_descriptor_locked(b);
 }
 
+// Keeps a mapping out of the cache (freed, split off, or given back) in the
+// cache, most recent first, or releases it when the cache's bound makes it
+// too big to keep; then releases the oldest while the cache is over its
+// bounds. Lock held.
+static void cache_keep(LargeBlock* b) {
+  size_t bound = options.large_cache;
+  if (b->map_size > bound / 4) return release(b);
+  cache_push_front(b);
+  while (cache_bytes > bound || cache_count > kMaxCached) {
+    LargeBlock* old = cache_tail;
+    cache_unlink(old);
+    release(old);
+  }
+}
+
 // Fronts smaller than this stay with the block (below its leading guard).
 constexpr size_t kMinSplitInner = 16 * KiB;
 
 // Cuts a front of at least kMinSplitInner (and a quarter of what b keeps)
 // off b, so that b's read-write part becomes its last `inner` bytes; the
-// front becomes a cached mapping of its own. One call makes the front's
+// front becomes a cached mapping of its own (or is unmapped, cache_keep). One call makes the front's
 // trailing guard and b's leading one; the pages of both parts stay
 // resident. False, b unchanged, when the front is too small or the kernel
 // refused. Lock held.
@@ -249,7 +268,9 @@ static bool split_front(LargeBlock* b, size_t inner) {
   bool guarded = b->guarded;
   char* new_begin = b->end - inner;
   char* new_base = new_begin - (guarded ? kGuard : 0);
-  char* front_end = new_base - (guarded ? kGuard : 0);  // the front's trailing guard starts here
+  // The front's trailing guard starts here; an unguarded front keeps that
+  // page read-write as its tail (map_block's layout, which cache_take needs).
+  char* front_end = new_base - kGuard;
   if (front_end < b->begin + kMinSplitInner || size_t(front_end - b->begin) <= inner / 4) return false;
   LargeBlock* front = new_descriptor_locked();
   if (!front) return false;
@@ -259,17 +280,18 @@ static bool split_front(LargeBlock* b, size_t inner) {
   }
   *front = *b;
   front->user = nullptr;
+  front->freed_marked = false;
   front->map_size = size_t(new_base - b->map_base);
   front->end = front_end;
   if (front->dirty_from > front_end) front->dirty_from = front_end;
   if (front->open_from > front_end) front->open_from = front_end;
-  cache_push_front(front);
   if (b->user && b->user < new_begin) forget_user(b);  // its start is not in what b keeps
   b->map_size -= size_t(new_base - b->map_base);
   b->map_base = new_base;
   b->begin = new_begin;
   if (b->dirty_from < new_begin) b->dirty_from = new_begin;
   if (b->open_from < new_begin) b->open_from = new_begin;
+  cache_keep(front);  // released at once if the cache's bound is below it
   return true;
 }
 
@@ -287,7 +309,10 @@ static bool open_block(LargeBlock* b, char* from) {
   } else if (from == b->open_from) {
     return true;  // the guard below is in place
   }
-  if (!os::guard(from - kGuard, kGuard)) return false;
+  if (!os::guard(from - kGuard, kGuard)) {
+    b->open_from = b->end;  // no guard below from: let the next use install one
+    return false;
+  }
   b->open_from = from;
   return true;
 }
@@ -506,7 +531,7 @@ void* alloc(size_t size, size_t alignment, bool zero) {
     split_front(b, size_t(b->end - open));  // when the front is worth a cache entry
     if (guarded && !open_block(b, open)) {
       b->cached_at_ms = now;  // the kernel refused: fail rather than hand out an unguarded front
-      cache_push_front(b);
+      cache_keep(b);
       errno = ENOMEM;
       return nullptr;
     }
@@ -603,18 +628,12 @@ void free(LargeBlock* b, void* p) {
   live_count--;
   live_bytes -= b->size;
   b->live = false;  // b->user and its page-map entry stay: see forget_user
-  size_t bound = options.large_cache;
-  if (b->growable || b->map_size > bound / 4 || b->guarded != options.guard) {
+  if (b->growable || b->guarded != options.guard || b->map_size > options.large_cache / 4) {
     release(b);  // not worth caching, or of a layout alloc cannot reuse
   } else {
     mark_freed(b);
     b->cached_at_ms = now;
-    cache_push_front(b);
-    while (cache_bytes > bound || cache_count > kMaxCached) {
-      LargeBlock* old = cache_tail;
-      cache_unlink(old);
-      release(old);
-    }
+    cache_keep(b);
   }
   maybe_purge_locked(now);
 }

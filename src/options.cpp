@@ -68,7 +68,8 @@ static void apply(const char* key, size_t key_len, const char* val, size_t val_l
   if (key_is(key, key_len, "mmap_threshold")) {
     ok = ok && set_mmap_threshold(v);
   } else if (key_is(key, key_len, "purge_delay_ms")) {
-    if (ok) options.purge_delay_ms = v;
+    // Capped (35 years: never) so that the purge's 10 * delay + 100 cannot wrap.
+    if (ok) options.purge_delay_ms = v < kMaxPurgeDelayMs ? v : kMaxPurgeDelayMs;
   } else if (key_is(key, key_len, "large_cache")) {
     if (ok) options.large_cache = v;
   } else if (key_is(key, key_len, "guard")) {

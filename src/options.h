@@ -17,6 +17,9 @@ namespace mapalloc {
 // the classes serve (1 MiB less the canary's record in secure builds).
 constexpr size_t capped_threshold(size_t bytes) { return bytes < kMaxSmallRequest ? bytes : kMaxSmallRequest; }
 
+// purge_delay_ms above this (35 years) counts as this: the purges multiply it.
+constexpr uint64_t kMaxPurgeDelayMs = uint64_t(1) << 40;
+
 struct Options {
   std::atomic<size_t> mmap_threshold{capped_threshold(MAPALLOC_DEFAULT_MMAP_THRESHOLD)};  // mallopt may change it
   uint64_t purge_delay_ms = 30;  // empty pages and cached large blocks older than this are purged

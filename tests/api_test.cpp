@@ -581,6 +581,10 @@ TEST(PosixMemalign, TinyBlocksAlignedAboveThresholdLeaveNeighboursValid) {
         large.push_back(mapalloc_malloc(t + 1));
         void* p = nullptr;
         ASSERT_EQ(mapalloc_posix_memalign(&p, alignment, tiny), 0) << "alignment " << alignment << " size " << tiny;
+        // Served as for one byte when it asked for none: at least one usable byte.
+        size_t usable = mapalloc_usable_size(p);
+        ASSERT_GE(usable, tiny ? tiny : 1) << "alignment " << alignment << " size " << tiny;
+        memset(p, 0x3c, usable);
         aligned.push_back(p);
       }
       size_t lost = 0;

@@ -897,6 +897,12 @@ TEST(Quarantine, HeldBlocksAreNotReusedAtOnce) {
 // request after ten purge delays does it), then reused by calloc: exits 0
 // when calloc's block is all zero, 1 when not, 3 when calloc took another
 // mapping (which proves nothing), 4 when the block could not be locked.
+// Whether this process may mlock that many bytes.
+static bool may_mlock(size_t bytes) {
+  struct rlimit lim;
+  return geteuid() == 0 || (getrlimit(RLIMIT_MEMLOCK, &lim) == 0 && lim.rlim_cur >= 2 * bytes);
+}
+
 static void calloc_after_purge_child(bool lock) {
   const size_t n = 1 * MiB;
   auto* p = static_cast<unsigned char*>(mapalloc_malloc(n));
@@ -927,11 +933,100 @@ TEST(CallocReuse, MappingPurgedWithMadvFreeIsZeroed) {
 // Locked pages are not purged (the kernel refuses MADV_DONTNEED on them):
 // a calloc that reuses such a cached mapping must zero it all the same.
 TEST(CallocReuse, LockedMappingThePurgeCouldNotClearIsZeroed) {
-  struct rlimit lim;
-  if (geteuid() != 0 && (getrlimit(RLIMIT_MEMLOCK, &lim) != 0 || lim.rlim_cur < 2 * MiB))
-    GTEST_SKIP() << "mlock of 1 MiB needs root or RLIMIT_MEMLOCK of at least 2 MiB";
+  if (!may_mlock(MiB)) GTEST_SKIP() << "mlock of 1 MiB needs root or RLIMIT_MEMLOCK of at least 2 MiB";
   ScopedOptions opts("purge_delay_ms=1");
   EXPECT_EXIT(calloc_after_purge_child(true), ::testing::ExitedWithCode(0), "");
+}
+
+// The kernel refuses guard markers on locked pages, and a purge into
+// markers that stops there takes back every marker of its range, the guard
+// below a reused block's place too. The next block there must get its guard
+// again rather than count on the old one.
+TEST(GuardPage, AGuardALockedPurgeTookBackIsInstalledAgain) {
+  if (!kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers in this kernel: purges do not install them";
+  if (!may_mlock(MiB)) GTEST_SKIP() << "mlock of 360 KiB needs root or RLIMIT_MEMLOCK of at least 2 MiB";
+  ScopedOptions opts("purge_delay_ms=1");
+  EXPECT_EXIT(
+      {
+        const size_t n = 360 * KiB;  // reuses the 400 KiB mapping, the guard moved up to it
+        char* a = static_cast<char*>(mapalloc_malloc(400 * KiB));
+        memset(a, 1, 400 * KiB);
+        mapalloc_free(a);
+        void* other = mapalloc_malloc(2 * MiB);
+        char* b = static_cast<char*>(mapalloc_malloc(n));
+        if (mlock(b, n) != 0) std::_Exit(3);
+        mapalloc_free(b);
+        usleep(30 * 1000);     // past 10 x purge_delay_ms
+        mapalloc_free(other);  // the purge of b's mapping runs here, and fails
+        char* d = static_cast<char*>(mapalloc_malloc(n));
+        if (d != b) std::_Exit(4);
+        poke(d - 1);  // must fault
+        std::_Exit(0);
+      },
+      ::testing::KilledBySignal(SIGSEGV), "");
+}
+
+// The same for the end guard of a run of small blocks whose slots were
+// purged while one of their pages was locked.
+TEST(GuardPage, ARunEndGuardALockedPurgeTookBackIsInstalledAgain) {
+  if (!kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers in this kernel: runs have no guard page";
+  if (!may_mlock(4096)) GTEST_SKIP() << "mlock needs root or RLIMIT_MEMLOCK";
+  EXPECT_EXIT(
+      {
+        const int count = 60;  // the 1024-byte class fills a 64 KiB run up to its guard at 60 KiB
+        char* blocks[count];
+        for (char*& b : blocks) b = static_cast<char*>(mapalloc_malloc(1000));
+        uintptr_t run = reinterpret_cast<uintptr_t>(blocks[0]) & ~uintptr_t(64 * KiB - 1);
+        if (!keep_chunk_of(blocks[0]) || (run + 64 * KiB) % MiB == 0) std::_Exit(3);
+        if (mlock(reinterpret_cast<void*>(run), 4096) != 0) std::_Exit(4);
+        for (char* b : blocks) mapalloc_free(b);
+        mapalloc_collect();  // the run back to the arena and purged: refused at the locked page
+        int in_run = 0;
+        for (int i = 0; i < 8192 && in_run < count; i++) {
+          char* q = static_cast<char*>(mapalloc_malloc(1000));
+          if ((reinterpret_cast<uintptr_t>(q) & ~uintptr_t(64 * KiB - 1)) == run) in_run++;
+        }
+        if (in_run != count) std::_Exit(5);  // the run was not taken again
+        poke(reinterpret_cast<char*>(run + 60 * KiB));  // must fault
+        std::_Exit(0);
+      },
+      ::testing::KilledBySignal(SIGSEGV), "");
+}
+
+// The front split off a bigger cached mapping counts against the cache's
+// bound like a freed block: with large_cache=0 nothing stays cached.
+TEST(LargeCache, SplitOffFrontsKeepToTheCacheBound) {
+  ScopedOptions opts("large_cache=0");
+  EXPECT_EXIT(
+      {
+        void* keep[40];
+        for (void*& p : keep) {
+          p = mapalloc_aligned_alloc(4 * MiB, 200 * KiB);  // the alignment leaves fronts to split off
+          if (!p) std::_Exit(3);
+        }
+        mapalloc_stats s;
+        mapalloc_stats_get(&s);
+        std::_Exit(s.large_cache_count == 0 ? 0 : 4);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// Without guards, a front split off a cached mapping keeps a tail like any
+// mapping (the page a guarded one's guard takes), so that it can be reused.
+TEST(LargeCache, UnguardedSplitOffFrontIsReused) {
+  ScopedOptions opts("guard=0");
+  EXPECT_EXIT(
+      {
+        mapalloc_free(mapalloc_malloc(4 * MiB));
+        void* b = mapalloc_malloc(1 * MiB);      // the cached mapping's end; a 3 MiB front is cached apart
+        char* c = static_cast<char*>(mapalloc_malloc(2 * MiB));  // from that front
+        if (!b || !c) std::_Exit(3);
+        memset(c, 1, 2 * MiB);
+        mapalloc_stats s;
+        mapalloc_stats_get(&s);
+        std::_Exit(s.large_cache_hits == 2 ? 0 : 4);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 TEST(RandomOrder, FreshBlocksAreNotHandedOutInAddressOrder) {

@@ -1369,6 +1369,18 @@ TEST(MemoryOptions, ValidSetsAreSilentAndApplied) {
   EXPECT_EQ(r.err.find("warning"), std::string::npos) << describe(r);
 }
 
+// verbose=1 prints the values in effect, once, on stderr. A purge delay too
+// big for the purges' arithmetic (10 x delay + 100) is capped at 2^40 ms
+// (35 years) rather than wrapping around to a few milliseconds.
+TEST(MemoryOptions, VerboseLineShowsTheValuesInEffect) {
+  ChildResult r = run_options_child("verbose=1,large_cache=0,purge_delay_ms=1844674407370955162,random=1");
+  ASSERT_TRUE(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0) << describe(r);
+  EXPECT_NE(r.err.find("mapalloc: options: mmap_threshold="), std::string::npos) << describe(r);
+  EXPECT_NE(r.err.find(",purge_delay_ms=1099511627776,large_cache=0,"), std::string::npos) << describe(r);
+  EXPECT_NE(r.err.find(",random=1,"), std::string::npos) << describe(r);
+  EXPECT_EQ(r.err.find("warning"), std::string::npos) << describe(r);
+}
+
 TEST(MemoryOptions, ThresholdSetterRoundTripsAndRejectsOutOfRange) {
   ThresholdGuard restore;
   // src/options.cpp accepts [64 KiB, 1 MiB] (kMinThreshold .. kMaxClassSize).

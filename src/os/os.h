@@ -38,8 +38,9 @@ bool unguard_markers(void* p, size_t size);
 // (locked pages: mlock, mlockall).
 bool purge(void* p, size_t size);
 // Releases the pages as purge does and leaves guard markers on them, so that
-// any access faults until unguard: false (nothing done) where the kernel has
-// no markers or refuses them.
+// any access faults until unguard: false where the kernel has no markers or
+// refuses them (locked pages), and then the range holds no marker at all, not
+// even one it held before the call.
 bool purge_to_guard(void* p, size_t size);
 // Moves the pages of [old_p, old_p + size) to dest, replacing what was mapped
 // there (MREMAP_FIXED): no copy, no fault. The old range becomes a hole.
