@@ -5,6 +5,7 @@
 #include <bit>
 
 #include "arena.h"
+#include "large.h"
 #include "options.h"
 #include "zero.h"
 #include "thread.h"
@@ -156,7 +157,11 @@ static Page* find_page(Heap* heap, unsigned c) {
   }
   thread_maybe_reclaim_abandoned();
   page = arena::alloc_page(heap, c);
-  if (!page) return nullptr;
+  if (!page) {
+    large::give_back_caches();  // the memory the kernel refused may be what they hold
+    page = arena::alloc_page(heap, c);
+    if (!page) return nullptr;
+  }
   heap->fresh_since_sweep++;
   page_extend(page);
   make_current(heap, page);

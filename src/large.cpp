@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "arena.h"
 #include "base/bits.h"
 #include "base/lock.h"
 #include "base/log.h"
@@ -472,6 +473,19 @@ static bool publish(LargeBlock* b, char* user, size_t size, uint64_t now) {
   return true;
 }
 
+void give_back_caches() {
+  arena::purge(true);
+  purge(true);
+}
+
+// map_block, and once more after the caches gave back what they hold when
+// the kernel refused: the address space or memory it lacks may be theirs.
+static bool map_fresh(LargeBlock* b, size_t head, size_t rw, size_t map_size, bool guarded, bool growable) {
+  if (map_block(b, head, rw, map_size, guarded, growable)) return true;
+  give_back_caches();
+  return map_block(b, head, rw, map_size, guarded, growable);
+}
+
 void* alloc(size_t size, size_t alignment, bool zero) {
   size_t usable = align_up(size, 16);
   size_t extra = alignment > kGuard ? alignment : 0;
@@ -505,7 +519,7 @@ void* alloc(size_t size, size_t alignment, bool zero) {
       return nullptr;
     }
     size_t head = guarded ? kGuard : 0;
-    if (!map_block(b, head, inner, head + inner + tail, guarded, false)) {
+    if (!map_fresh(b, head, inner, head + inner + tail, guarded, false)) {
       give_back_descriptor(b);
       errno = ENOMEM;
       return nullptr;
@@ -604,7 +618,7 @@ void* alloc_growable(size_t size) {
     return nullptr;
   }
   // Always a reservation: the headroom must be PROT_NONE to be a guard.
-  if (!map_block(b, kGuard, rw, map_size, true, true)) {
+  if (!map_fresh(b, kGuard, rw, map_size, true, true)) {
     give_back_descriptor(b);
     errno = ENOMEM;
     return nullptr;
@@ -657,7 +671,11 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
   size_t have = size_t(b->end - b->begin);
   if (b->begin + rw > b->map_end() - kGuard) {
     char* base = static_cast<char*>(os::reserve(map_size));
-    if (!base) return false;
+    if (!base) {
+      give_back_caches();
+      base = static_cast<char*>(os::reserve(map_size));
+      if (!base) return false;
+    }
     char* begin = base + kGuard;
     if (!pagemap::set(begin, 1, reinterpret_cast<uintptr_t>(b))) {
       os::unmap(base, map_size);
@@ -667,16 +685,24 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
     // another thread's mapping may take their place and publish a block in
     // that slot, whose entry a later clear would wipe.
     pagemap::set(b->user, 1, 0);
-    if (!os::protect_rw(begin + have, rw - have) || !os::move_pages(b->begin, have, begin)) {
+    if (os::protect_rw(begin + have, rw - have) && os::move_pages(b->begin, have, begin)) {
+      // The moved pages left a hole that another thread's mmap may already
+      // have taken: unmap only what is still ours, on either side of it.
+      os::unmap(b->map_base, size_t(b->begin - b->map_base));
+      os::unmap(b->begin + have, size_t(b->map_end() - (b->begin + have)));
+    } else if (os::protect_rw(begin, rw)) {
+      // Before Linux 6.17 mremap moves no range that spans several
+      // mappings, and a block moved once and grown in place spans two
+      // (the moved pages and the headroom opened after them do not merge):
+      // copy instead. (A failed move leaves the old pages in place.)
+      __builtin_memcpy(begin, b->begin, have);
+      os::unmap(b->map_base, b->map_size);
+    } else {
       pagemap::set(begin, 1, 0);
       pagemap::set(b->user, 1, reinterpret_cast<uintptr_t>(b));  // its leaf exists: cannot fail
-      os::unmap(base, map_size);  // a failed move leaves the old pages in place
+      os::unmap(base, map_size);
       return false;
     }
-    // The moved pages left a hole that another thread's mmap may already
-    // have taken: unmap only what is still ours, on either side of it.
-    os::unmap(b->map_base, size_t(b->begin - b->map_base));
-    os::unmap(b->begin + have, size_t(b->map_end() - (b->begin + have)));
     {
       LockGuard guard(lock);
       mapped_bytes += map_size - b->map_size;
@@ -698,8 +724,9 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
     // Shrunk to less than half: give the rest back, a guard again.
     char* new_end = b->begin + rw;
     os::purge(new_end, size_t(b->end - new_end));
-    os::protect_none(new_end, size_t(b->end - new_end));
-    b->end = new_end;
+    // Refused when it would split a mapping past the kernel's count: the
+    // pages then stay read-write, and the part with them.
+    if (os::protect_none(new_end, size_t(b->end - new_end))) b->end = new_end;
   }
   set_size(b, new_size);
   set_canary(b);

@@ -64,6 +64,9 @@ size_t usable_size(const LargeBlock* block);
 // untouched) or when memory ran out (errno ENOMEM, block intact).
 void* reallocate(LargeBlock* block, size_t new_size, bool* out_of_memory);
 void purge(bool force);
+// For a request the kernel refused: unmaps every cached mapping and the
+// arena's wholly free chunks, and purges its free pages. No lock held.
+void give_back_caches();
 
 struct Usage {
   uint64_t live_count, live_bytes, requests, cache_hits, cache_count, cache_bytes, mapped_bytes, coalesced;

@@ -21,21 +21,32 @@ static uint64_t* live_bits = nullptr;  // bit i: slot i handed out
 static uint32_t* free_stack = nullptr;
 static size_t free_count = 0;
 static size_t bump = 0;
-static bool failed = false;
 
+// The region and its bookkeeping, all or nothing: a refusal (address space
+// or memory short) gives back what was mapped, and the next malloc(0) tries
+// again; until then malloc(0) gets an ordinary block (heap.cpp).
 static bool setup() {
-  region = static_cast<char*>(os::reserve(kRegion));
+  char* r = static_cast<char*>(os::reserve(kRegion));
   live_bits = static_cast<uint64_t*>(os::map(kSlots / 8));
   free_stack = static_cast<uint32_t*>(os::map(kSlots * sizeof(uint32_t)));
-  if (region && live_bits && free_stack && pagemap::set(region, kRegion, pagemap::kZeroEntry)) return true;
-  region = nullptr;  // alloc tests region; what was mapped stays: this happens at most once
-  failed = true;
+  if (r && live_bits && free_stack && pagemap::set(r, kRegion, pagemap::kZeroEntry)) {
+    region = r;
+    return true;
+  }
+  if (r) {
+    pagemap::set(r, kRegion, 0);  // entries set before a leaf was refused
+    os::unmap(r, kRegion);
+  }
+  if (live_bits) os::unmap(live_bits, kSlots / 8);
+  if (free_stack) os::unmap(free_stack, kSlots * sizeof(uint32_t));
+  live_bits = nullptr;
+  free_stack = nullptr;
   return false;
 }
 
 void* alloc() {
   LockGuard guard(lock);
-  if (!region && (failed || !setup())) return nullptr;
+  if (!region && !setup()) return nullptr;
   size_t i;
   if (free_count) {
     i = free_stack[--free_count];

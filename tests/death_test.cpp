@@ -2,12 +2,18 @@
 // block (SIGSEGV), and misuse that mapalloc detects (double free, invalid
 // free), which must abort with a message naming mapalloc and the call.
 #include <gtest/gtest.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <thread>
@@ -1025,6 +1031,137 @@ TEST(LargeCache, UnguardedSplitOffFrontIsReused) {
         mapalloc_stats s;
         mapalloc_stats_get(&s);
         std::_Exit(s.large_cache_hits == 2 ? 0 : 4);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// ---------------------------------------------------------------- when the kernel refuses
+
+// This process's address space in use, from /proc/self/statm.
+static size_t address_space_bytes() {
+  FILE* f = fopen("/proc/self/statm", "r");
+  unsigned long pages = 0;
+  if (f) {
+    if (fscanf(f, "%lu", &pages) != 1) pages = 0;
+    fclose(f);
+  }
+  return pages * 4096;
+}
+
+// Caps this process's address space at what it uses now plus `more`.
+static bool limit_address_space(size_t more) {
+  size_t now = address_space_bytes();
+  struct rlimit lim = {now + more, RLIM_INFINITY};
+  return now && setrlimit(RLIMIT_AS, &lim) == 0;
+}
+
+static bool unlimit_address_space() {
+  struct rlimit none = {RLIM_INFINITY, RLIM_INFINITY};
+  return setrlimit(RLIMIT_AS, &none) == 0;
+}
+
+// Freed large mappings wait in the cache and free arena chunks wait to be
+// purged: when the kernel refuses a mapping for want of address space, they
+// are given back and the request tried again, rather than failing with
+// nothing live.
+TEST(OutOfMemory, CachedLargeMappingsAreGivenBackForARequest) {
+  EXPECT_EXIT(
+      {
+        if (!limit_address_space(400 * MiB)) std::_Exit(3);
+        void* blocks[60];
+        for (void*& b : blocks) {
+          b = mapalloc_malloc(4 * MiB);  // cached when freed: 240 MiB
+          if (!b) std::_Exit(4);
+          memset(b, 1, 4 * MiB);
+        }
+        for (void* b : blocks) mapalloc_free(b);
+        char* big = static_cast<char*>(mapalloc_malloc(300 * MiB));
+        if (!big) std::_Exit(5);
+        memset(big, 2, 300 * MiB);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST(OutOfMemory, FreeArenaChunksAreGivenBackForARequest) {
+  EXPECT_EXIT(
+      {
+        if (!limit_address_space(400 * MiB)) std::_Exit(3);
+        const size_t count = 200 * 1024;  // 200 MiB of small blocks
+        void** blocks = static_cast<void**>(mapalloc_malloc(count * sizeof(void*)));
+        if (!blocks) std::_Exit(4);
+        for (size_t i = 0; i < count; i++)
+          if (!(blocks[i] = mapalloc_malloc(1000))) std::_Exit(5);
+        for (size_t i = 0; i < count; i++) mapalloc_free(blocks[i]);
+        char* big = static_cast<char*>(mapalloc_malloc(300 * MiB));
+        if (!big) std::_Exit(6);
+        memset(big, 2, 300 * MiB);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// malloc(0)'s region (256 MiB of address space and its bookkeeping) is all
+// or nothing: refused, it gives back what it got, malloc(0) returns an
+// ordinary block meanwhile, and a later malloc(0) tries again.
+TEST(OutOfMemory, ARefusedZeroSizeRegionIsTriedAgain) {
+  EXPECT_EXIT(
+      {
+        mapalloc_free(mapalloc_malloc(64));  // the allocator started, before the limit
+        if (!limit_address_space(100 * MiB)) std::_Exit(3);
+        size_t before = address_space_bytes();
+        void* p = mapalloc_malloc(0);
+        if (!p || mapalloc_usable_size(p) != 1) std::_Exit(4);  // an ordinary block
+        if (address_space_bytes() > before + 4 * MiB) std::_Exit(5);  // nothing kept
+        if (!unlimit_address_space()) std::_Exit(6);
+        void* q = mapalloc_malloc(0);
+        if (!q || mapalloc_usable_size(q) != 0) std::_Exit(7);  // from the region now
+        mapalloc_free(p);
+        mapalloc_free(q);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// Makes every mremap fail with EFAULT, as kernels before 6.17 do for a
+// range that spans several mappings (a growable block moved once and grown
+// in place does). False if the filter could not be installed.
+static bool refuse_mremap() {
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mremap, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EFAULT),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program = {static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+  return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) == 0;
+}
+
+// A growable block whose pages the kernel will not move is copied to its
+// bigger reservation instead: realloc keeps growing, every byte kept.
+TEST(OutOfMemory, GrowableBlocksGrowWhenTheKernelWillNotMoveThem) {
+  EXPECT_EXIT(
+      {
+        if (!refuse_mremap()) std::_Exit(3);
+        size_t size = 200 * KiB;
+        auto* p = static_cast<unsigned char*>(mapalloc_malloc(size));
+        for (size_t i = 0; i < size; i++) p[i] = static_cast<unsigned char>(i * 7);
+        while (size < 64 * MiB) {
+          size_t next = size + size / 2;
+          auto* q = static_cast<unsigned char*>(mapalloc_realloc(p, next));
+          if (!q) std::_Exit(4);
+          for (size_t i = 0; i < size; i += 997)
+            if (q[i] != static_cast<unsigned char>(i * 7)) std::_Exit(5);
+          for (size_t i = size; i < next; i++) q[i] = static_cast<unsigned char>(i * 7);
+          p = q;
+          size = next;
+        }
+        for (size_t i = 0; i < size; i++)
+          if (p[i] != static_cast<unsigned char>(i * 7)) std::_Exit(6);
+        mapalloc_free(p);
+        mapalloc_stats s;
+        mapalloc_stats_get(&s);
+        std::_Exit(s.large_live_count == 0 ? 0 : 7);
       },
       ::testing::ExitedWithCode(0), "");
 }
