@@ -259,15 +259,18 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
 // Purges the runs of units set in mask, unit bytes each, from base; with
 // to_guard, into guard markers where the kernel takes them (os::purge_to_guard).
 // Returns the units so marked.
-static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard = false) {
+static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard = false,
+                           uint64_t* taken_back = nullptr) {
   uint64_t marked = 0;
   while (mask) {
     unsigned first = unsigned(__builtin_ctzll(mask));
     uint64_t rest = ~(mask >> first);  // 0 when the run reaches bit 63
     unsigned len = rest ? unsigned(__builtin_ctzll(rest)) : 64 - first;
-    if (to_guard && os::purge_to_guard(base + first * unit, len * unit)) {
+    bool took_back = false;
+    if (to_guard && os::purge_to_guard(base + first * unit, len * unit, &took_back)) {
       marked |= run_mask(len) << first;
     } else {
+      if (took_back && taken_back) *taken_back |= run_mask(len) << first;
       os::purge(base + first * unit, len * unit);
     }
     mask &= ~(run_mask(len) << first);
@@ -283,16 +286,13 @@ static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard
 // page in anyway).
 static void purge_chunk(Chunk* c, uint64_t which) {
   bool to_guard = options.guard && !run_guards_refused;
-  uint64_t marked = purge_runs(c->base, kSlotSize, which, to_guard);
-  if (to_guard) {
-    // A refused install (locked pages) took back every marker of its
-    // range (os::purge_to_guard), the end guards of earlier runs too: so
-    // that the next run there installs its own, none is counted there.
-    uint64_t refused = which & ~marked;
-    c->guard_ends &= ~refused;
-    c->purge_marked &= ~refused;
-  }
-  c->purge_marked |= marked;
+  uint64_t taken_back = 0;
+  uint64_t marked = purge_runs(c->base, kSlotSize, which, to_guard, &taken_back);
+  // A refused install (locked pages) took back every marker of its range
+  // (os::purge_to_guard), the end guards of earlier runs too: so that the
+  // next run there installs its own, none is counted there.
+  c->guard_ends &= ~taken_back;
+  c->purge_marked = (c->purge_marked & ~taken_back) | marked;
   dirty_bytes -= uint64_t(__builtin_popcountll(c->dirty_slots)) * kSlotSize;
   c->dirty_slots = 0;
 }

@@ -117,13 +117,14 @@ static size_t tail_for(size_t usable) { return usable < kSlotSize ? kSlotSize : 
 static void purge_block(LargeBlock* b) {
   char* lo = page_down(b->dirty_from);
   if (lo < b->end) {
-    if (b->guarded && os::purge_to_guard(lo, size_t(b->end - lo))) {
+    bool took_back = false;
+    if (b->guarded && os::purge_to_guard(lo, size_t(b->end - lo), &took_back)) {
       if (b->open_from < b->end) b->open_from = b->end;
     } else {
       // A refused install (locked pages) took back every marker of the
       // range, the guard below open_from too if it lay there: mark the
       // mapping open nowhere, so that its next use installs a guard again.
-      if (b->guarded && b->open_from < b->end && b->open_from - kGuard >= lo) b->open_from = b->end;
+      if (took_back && b->open_from < b->end && b->open_from - kGuard >= lo) b->open_from = b->end;
       if (!os::purge(lo, size_t(b->end - lo))) b->lazily_purged = true;
     }
   }
@@ -444,6 +445,7 @@ static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bo
   b->end = base + head + rw;
   b->dirty_from = b->end;  // fresh pages read as zero
   b->open_from = b->begin;
+  b->moved = b->spans_mappings = false;
   b->guarded = guarded;
   b->freed_marked = false;
   b->lazily_purged = false;
@@ -685,18 +687,21 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
     // another thread's mapping may take their place and publish a block in
     // that slot, whose entry a later clear would wipe.
     pagemap::set(b->user, 1, 0);
-    if (os::protect_rw(begin + have, rw - have) && os::move_pages(b->begin, have, begin)) {
+    // Before Linux 6.17 mremap moves no range that spans several mappings
+    // (and refuses only after unmapping the destination): such a block is
+    // copied instead, into one mapping that the next move can take.
+    bool move = !b->spans_mappings || os::moves_across_mappings();
+    if (move && os::protect_rw(begin + have, rw - have) && os::move_pages(b->begin, have, begin)) {
       // The moved pages left a hole that another thread's mmap may already
       // have taken: unmap only what is still ours, on either side of it.
       os::unmap(b->map_base, size_t(b->begin - b->map_base));
       os::unmap(b->begin + have, size_t(b->map_end() - (b->begin + have)));
+      b->moved = true;
     } else if (os::protect_rw(begin, rw)) {
-      // Before Linux 6.17 mremap moves no range that spans several
-      // mappings, and a block moved once and grown in place spans two
-      // (the moved pages and the headroom opened after them do not merge):
-      // copy instead. (A failed move leaves the old pages in place.)
+      // (A move refused otherwise leaves the old pages in place: copied too.)
       __builtin_memcpy(begin, b->begin, have);
       os::unmap(b->map_base, b->map_size);
+      b->moved = b->spans_mappings = false;
     } else {
       pagemap::set(begin, 1, 0);
       pagemap::set(b->user, 1, reinterpret_cast<uintptr_t>(b));  // its leaf exists: cannot fail
@@ -720,6 +725,7 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
     if (open > room) open = room;
     if (!os::protect_rw(b->end, open - have)) return false;
     b->end = b->begin + open;
+    if (b->moved) b->spans_mappings = true;
   } else if (rw < have / 2) {
     // Shrunk to less than half: give the rest back, a guard again.
     char* new_end = b->begin + rw;

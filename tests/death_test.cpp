@@ -951,7 +951,7 @@ TEST(CallocReuse, LockedMappingThePurgeCouldNotClearIsZeroed) {
 TEST(GuardPage, AGuardALockedPurgeTookBackIsInstalledAgain) {
   if (!kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers in this kernel: purges do not install them";
   if (!may_mlock(MiB)) GTEST_SKIP() << "mlock of 360 KiB needs root or RLIMIT_MEMLOCK of at least 2 MiB";
-  ScopedOptions opts("purge_delay_ms=1");
+  ScopedOptions opts("purge_delay_ms=5");  // purged from 50 ms idle, unmapped from 150 ms
   EXPECT_EXIT(
       {
         const size_t n = 360 * KiB;  // reuses the 400 KiB mapping, the guard moved up to it
@@ -962,7 +962,7 @@ TEST(GuardPage, AGuardALockedPurgeTookBackIsInstalledAgain) {
         char* b = static_cast<char*>(mapalloc_malloc(n));
         if (mlock(b, n) != 0) std::_Exit(3);
         mapalloc_free(b);
-        usleep(30 * 1000);     // past 10 x purge_delay_ms
+        usleep(55 * 1000);     // past 10 x purge_delay_ms
         mapalloc_free(other);  // the purge of b's mapping runs here, and fails
         char* d = static_cast<char*>(mapalloc_malloc(n));
         if (d != b) std::_Exit(4);
@@ -997,6 +997,39 @@ TEST(GuardPage, ARunEndGuardALockedPurgeTookBackIsInstalledAgain) {
         std::_Exit(0);
       },
       ::testing::KilledBySignal(SIGSEGV), "");
+}
+
+// A purge that does not try markers at all (once a large block's guard had
+// to fall back to mprotect, after mlockall) leaves the markers already there
+// in place: they still count, and a run taking those slots again removes
+// them, so its blocks do not fault.
+TEST(GuardPage, MarkersAPurgeLeftAloneStayCounted) {
+  if (!kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers in this kernel";
+  if (!may_mlock(16 * MiB)) GTEST_SKIP() << "mlockall needs root or RLIMIT_MEMLOCK";
+  EXPECT_EXIT(
+      {
+        const int count = 120;  // two 64 KiB runs of the 1024-byte class, end guards at +60 and +124 KiB
+        char* blocks[count];
+        for (char*& b : blocks) b = static_cast<char*>(mapalloc_malloc(1000));
+        uintptr_t run = reinterpret_cast<uintptr_t>(blocks[0]) & ~uintptr_t(64 * KiB - 1);
+        if (!keep_chunk_of(blocks[0])) std::_Exit(3);
+        if (mlockall(MCL_FUTURE) != 0) std::_Exit(4);
+        void* big = mapalloc_malloc(4 * MiB);  // its guard falls back to mprotect
+        munlockall();
+        mapalloc_free(big);
+        for (char* b : blocks) mapalloc_free(b);
+        mapalloc_collect();
+        for (int i = 0; i < 4000; i++) {
+          auto* q = static_cast<char*>(mapalloc_malloc(20000));
+          uintptr_t at = reinterpret_cast<uintptr_t>(q);
+          if (at <= run + 60 * KiB && at + 20000 > run + 60 * KiB) {
+            memset(q, 1, 20000);  // faults if the old end guard were left inside it
+            std::_Exit(0);
+          }
+        }
+        std::_Exit(5);  // no block came over the old guard
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 // The front split off a bigger cached mapping counts against the cache's

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -131,18 +132,39 @@ bool purge(void* p, size_t size) {
   return ::madvise(p, size, MADV_DONTNEED) == 0;
 }
 
-bool purge_to_guard(void* p, size_t size) {
+bool purge_to_guard(void* p, size_t size, bool* took_back) {
+  if (took_back) *took_back = false;
   if (!size) return true;
   if (!guard_markers() || protect_guards.load(std::memory_order_relaxed)) return false;
   if (!guard_marker(p, size)) {
     // A locked part (mlock) stops the install partway, with markers already
     // on the pages before it: take them back, as the caller counts on none.
     unguard_markers(p, size);
+    if (took_back) *took_back = true;
     return false;
   }
   count(counters.purges);
   counters.purged_bytes.fetch_add(size, std::memory_order_relaxed);
   return true;
+}
+
+// mremap moves a range that spans several mappings since Linux 6.17; before,
+// it refuses, and only after unmapping the destination.
+bool moves_across_mappings() {
+  static std::atomic<int> known{-1};
+  int k = known.load(std::memory_order_relaxed);
+  if (k >= 0) return k;
+  utsname u;
+  unsigned major = 0, minor = 0;
+  if (uname(&u) == 0) {
+    const char* r = u.release;
+    while (*r >= '0' && *r <= '9') major = major * 10 + unsigned(*r++ - '0');
+    if (*r == '.') r++;
+    while (*r >= '0' && *r <= '9') minor = minor * 10 + unsigned(*r++ - '0');
+  }
+  k = major > 6 || (major == 6 && minor >= 17);
+  known.store(k, std::memory_order_relaxed);
+  return k;
 }
 
 bool move_pages(void* old_p, size_t size, void* dest) {

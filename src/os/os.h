@@ -41,7 +41,10 @@ bool purge(void* p, size_t size);
 // any access faults until unguard: false where the kernel has no markers or
 // refuses them (locked pages), and then the range holds no marker at all, not
 // even one it held before the call.
-bool purge_to_guard(void* p, size_t size);
+// *took_back (if given) says whether it tried and took its markers back.
+bool purge_to_guard(void* p, size_t size, bool* took_back = nullptr);
+// Whether mremap moves a range spanning several mappings (Linux 6.17+).
+bool moves_across_mappings();
 // Moves the pages of [old_p, old_p + size) to dest, replacing what was mapped
 // there (MREMAP_FIXED): no copy, no fault. The old range becomes a hole.
 bool move_pages(void* old_p, size_t size, void* dest);
