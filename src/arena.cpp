@@ -258,9 +258,9 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
 
 // Purges the runs of units set in mask, unit bytes each, from base; with
 // to_guard, into guard markers where the kernel takes them (os::purge_to_guard).
-// Returns the units so marked.
-static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard = false,
-                           uint64_t* taken_back = nullptr) {
+// Returns the units so marked; *taken_back gets those whose install was
+// refused and took their earlier markers back.
+static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard, uint64_t* taken_back) {
   uint64_t marked = 0;
   while (mask) {
     unsigned first = unsigned(__builtin_ctzll(mask));
@@ -270,7 +270,7 @@ static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard
     if (to_guard && os::purge_to_guard(base + first * unit, len * unit, &took_back)) {
       marked |= run_mask(len) << first;
     } else {
-      if (took_back && taken_back) *taken_back |= run_mask(len) << first;
+      if (took_back) *taken_back |= run_mask(len) << first;
       os::purge(base + first * unit, len * unit);
     }
     mask &= ~(run_mask(len) << first);
