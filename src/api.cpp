@@ -48,8 +48,10 @@ MAPALLOC_EXPORT void* mapalloc_aligned_alloc(size_t alignment, size_t size) {
 }
 
 MAPALLOC_EXPORT void* mapalloc_memalign(size_t alignment, size_t size) {
-  // glibc rounds a non-power-of-two alignment up to the next power of two.
-  if (alignment > size_t(PTRDIFF_MAX) / 2 + 1) {
+  // glibc rounds a non-power-of-two alignment up to the next power of two,
+  // and takes any up to 2^63 (SIZE_MAX / 2 + 1): those too big for memory
+  // fail with ENOMEM in alloc_aligned; only larger ones are EINVAL.
+  if (alignment > SIZE_MAX / 2 + 1) {
     errno = EINVAL;
     return nullptr;
   }

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdint.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -479,6 +480,64 @@ TEST(Realloc, FailureReturnsNullWithENOMEMAndKeepsOldBlock) {
   }
 }
 
+// A request bigger than all of RAM and swap, yet well inside the address
+// space: with vm.overcommit_memory=0 (the default) the kernel refuses it to
+// glibc's malloc (ENOMEM). mapalloc must fail it too, with every old block
+// intact, not hand out a MAP_NORESERVE range whose pages the kernel never
+// promised: the program then meets the OOM killer instead of a NULL.
+// (Growable blocks always take that path; guarded large blocks take it
+// on kernels without guard markers, before 6.13.)
+TEST(Realloc, SizeBeyondRamAndSwapFailsWithENOMEMLikeGlibc) {
+  char mode = '0';
+  int fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY);
+  if (fd >= 0) {
+    if (read(fd, &mode, 1) != 1) mode = '0';
+    close(fd);
+  }
+  if (mode == '1') GTEST_SKIP() << "vm.overcommit_memory=1 grants any size, to glibc too";
+  struct sysinfo si;
+  ASSERT_EQ(sysinfo(&si), 0);
+  uint64_t total = (uint64_t(si.totalram) + si.totalswap) * si.mem_unit;
+  size_t huge = size_t(4 * total + 1024 * MiB) & ~(1024 * MiB - 1);
+  if (huge > (size_t(1) << 43)) GTEST_SKIP() << "RAM and swap too large to find a size the kernel refuses";
+  errno = 0;
+  void* p = mapalloc_malloc(huge);
+  EXPECT_EQ(p, nullptr) << "malloc(" << huge << ")";
+  EXPECT_EQ(errno, ENOMEM);
+  if (p) mapalloc_free(p);
+  errno = 0;
+  p = mapalloc_calloc(1, huge);
+  EXPECT_EQ(p, nullptr) << "calloc(1, " << huge << ")";
+  EXPECT_EQ(errno, ENOMEM);
+  if (p) mapalloc_free(p);
+  errno = 0;
+  p = mapalloc_aligned_alloc(1 * MiB, huge);
+  EXPECT_EQ(p, nullptr) << "aligned_alloc(1 MiB, " << huge << ")";
+  EXPECT_EQ(errno, ENOMEM);
+  if (p) mapalloc_free(p);
+  size_t t = mapalloc_mmap_threshold();
+  // The last one is grown first: a growable block.
+  for (size_t size : {size_t(100), size_t(5000), t + 1, 4 * t}) {
+    p = mapalloc_malloc(size < 4 * t ? size : t + 1);
+    ASSERT_NE(p, nullptr);
+    if (size == 4 * t) p = mapalloc_realloc(p, size);
+    ASSERT_NE(p, nullptr);
+    uint64_t key = block_key(p, size, 11);
+    fill_pattern(p, size, key);
+    errno = 0;
+    void* q = mapalloc_realloc(p, huge);
+    EXPECT_EQ(q, nullptr) << "realloc(" << p << " of " << size << ", " << huge << ")";
+    if (q) {
+      mapalloc_free(q);  // never touched: no memory behind it
+      continue;
+    }
+    EXPECT_EQ(errno, ENOMEM);
+    EXPECT_EQ(mapalloc_owns(p), 1) << "old block " << p << " of " << size << " freed by failed realloc";
+    EXPECT_EQ(check_pattern(p, size, key), SIZE_MAX) << "old block " << p << " of " << size << " changed";
+    mapalloc_free(p);
+  }
+}
+
 TEST(Realloc, ZeroSizeFreesAndReturnsNullLikeGlibc) {
   size_t t = mapalloc_mmap_threshold();
   for (size_t size : {size_t(1), size_t(100), size_t(5000), t + 1, 2 * MiB}) {
@@ -700,6 +759,21 @@ TEST(Memalign, HugeSizeFailsWithENOMEM) {
     errno = 0;
     EXPECT_EQ(mapalloc_memalign(alignment, SIZE_MAX - 100), nullptr) << "alignment " << alignment;
     EXPECT_EQ(errno, ENOMEM) << "alignment " << alignment;
+  }
+}
+
+TEST(Memalign, AlignmentsUpTo2Pow63FailWithENOMEMAndAboveWithEINVALLikeGlibc) {
+  // glibc takes alignments up to SIZE_MAX / 2 + 1 (2^63), rounding others up,
+  // and fails those for want of memory; only above 2^63 is EINVAL.
+  for (size_t alignment : {(size_t(1) << 62) + 1, size_t(3) << 61, size_t(1) << 63}) {
+    errno = 0;
+    EXPECT_EQ(mapalloc_memalign(alignment, 10), nullptr) << "alignment " << alignment;
+    EXPECT_EQ(errno, ENOMEM) << "alignment " << alignment;
+  }
+  for (size_t alignment : {(size_t(1) << 63) + 1, SIZE_MAX}) {
+    errno = 0;
+    EXPECT_EQ(mapalloc_memalign(alignment, 10), nullptr) << "alignment " << alignment;
+    EXPECT_EQ(errno, EINVAL) << "alignment " << alignment;
   }
 }
 

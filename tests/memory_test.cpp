@@ -1530,6 +1530,48 @@ TEST(MemoryRealloc, GrowableBlockStatsFollowItsSize) {
   EXPECT_EQ(s.large_live_bytes, s0.large_live_bytes);
 }
 
+// A freed growable block's mapping is kept and serves the next block that
+// realloc grows past the threshold: no mapping, no move, the same address,
+// and its pages still resident (as many page faults as pages the growth
+// had not touched before). The cache gives it back on collect.
+TEST(MemoryRealloc, AFreedGrowableMappingServesTheNextGrowth) {
+  const size_t t = mapalloc_mmap_threshold();
+  const unsigned char* ref = reference();
+  auto grow = [&](size_t top) {
+    auto* p = static_cast<unsigned char*>(mapalloc_malloc(100));
+    for (size_t size = 2 * t; p; size *= 2) {
+      p = static_cast<unsigned char*>(mapalloc_realloc(p, std::min(size, top)));
+      if (!p || size >= top) break;
+    }
+    if (p) std::memcpy(p, ref, top);  // every page resident
+    return p;
+  };
+  unsigned char* first = grow(4 * MiB);
+  ASSERT_NE(first, nullptr);
+  mapalloc_free(first);
+  const mapalloc_stats s0 = stats();
+  EXPECT_GE(s0.large_cache_count, 1u);
+  struct rusage r0, r1;
+  getrusage(RUSAGE_SELF, &r0);
+  unsigned char* second = grow(4 * MiB);
+  getrusage(RUSAGE_SELF, &r1);
+  ASSERT_NE(second, nullptr);
+  const mapalloc_stats s1 = stats();
+  EXPECT_EQ(second, first) << "the cached mapping was not reused";
+  EXPECT_EQ(std::memcmp(second, ref, 4 * MiB), 0);
+  EXPECT_EQ(s1.mmap_calls, s0.mmap_calls);
+  EXPECT_EQ(s1.mremap_calls, s0.mremap_calls);
+  EXPECT_GE(s1.large_cache_hits, s0.large_cache_hits + 1);
+  // Reused at 2 * t, the pages past that were given back: they fault again,
+  // the first 2 * t do not (fresh, all 1024 pages would).
+  EXPECT_LT(r1.ru_minflt - r0.ru_minflt, long(4 * MiB / 4096) - 8) << "every page faulted again";
+  mapalloc_free(second);
+  mapalloc_collect();
+  const mapalloc_stats s2 = stats();
+  EXPECT_EQ(s2.large_cache_count, 0u);
+  EXPECT_LT(s2.bytes_mapped + 4 * MiB, s1.bytes_mapped) << "collect kept the growable mapping";
+}
+
 TEST(MemoryRealloc, FourThreadsGrowAtOnce) {
   constexpr unsigned kThreads = 4;
   reference();
@@ -1641,6 +1683,50 @@ TEST(MemoryReallocDeathTest, WriteOnePastPageAlignedGrownBlockIsCaught) {
         faulted_or_aborted, "")
         << "size " << size;
   }
+}
+
+// A cached growable mapping reused for a smaller block: the read-write part
+// ends with that block's pages again, so the next byte faults at once.
+TEST(MemoryReallocDeathTest, WritePastABlockInABiggerCachedGrowableMappingFaults) {
+  const size_t t = mapalloc_mmap_threshold();
+  EXPECT_EXIT(
+      {
+        unsigned char* big = grown_block(8 * MiB);
+        std::memset(big, 1, 8 * MiB);
+        mapalloc_free(big);
+        auto* p = static_cast<unsigned char*>(mapalloc_realloc(mapalloc_malloc(100), 2 * t + 4096));
+        if (p != big) std::_Exit(3);  // not reused: not this test's case
+        size_t usable = mapalloc_usable_size(p);
+        poke(p + usable - 1);
+        poke(p + (usable + 4095) / 4096 * 4096);  // first byte past its pages
+        std::_Exit(0);
+      },
+      ::testing::KilledBySignal(SIGSEGV), "");
+}
+
+// A second free of a growable block whose mapping waits in the cache.
+TEST(MemoryReallocDeathTest, DoubleFreeOfACachedGrowableBlockIsReported) {
+  EXPECT_DEATH(
+      {
+        unsigned char* p = grown_block(1 * MiB);
+        mapalloc_free(p);
+        mapalloc_free(p);
+      },
+      "mapalloc: double free of large block 0x");
+}
+
+// A write after free into the first 16 bytes of a cached growable block is
+// reported when its mapping is taken again.
+TEST(MemoryReallocDeathTest, WriteAfterFreeIntoACachedGrowableBlockIsReported) {
+  const size_t t = mapalloc_mmap_threshold();
+  EXPECT_DEATH(
+      {
+        unsigned char* p = grown_block(1 * MiB);
+        mapalloc_free(p);
+        poke(p + 3);
+        mapalloc_realloc(mapalloc_malloc(100), 2 * t);
+      },
+      "mapalloc: write after free into large block 0x");
 }
 
 int main(int argc, char** argv) {

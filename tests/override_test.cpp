@@ -114,6 +114,57 @@ TEST(Override, OperatorNewAndDeleteAreMapalloc) {
   delete[] aligned_array;
 }
 
+#ifdef MAPALLOC_TEST_PRELOAD
+// This program replaces only the two basic forms, as [new.delete] lets a
+// program do (over malloc, so mapalloc still serves them). The standard says
+// the other forms call these: new[] and the nothrow forms call operator
+// new(size_t), delete[], the nothrow and the sized forms operator
+// delete(void*), as libstdc++'s do. A shim whose forms went to mapalloc
+// directly would skip the program's own: a replacement that keeps a header
+// before each block, or its own pool, then has mapalloc free its pointers
+// (invalid free, abort).
+static std::atomic<long> replaced_news{0}, replaced_deletes{0};
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wsized-deallocation"  // leaving the sized form out is the point
+void* operator new(size_t size) {
+  replaced_news++;
+  void* p = malloc(size ? size : 1);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+void operator delete(void* p) noexcept {
+  if (p) replaced_deletes++;
+  free(p);
+}
+#pragma GCC diagnostic pop
+
+TEST(Override, EveryFormReachesTheProgramsOwnBasicNewAndDelete) {
+  struct Form {
+    const char* name;
+    void* (*make)();
+    void (*drop)(void*);
+  };
+  const Form forms[] = {
+      {"new/delete", [] { return ::operator new(24); }, [](void* p) { ::operator delete(p); }},
+      {"new/sized delete", [] { return ::operator new(24); }, [](void* p) { ::operator delete(p, 24); }},
+      {"new/nothrow delete", [] { return ::operator new(24); }, [](void* p) { ::operator delete(p, std::nothrow); }},
+      {"new[]/delete[]", [] { return ::operator new[](24); }, [](void* p) { ::operator delete[](p); }},
+      {"new[]/sized delete[]", [] { return ::operator new[](24); }, [](void* p) { ::operator delete[](p, 24); }},
+      {"nothrow new[]/nothrow delete[]", [] { return ::operator new[](24, std::nothrow); },
+       [](void* p) { ::operator delete[](p, std::nothrow); }},
+      {"nothrow new/delete", [] { return ::operator new(24, std::nothrow); }, [](void* p) { ::operator delete(p); }},
+  };
+  for (const Form& f : forms) {
+    long news = replaced_news, deletes = replaced_deletes;
+    void* p = f.make();
+    ASSERT_NE(p, nullptr) << f.name;
+    EXPECT_EQ(replaced_news - news, 1) << f.name << ": the program's operator new(size_t) was not called";
+    f.drop(p);
+    EXPECT_EQ(replaced_deletes - deletes, 1) << f.name << ": the program's operator delete(void*) was not called";
+  }
+}
+#endif
+
 TEST(Override, OperatorNewThrowsBadAllocWhenExhausted) {
   // The nothrow form returns null instead.
   EXPECT_THROW((void)::operator new(SIZE_MAX / 2), std::bad_alloc);

@@ -34,7 +34,10 @@ static void* do_map(void* hint, size_t size, int prot, int extra_flags) {
 
 void* map(size_t size) { return do_map(nullptr, size, PROT_READ | PROT_WRITE, 0); }
 
-void* reserve(size_t size) { return do_map(nullptr, size, PROT_NONE, MAP_NORESERVE); }
+// Without MAP_NORESERVE: a PROT_NONE range is not charged anyway, and the
+// parts later made read-write must be, so that the kernel's overcommit check
+// refuses (as it does glibc's mmap) a size no RAM and swap can back.
+void* reserve(size_t size) { return do_map(nullptr, size, PROT_NONE, 0); }
 
 void unmap(void* p, size_t size) {
   if (!p || !size) return;

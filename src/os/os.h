@@ -11,7 +11,8 @@ constexpr size_t kPageSize = 4096;  // checked against sysconf at start-up
 
 // Maps size bytes (a page multiple) read-write; nullptr on failure.
 void* map(size_t size);
-// Maps size bytes PROT_NONE with MAP_NORESERVE: address space only.
+// Maps size bytes PROT_NONE: address space only. The parts protect_rw opens
+// are charged as a read-write mmap is (refused beyond what overcommit allows).
 void* reserve(size_t size);
 // Maps size bytes at a multiple of alignment (read-write when rw).
 void* map_aligned(size_t size, size_t alignment, bool rw);
