@@ -3,6 +3,7 @@
 // these noexcept (__THROW), so we do too.
 #include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -53,6 +54,11 @@ EXPORT void malloc_stats(void) noexcept { mapalloc_stats_print(2); }
 // once read each other's half-gathered numbers (mallinfo2 returned zeros).
 static SpinLock introspection_lock;
 static struct mapalloc_stats introspection_stats;
+// A thread inside mallinfo() when another forks holds the lock in the child
+// for ever; the statistics are gathered afresh under it, so the child resets it.
+__attribute__((constructor)) static void reset_introspection_lock_in_fork_child() {
+  pthread_atfork(nullptr, nullptr, [] { introspection_lock.reset_after_fork(); });
+}
 
 static struct mallinfo2 info2() {
   LockGuard guard(introspection_lock);

@@ -164,6 +164,7 @@ bool owns(const void* p) {
 }
 
 void collect() {
+  ensure_init();  // the fork handlers: this takes the arena's lock, maybe before any malloc
   Heap* heap = tls_heap;
   if (heap != &empty_heap) heap_collect(heap, true);
   thread_reclaim_all_abandoned();

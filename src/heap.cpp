@@ -174,18 +174,19 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
     c = request_class(1);  // the zero-size region is used up: a real block will do
     size = 1;
   }
+  Heap* lent = nullptr;
   if (heap == &empty_heap) {
     heap = thread_heap_init();
     if (!heap) {
       errno = ENOMEM;
       return nullptr;
     }
+    if (heap != tls_heap) lent = heap;  // the thread has exited (thread.cpp)
   }
-  if (!find_page(heap, c)) {
-    errno = ENOMEM;
-    return nullptr;
-  }
-  return heap_malloc_class(heap, c, size);
+  void* p = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
+  if (lent) thread_heap_give_back(lent);
+  if (!p) errno = ENOMEM;
+  return p;
 }
 
 // ---------------------------------------------------------------- quarantine

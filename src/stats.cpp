@@ -1,5 +1,6 @@
 // Statistics: per-thread counters merged on demand, plus the arena's, the
 // large cache's and the OS layer's. Reports are written with write(2).
+#include <pthread.h>
 #include <unistd.h>
 
 #include "arena.h"
@@ -23,6 +24,18 @@ struct ClassSums {
   uint64_t remote[kNumClasses], pages[kNumClasses];
 };
 
+// Each guards a scratch copy that its holder fills from scratch. A thread
+// reading the statistics when another forks holds its lock in the child for
+// ever: the child resets them (its one thread holds none).
+static SpinLock sums_lock, print_lock, json_lock;
+__attribute__((constructor)) static void reset_stats_locks_in_fork_child() {
+  pthread_atfork(nullptr, nullptr, [] {
+    sums_lock.reset_after_fork();
+    print_lock.reset_after_fork();
+    json_lock.reset_after_fork();
+  });
+}
+
 static void add_heap(const Heap* h, void* ctx) {
   auto* s = static_cast<ClassSums*>(ctx);
   for (unsigned c = 0; c < kNumClasses; c++) {
@@ -45,8 +58,8 @@ static void add_page(const Page* p, void* ctx) {
 }
 
 void gather_stats(mapalloc_stats* out) {
+  ensure_init();  // the fork handlers: this takes the arena's lock, maybe before any malloc
   __builtin_memset(out, 0, sizeof(*out));
-  static SpinLock sums_lock;
   static ClassSums sums;  // static: too big for small thread stacks
   LockGuard guard(sums_lock);
   __builtin_memset(&sums, 0, sizeof(sums));
@@ -110,7 +123,6 @@ static void row(LineBuffer& b, int fd, const char* name, uint64_t v, bool as_byt
 }
 
 void print_stats(int fd) {
-  static SpinLock print_lock;
   static mapalloc_stats s;  // static: too big for small thread stacks
   LockGuard guard(print_lock);
   gather_stats(&s);
@@ -150,9 +162,8 @@ void print_stats(int fd) {
 }
 
 void print_stats_json(int fd) {
-  static SpinLock print_lock;
   static mapalloc_stats s;
-  LockGuard guard(print_lock);
+  LockGuard guard(json_lock);
   gather_stats(&s);
   LineBuffer b;
   auto field = [&](const char* name, uint64_t v) { b.str("\"").str(name).str("\":").dec(v).str(","); };

@@ -24,6 +24,11 @@ static std::atomic<bool> maybe_abandoned{false};  // a hint, read without the lo
 // Written under heaps_lock, read by the statistics without it.
 static std::atomic<unsigned long long> heap_count{0}, thread_count{0};
 static pthread_key_t exit_key;
+// Set when the thread's exit handler has run. A heap it takes after that (a
+// later pthread key destructor allocates) is lent for one block only: glibc
+// runs key destructors for PTHREAD_DESTRUCTOR_ITERATIONS rounds at most, so a
+// heap kept after the last one would never be abandoned.
+static __thread bool exited = false;
 
 static std::atomic<int> init_state{0};  // 0: not yet, 1: running, 2: done
 static SpinLock init_lock;
@@ -61,7 +66,7 @@ Heap* thread_heap_init() {
   Heap* heap;
   {
     LockGuard guard(heaps_lock);
-    thread_count.fetch_add(1, std::memory_order_relaxed);
+    if (!exited) thread_count.fetch_add(1, std::memory_order_relaxed);
     heap = abandoned;
     if (heap) {
       abandoned = heap->next_abandoned;
@@ -76,6 +81,7 @@ Heap* thread_heap_init() {
     heap->next_abandoned = nullptr;
     heap->owned = true;
   }
+  if (exited) return heap;  // lent: the caller gives it back (thread_heap_give_back)
   tls_heap = heap;
   pthread_setspecific(exit_key, heap);
   return heap;
@@ -89,11 +95,14 @@ static void abandon(Heap* heap) {
   maybe_abandoned.store(true, std::memory_order_relaxed);
 }
 
+void thread_heap_give_back(Heap* heap) { abandon(heap); }
+
 static void thread_exit(void* arg) {
   Heap* heap = static_cast<Heap*>(arg);
   if (!heap || heap == &empty_heap) return;
+  exited = true;
   heap_collect(heap, true);
-  tls_heap = &empty_heap;  // later frees go the remote way, later mallocs re-adopt
+  tls_heap = &empty_heap;  // later frees go the remote way, later mallocs borrow a heap
   abandon(heap);
 }
 

@@ -15,7 +15,10 @@ struct Heap;
 // safe against racing threads, allocates nothing.
 void ensure_init();
 // Gives the calling thread a heap (adopted or new); nullptr if out of memory.
+// After the thread's exit handler ran, the heap is only lent (tls_heap stays
+// the empty heap): the caller takes one block and gives it back.
 Heap* thread_heap_init();
+void thread_heap_give_back(Heap* heap);
 // Occasionally collects one abandoned heap so memory freed into it by other
 // threads returns to the arena even when no new thread adopts it.
 void thread_maybe_reclaim_abandoned();

@@ -4,6 +4,8 @@
 // user data show up as a pattern mismatch with the block, size and seed.
 // MAPALLOC_TEST_SEED=<n> replays a run.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -797,4 +799,101 @@ TEST(Stress, ForkWhileOtherThreadsAllocate) {
   stop = true;
   for (auto& th : busy) th.join();
   EXPECT_EQ(failed, 0u) << first;
+}
+
+// fork() while another thread reads the statistics: that thread held the
+// statistics' locks at the fork, and in the child nobody ever released them,
+// so the child's own mapalloc_stats_get (mallinfo, malloc_stats, the report
+// that stats=1 prints at exit) never returned. A child still running after
+// 5 s is reported.
+TEST(Stress, ForkWhileAnotherThreadReadsStatistics) {
+  mapalloc_free(mapalloc_malloc(1));  // started, as under the shim (its fork handlers registered)
+  int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(devnull, 0);
+  std::atomic<bool> stop{false};
+  std::thread reader([&] {
+    mapalloc_stats s;
+    while (!stop.load(std::memory_order_relaxed)) {
+      mapalloc_stats_get(&s);
+      mapalloc_stats_print(devnull);
+      mapalloc_stats_print_json(devnull);
+    }
+  });
+  const unsigned forks = 40 / kSlowdown;
+  std::string failure;
+  for (unsigned i = 0; i < forks && failure.empty(); i++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      mapalloc_stats s;
+      mapalloc_stats_get(&s);
+      mapalloc_stats_print(devnull);
+      mapalloc_stats_print_json(devnull);
+      _exit(0);
+    }
+    if (pid < 0) {
+      failure = "fork failed";
+      break;
+    }
+    int status = 0;
+    bool exited = false;
+    for (int w = 0; w < 500 && !exited; w++) {
+      exited = waitpid(pid, &status, WNOHANG) == pid;
+      if (!exited) usleep(10000);
+    }
+    if (!exited) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      failure = "fork " + std::to_string(i) + ": the child's statistics did not return in 5 s";
+    } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      failure = "fork " + std::to_string(i) + ": child ended with status " + std::to_string(status);
+    }
+  }
+  stop = true;
+  reader.join();
+  close(devnull);
+  EXPECT_TRUE(failure.empty()) << failure;
+}
+
+namespace {
+
+pthread_key_t every_round_key;
+
+// Allocates in every destructor round glibc runs, the last one too: it
+// re-arms itself until PTHREAD_DESTRUCTOR_ITERATIONS (as libraries do that
+// want their destructor to run after the others).
+void every_round_destructor(void* p) {
+  static thread_local unsigned rounds = 0;
+  mapalloc_free(p);
+  void* q = mapalloc_malloc(100);
+  if (++rounds < PTHREAD_DESTRUCTOR_ITERATIONS) {
+    pthread_setspecific(every_round_key, q);
+  } else {
+    mapalloc_free(q);
+  }
+}
+
+}  // namespace
+
+// A key destructor that allocates after mapalloc's exit handler ran for the
+// last time (the last destructor round): the heap that allocation took was
+// never abandoned again, so every such thread kept a heap and a page (about
+// 15 KiB) for ever.
+TEST(Stress, AllocationInTheLastDestructorRoundKeepsHeapsBounded) {
+#ifdef MAPALLOC_TEST_TSAN
+  GTEST_SKIP() << "ThreadSanitizer ends its own thread state in the last destructor round (instrumented code there crashes)";
+#endif
+  mapalloc_free(mapalloc_malloc(1));  // mapalloc's exit key first, as under the shim
+  ASSERT_EQ(pthread_key_create(&every_round_key, every_round_destructor), 0);
+  mapalloc_collect();  // that block out of this thread's quarantine (quarantine=)
+  mapalloc_stats before = stats();
+  const unsigned threads = 400 / kSlowdown;
+  for (unsigned i = 0; i < threads; i++) {
+    std::thread([] { pthread_setspecific(every_round_key, mapalloc_malloc(100)); }).join();
+  }
+  pthread_key_delete(every_round_key);
+  mapalloc_collect();
+  mapalloc_stats after = stats();
+  EXPECT_LE(after.heaps, before.heaps + 2) << "heaps " << after.heaps << " (before " << before.heaps << ") after "
+                                           << threads << " threads, one at a time";
+  expect_no_leaked_blocks(before);
 }
