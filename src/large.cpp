@@ -501,7 +501,7 @@ static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bo
   b->end = base + head + rw;
   b->dirty_from = b->end;  // fresh pages read as zero
   b->open_from = b->begin;
-  b->moved = b->spans_mappings = false;
+  b->spans_mappings = false;
   b->guarded = guarded;
   b->freed_marked = false;
   b->lazily_purged = false;
@@ -670,7 +670,6 @@ static bool reopen_growable(LargeBlock* b, size_t rw) {
     if (!os::protect_none(end, size_t(b->end - end))) return false;
   } else if (end > b->end) {
     if (!os::protect_rw(b->end, size_t(end - b->end))) return false;
-    if (b->moved) b->spans_mappings = true;  // as growth in place (resize_growable)
   }
   b->end = end;
   return true;
@@ -788,12 +787,14 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
       // have taken: unmap only what is still ours, on either side of it.
       os::unmap(b->map_base, size_t(b->begin - b->map_base));
       os::unmap(b->begin + have, size_t(b->map_end() - (b->begin + have)));
-      b->moved = true;
+      // The pages opened at begin + have before the move are a mapping of
+      // their own: the moved ones do not merge with them (rw > have here).
+      b->spans_mappings = true;
     } else if (os::protect_rw(begin, rw)) {
       // (A move refused otherwise leaves the old pages in place: copied too.)
       __builtin_memcpy(begin, b->begin, have);
       os::unmap(b->map_base, b->map_size);
-      b->moved = b->spans_mappings = false;
+      b->spans_mappings = false;
     } else {
       pagemap::set(begin, 1, 0);
       pagemap::set(b->user, 1, reinterpret_cast<uintptr_t>(b));  // its leaf exists: cannot fail
@@ -817,7 +818,6 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
     if (open > room) open = room;
     if (!os::protect_rw(b->end, open - have)) return false;
     b->end = b->begin + open;
-    if (b->moved) b->spans_mappings = true;
   } else if (rw < have / 2) {
     // Shrunk to less than half: give the rest back, a guard again.
     char* new_end = b->begin + rw;

@@ -47,10 +47,10 @@ struct LargeBlock {
   // purge): pages below dirty_from may still hold old data, so calloc
   // zeroes all of its block.
   bool lazily_purged;
-  // Growable blocks: its pages were moved by mremap, and since then grown
-  // in place, so its read-write part is two mappings or more (the moved
-  // pages do not merge with the headroom opened after them).
-  bool moved;
+  // Growable blocks: its pages were moved by mremap (and not copied since),
+  // so its read-write part is two mappings or more: the moved pages do not
+  // merge with the part opened next to them at the destination, before the
+  // move or after it.
   bool spans_mappings;
 
   char* map_end() const { return map_base + map_size; }

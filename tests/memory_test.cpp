@@ -15,6 +15,7 @@
 // tests/meson.build registers one meson test per case (suite 'memory'),
 // not parallel: the RSS cases measure the whole process and fault in 1 GiB.
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1727,6 +1729,97 @@ TEST(MemoryReallocDeathTest, WriteAfterFreeIntoACachedGrowableBlockIsReported) {
         mapalloc_realloc(mapalloc_malloc(100), 2 * t);
       },
       "mapalloc: write after free into large block 0x");
+}
+
+// ------------------------------------- moves on kernels before Linux 6.17
+
+// memory_test is linked with --wrap=mremap --wrap=uname (tests/meson.build):
+// once a case sets emulate_old_mremap, uname reports 6.1 and mremap behaves
+// as before 6.17: a source range spanning several mappings is refused with
+// EFAULT after the destination was unmapped (tests/old_kernel refuses every
+// mremap before unmapping anything, so it cannot show this).
+static bool emulate_old_mremap = false;
+static unsigned old_mremap_refusals = 0;
+
+extern "C" int __real_uname(struct utsname* u);
+extern "C" int __wrap_uname(struct utsname* u) {
+  int r = __real_uname(u);
+  if (r == 0 && emulate_old_mremap) std::strcpy(u->release, "6.1.0");
+  return r;
+}
+
+// Whether [p, p + n) lies in one mapping of /proc/self/maps.
+static bool one_mapping(uintptr_t p, size_t n) {
+  FILE* f = std::fopen("/proc/self/maps", "r");
+  if (!f) return true;
+  char line[512];
+  bool one = false;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    if (std::sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo <= p && p < hi) {
+      one = p + n <= hi;
+      break;
+    }
+  }
+  std::fclose(f);
+  return one;
+}
+
+extern "C" void* __real_mremap(void* old, size_t old_size, size_t new_size, int flags, ...);
+extern "C" void* __wrap_mremap(void* old, size_t old_size, size_t new_size, int flags, ...) {
+  va_list ap;
+  va_start(ap, flags);
+  void* dest = (flags & MREMAP_FIXED) ? va_arg(ap, void*) : nullptr;
+  va_end(ap);
+  if (emulate_old_mremap && !one_mapping(reinterpret_cast<uintptr_t>(old), old_size)) {
+    old_mremap_refusals++;
+    if (dest) munmap(dest, new_size);  // as mremap_to() did before 6.17
+    errno = EFAULT;
+    return MAP_FAILED;
+  }
+  return __real_mremap(old, old_size, new_size, flags, dest);
+}
+
+// A block moved by mremap has the headroom opened for it at the destination
+// as a mapping of its own (the moved pages do not merge with it). Growing it
+// past its new reservation at once (more than twice its size) must not try
+// another move of both on a kernel that cannot move them: realloc failed
+// with ENOMEM there.
+TEST(MemoryRealloc, GrowthPastTheReservationRightAfterAMoveWorksOnOldKernels) {
+  // The kernel's version is read once, at the first move: alone in its
+  // process (as meson test runs it), or nothing moved yet.
+  if (stats().mremap_calls != 0) GTEST_SKIP() << "run it alone: blocks moved already in this process";
+  emulate_old_mremap = true;
+  const size_t t = mapalloc_mmap_threshold();
+  const unsigned char* ref = reference();
+  auto* p = static_cast<unsigned char*>(mapalloc_malloc(100));
+  std::memcpy(p, ref, 100);
+  size_t have = 100;
+  for (size_t size = 2 * t; size <= 64 * MiB; size *= 3) {
+    auto* q = static_cast<unsigned char*>(mapalloc_realloc(p, size));
+    ASSERT_NE(q, nullptr) << "realloc to " << size << ": " << std::strerror(errno) << ", mremap refused "
+                          << old_mremap_refusals << " times";
+    ASSERT_EQ(std::memcmp(q, ref, have), 0) << size;
+    std::memcpy(q, ref, size);
+    p = q;
+    have = size;
+  }
+  EXPECT_EQ(old_mremap_refusals, 0u) << "moves of ranges spanning mappings were tried";
+  mapalloc_free(p);
+  // A freed moved mapping, reused from the growable cache for a block that
+  // takes more than the moved pages, then grown at once.
+  p = static_cast<unsigned char*>(mapalloc_realloc(mapalloc_malloc(100), 2 * t));
+  p = static_cast<unsigned char*>(mapalloc_realloc(p, 6 * t));  // moved
+  ASSERT_NE(p, nullptr);
+  mapalloc_free(p);
+  auto* q = static_cast<unsigned char*>(mapalloc_realloc(mapalloc_malloc(100), 5 * t));
+  ASSERT_EQ(q, p) << "the cached mapping was not reused";
+  std::memcpy(q, ref, 5 * t);
+  q = static_cast<unsigned char*>(mapalloc_realloc(q, 16 * t));
+  ASSERT_NE(q, nullptr) << std::strerror(errno);
+  EXPECT_EQ(std::memcmp(q, ref, 5 * t), 0);
+  mapalloc_free(q);
+  EXPECT_EQ(old_mremap_refusals, 0u);
 }
 
 int main(int argc, char** argv) {
