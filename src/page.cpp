@@ -7,6 +7,8 @@ namespace mapalloc {
 
 Keys keys;
 
+constexpr uint32_t kMinShuffled = 16;  // <= the 256 entries of page_extend's order
+
 void page_init(Page* page, Heap* heap, unsigned size_class) {
   const ClassInfo& info = kClasses[size_class];
   page->free = nullptr;
@@ -101,6 +103,10 @@ bool page_extend(Page* page) {
   // Carve about one OS page worth at a time: fresh memory is touched only
   // when it is about to be used (first touches are expensive).
   uint32_t n = page->block_size >= 4096 ? 1 : 4096 / page->block_size;
+  // With random=1 at least kMinShuffled at once (as many as the page has
+  // left, if fewer): a shuffle of one or two blocks (those of 2 KiB and
+  // more) leaves them in address order.
+  if (options.random && n < kMinShuffled) n = kMinShuffled;
   if (n > page->capacity - page->carved) n = page->capacity - page->carved;
   char* first = page->start + size_t(page->carved) * page->block_size;
   // With random=1 the fresh blocks go on the list in a random order, so the

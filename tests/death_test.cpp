@@ -1217,6 +1217,27 @@ TEST(RandomOrder, FreshBlocksAreNotHandedOutInAddressOrder) {
       ::testing::ExitedWithCode(0), "");
 }
 
+// Blocks of 2 KiB and more were carved one or two at a time, so the shuffle
+// had nothing to shuffle: random=1 handed them out in address order.
+TEST(RandomOrder, FreshBlocksOfEverySizeAreNotHandedOutInAddressOrder) {
+  ScopedOptions opts("random=1");
+  for (size_t size : {size_t(1000), size_t(3000), size_t(5000), size_t(20000), size_t(60000)}) {
+    EXPECT_EXIT(
+        {
+          char* prev = static_cast<char*>(mapalloc_malloc(size));
+          int next_up = 0;  // the block right after the one before
+          for (int i = 0; i < 200; i++) {
+            char* p = static_cast<char*>(mapalloc_malloc(size));
+            next_up += p > prev && size_t(p - prev) < 2 * size;
+            prev = p;
+          }
+          std::_Exit(next_up < 100 ? 0 : 1);
+        },
+        ::testing::ExitedWithCode(0), "")
+        << "size " << size;
+  }
+}
+
 // A freed large block's mapping waits in the cache with its page-map entry,
 // so realloc of it is named for what it is (its double free: above).
 TEST(Misuse, ReallocOfFreedLargeBlockIsNamed) {
