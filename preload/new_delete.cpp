@@ -36,35 +36,29 @@ EXPORT void* operator new(size_t size, std::align_val_t al) { return new_or_thro
 EXPORT void operator delete(void* p) noexcept { dealloc(p); }
 EXPORT void operator delete(void* p, std::align_val_t) noexcept { dealloc(p); }
 
-EXPORT void* operator new[](size_t size) { return ::operator new(size); }
-EXPORT void* operator new(size_t size, const std::nothrow_t&) noexcept {
+// The nothrow forms: the throwing form's block, or nullptr where it throws.
+template <typename New>
+static void* or_null(New make) noexcept {
   try {
-    return ::operator new(size);
+    return make();
   } catch (...) {
     return nullptr;
   }
 }
+
+EXPORT void* operator new[](size_t size) { return ::operator new(size); }
+EXPORT void* operator new(size_t size, const std::nothrow_t&) noexcept {
+  return or_null([=] { return ::operator new(size); });
+}
 EXPORT void* operator new[](size_t size, const std::nothrow_t&) noexcept {
-  try {
-    return ::operator new[](size);
-  } catch (...) {
-    return nullptr;
-  }
+  return or_null([=] { return ::operator new[](size); });
 }
 EXPORT void* operator new[](size_t size, std::align_val_t al) { return ::operator new(size, al); }
 EXPORT void* operator new(size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
-  try {
-    return ::operator new(size, al);
-  } catch (...) {
-    return nullptr;
-  }
+  return or_null([=] { return ::operator new(size, al); });
 }
 EXPORT void* operator new[](size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
-  try {
-    return ::operator new[](size, al);
-  } catch (...) {
-    return nullptr;
-  }
+  return or_null([=] { return ::operator new[](size, al); });
 }
 
 EXPORT void operator delete[](void* p) noexcept { ::operator delete(p); }

@@ -3,12 +3,11 @@
 // these noexcept (__THROW), so we do too.
 #include <errno.h>
 #include <malloc.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "alloc.h"
-#include "base/lock.h"
+#include "stats.h"
 #include "mapalloc.h"
 
 using namespace mapalloc;
@@ -49,22 +48,11 @@ EXPORT int malloc_trim(size_t) noexcept {
 
 EXPORT void malloc_stats(void) noexcept { mapalloc_stats_print(2); }
 
-// The statistics are large (5 KiB): one static copy, under a lock, keeps
-// them off small thread stacks. Without the lock, threads calling these at
-// once read each other's half-gathered numbers (mallinfo2 returned zeros).
-static SpinLock introspection_lock;
-static struct mapalloc_stats introspection_stats;
-// A thread inside mallinfo() when another forks holds the lock in the child
-// for ever; the statistics are gathered afresh under it, so the child resets it.
-__attribute__((constructor)) static void reset_introspection_lock_in_fork_child() {
-  pthread_atfork(nullptr, nullptr, [] { introspection_lock.reset_after_fork(); });
-}
-
-static struct mallinfo2 info2() {
-  LockGuard guard(introspection_lock);
-  const struct mapalloc_stats& s = introspection_stats;
-  mapalloc_stats_get(&introspection_stats);
-  struct mallinfo2 mi = {};
+// glibc's numbers from mapalloc's, gathered under the statistics' own lock
+// (stats.h: threads calling these at once must not read each other's
+// half-gathered copy; mallinfo2 returned zeros when they did).
+static void fill_info2(const mapalloc_stats& s, void* ctx) {
+  struct mallinfo2& mi = *static_cast<struct mallinfo2*>(ctx);
   mi.arena = s.bytes_committed - s.large_live_bytes;  // non-mmapped bytes held
   mi.ordblks = s.arena_free_bytes / (64 * 1024);
   mi.hblks = s.large_live_count;
@@ -72,6 +60,11 @@ static struct mallinfo2 info2() {
   mi.uordblks = s.small_live_bytes;
   mi.fordblks = s.arena_free_bytes;
   mi.keepcost = s.large_cache_bytes;
+}
+
+static struct mallinfo2 info2() {
+  struct mallinfo2 mi = {};
+  with_stats(fill_info2, &mi);
   return mi;
 }
 
@@ -100,14 +93,8 @@ EXPORT int mallopt(int param, int value) noexcept {
   return 1;  // other glibc tunables are accepted and have no meaning here
 }
 
-EXPORT int malloc_info(int options, FILE* fp) noexcept {
-  if (options != 0 || !fp) {
-    errno = EINVAL;
-    return -1;
-  }
-  LockGuard guard(introspection_lock);
-  const struct mapalloc_stats& s = introspection_stats;
-  mapalloc_stats_get(&introspection_stats);
+static void write_malloc_info(const mapalloc_stats& s, void* ctx) {
+  FILE* fp = static_cast<FILE*>(ctx);
   fprintf(fp, "<malloc version=\"mapalloc-%s\">\n", MAPALLOC_VERSION);
   for (unsigned c = 0; c < s.class_count; c++) {
     const mapalloc_class_stats& cs = s.classes[c];
@@ -121,5 +108,13 @@ EXPORT int malloc_info(int options, FILE* fp) noexcept {
   fprintf(fp, "<system type=\"current\" size=\"%llu\"/>\n", (unsigned long long)s.bytes_committed);
   fprintf(fp, "<system type=\"mapped\" size=\"%llu\"/>\n", (unsigned long long)s.bytes_mapped);
   fprintf(fp, "</malloc>\n");
+}
+
+EXPORT int malloc_info(int options, FILE* fp) noexcept {
+  if (options != 0 || !fp) {
+    errno = EINVAL;
+    return -1;
+  }
+  with_stats(write_malloc_info, fp);
   return 0;
 }

@@ -1,6 +1,5 @@
 // Statistics: per-thread counters merged on demand, plus the arena's, the
 // large cache's and the OS layer's. Reports are written with write(2).
-#include <pthread.h>
 #include <unistd.h>
 
 #include "arena.h"
@@ -11,6 +10,7 @@
 #include "mapalloc.h"
 #include "options.h"
 #include "os/os.h"
+#include "stats.h"
 #include "thread.h"
 
 namespace mapalloc {
@@ -24,17 +24,18 @@ struct ClassSums {
   uint64_t remote[kNumClasses], pages[kNumClasses];
 };
 
-// Each guards a scratch copy that its holder fills from scratch. A thread
-// reading the statistics when another forks holds its lock in the child for
-// ever: the child resets them (its one thread holds none).
-static SpinLock sums_lock, print_lock, json_lock;
-__attribute__((constructor)) static void reset_stats_locks_in_fork_child() {
-  pthread_atfork(nullptr, nullptr, [] {
-    sums_lock.reset_after_fork();
-    print_lock.reset_after_fork();
-    json_lock.reset_after_fork();
-  });
+// Each guards a scratch copy that its holder fills from scratch (static: too
+// big for small thread stacks), so a forked child may simply reset them: a
+// thread reading the statistics when another forked held its lock in the
+// child for ever (thread.cpp calls stats_reset_after_fork).
+static SpinLock sums_lock, report_lock;
+static mapalloc_stats report;  // under report_lock
+
+void stats_reset_after_fork() {
+  sums_lock.reset_after_fork();
+  report_lock.reset_after_fork();
 }
+
 
 static void add_heap(const Heap* h, void* ctx) {
   auto* s = static_cast<ClassSums*>(ctx);
@@ -112,6 +113,12 @@ void gather_stats(mapalloc_stats* out) {
   out->heaps = heaps_created();
 }
 
+void with_stats(void (*use)(const mapalloc_stats& s, void* ctx), void* ctx) {
+  LockGuard guard(report_lock);
+  gather_stats(&report);
+  use(report, ctx);
+}
+
 static void row(LineBuffer& b, int fd, const char* name, uint64_t v, bool as_bytes) {
   b.str("  ").str(name).pad_to(24);
   if (as_bytes) {
@@ -122,10 +129,8 @@ static void row(LineBuffer& b, int fd, const char* name, uint64_t v, bool as_byt
   b.str("\n").flush(fd);
 }
 
-void print_stats(int fd) {
-  static mapalloc_stats s;  // static: too big for small thread stacks
-  LockGuard guard(print_lock);
-  gather_stats(&s);
+static void print_text(const mapalloc_stats& s, void* ctx) {
+  int fd = *static_cast<int*>(ctx);
   LineBuffer b;
   b.str("mapalloc statistics\n").flush(fd);
   row(b, fd, "mapped", s.bytes_mapped, true);
@@ -161,10 +166,10 @@ void print_stats(int fd) {
   }
 }
 
-void print_stats_json(int fd) {
-  static mapalloc_stats s;
-  LockGuard guard(json_lock);
-  gather_stats(&s);
+void print_stats(int fd) { with_stats(print_text, &fd); }
+
+static void print_json(const mapalloc_stats& s, void* ctx) {
+  int fd = *static_cast<int*>(ctx);
   LineBuffer b;
   auto field = [&](const char* name, uint64_t v) { b.str("\"").str(name).str("\":").dec(v).str(","); };
   b.str("{");
@@ -207,6 +212,8 @@ void print_stats_json(int fd) {
   }
   b.str("]}\n").flush(fd);
 }
+
+void print_stats_json(int fd) { with_stats(print_json, &fd); }
 
 // stats=1: the report at exit (a destructor, not atexit, which may allocate).
 __attribute__((destructor)) static void print_stats_at_exit() {

@@ -14,6 +14,7 @@
 #include "meta.h"
 #include "options.h"
 #include "os/os.h"
+#include "stats.h"
 
 namespace mapalloc {
 
@@ -180,6 +181,7 @@ static void after_fork_child() {
   large::reset_after_fork();
   arena::reset_after_fork();
   heaps_lock.reset_after_fork();
+  stats_reset_after_fork();
   // Only the forking thread lives on: other threads' heaps are abandoned.
   for (Heap* h = all_heaps; h; h = h->next_all) {
     if (h->owned && h != tls_heap) {

@@ -735,6 +735,18 @@ TEST(Stress, CollectReturnsWhileNewThreadsAdoptAbandonedHeaps) {
   }
 }
 
+// Waits up to `seconds` for child pid; false (the child killed) if it is
+// still running then.
+static bool wait_or_kill(pid_t pid, int seconds, int* status) {
+  for (int w = 0; w < seconds * 100; w++) {
+    if (waitpid(pid, status, WNOHANG) == pid) return true;
+    usleep(10000);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, status, 0);
+  return false;
+}
+
 // fork() while other threads allocate: the child must be able to allocate
 // (small, large, and, except under TSan, from a new thread) and exit; a child that deadlocks on a
 // lock held at fork time is killed after 10 s and reported.
@@ -780,15 +792,7 @@ TEST(Stress, ForkWhileOtherThreadsAllocate) {
       _exit(rc);
     }
     int status = 0;
-    bool exited = false;
-    for (int w = 0; w < 1000 && !exited; w++) {
-      exited = waitpid(pid, &status, WNOHANG) == pid;
-      if (!exited) usleep(10000);
-    }
-    if (!exited) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-    }
+    bool exited = wait_or_kill(pid, 10, &status);
     if (!exited || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       if (!failed++) {
         first = "fork " + std::to_string(i) + ": child " +
@@ -835,14 +839,7 @@ TEST(Stress, ForkWhileAnotherThreadReadsStatistics) {
       break;
     }
     int status = 0;
-    bool exited = false;
-    for (int w = 0; w < 500 && !exited; w++) {
-      exited = waitpid(pid, &status, WNOHANG) == pid;
-      if (!exited) usleep(10000);
-    }
-    if (!exited) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
+    if (!wait_or_kill(pid, 5, &status)) {
       failure = "fork " + std::to_string(i) + ": the child's statistics did not return in 5 s";
     } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       failure = "fork " + std::to_string(i) + ": child ended with status " + std::to_string(status);
