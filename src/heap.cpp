@@ -225,6 +225,7 @@ void quarantine_free(Page* page, void* p) noexcept {
   if (b->cookie == freed_cookie(b)) return report_double_free(p);
   size_t used = requested_bytes(page, p);
   if (used == SIZE_MAX) return report_overflow(p);
+  if (kCanaries && index != 0 && !tail_before_intact(page, p)) return report_underflow(p);
   if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
   b->link = quarantine_tag(p);
   b->cookie = freed_cookie(b);

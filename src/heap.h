@@ -161,9 +161,14 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   if (MAPALLOC_UNLIKELY(b->cookie == freed_cookie(b))) return report_double_free(p);
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
-    if (kCanaries && MAPALLOC_UNLIKELY(canary_check(page, p) == SIZE_MAX)) return report_overflow(p);
+    uintptr_t cookie = freed_cookie(b);
+    if (kCanaries) {
+      if (offset != 0 && MAPALLOC_UNLIKELY(!tail_before_intact(page, p))) return report_underflow(p);
+      if (MAPALLOC_UNLIKELY(canary_check(page, p) == SIZE_MAX)) return report_overflow(p);
+      mark_tail_free(page, b, cookie);
+    }
     b->link = encode_link(b, page->free);
-    b->cookie = freed_cookie(b);
+    b->cookie = cookie;
     page->free = b;
     bump_one(page->freed);
     if (MAPALLOC_UNLIKELY(--page->free_wait == 0)) return heap_page_wait_over(heap, page);

@@ -42,6 +42,10 @@ void report_overflow(const void* block) noexcept {
   fatal("heap overflow: canary after the end of block broken, block", block);
 }
 
+void report_underflow(const void* p) noexcept {
+  fatal("heap underflow (or overflow of the block before it) at block", p);
+}
+
 size_t check_canary_past_header(const Page* page, const void* block) {
   if (!kCanaries) return page->block_size;
   if (page->block_size == kMinBlock) return kMinBlock - kMinSlack;  // its record is gone, any will do
@@ -129,6 +133,7 @@ bool page_extend(Page* page) {
     Block* b = reinterpret_cast<Block*>(first + size_t(order[i]) * page->block_size);
     b->link = encode_link(b, next);
     b->cookie = freed_cookie(b);
+    if (kCanaries) mark_tail_free(page, b, b->cookie);
     next = b;
   }
   page->free = next;

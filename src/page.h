@@ -50,8 +50,10 @@ struct Block {
 
 struct Keys {
   uintptr_t link = 0x5bd1e9955bd1e995ull;
-  uintptr_t cookie = 0x9e3779b97f4a7c15ull;
+  // Its top 16 bits are kFreedRecord ^ record (see freed_cookie).
+  uintptr_t cookie = (uintptr_t(0x27d4 ^ 2) << 48) | 0x779b97f4a7c15ull;
   uintptr_t canary = 0xc2b2ae3d27d4eb4full;
+  uintptr_t record = 0x27d4;  // 16 bits: the canaries' slack records are xored with it
 };
 extern Keys keys;  // set once at start-up, before the first block exists
 
@@ -66,9 +68,15 @@ MAPALLOC_INLINE uintptr_t encode_link(const Block* self, const Block* next) {
   return reinterpret_cast<uintptr_t>(next) ^ link_key(self);
 }
 MAPALLOC_INLINE Block* decode_link(const Block* self) { return reinterpret_cast<Block*>(self->link ^ link_key(self)); }
-MAPALLOC_INLINE uintptr_t freed_cookie(const Block* b) {
-  return reinterpret_cast<uintptr_t>(b) ^ keys.cookie;
-}
+
+// A block's last two bytes hold a record that decodes (xored with
+// keys.record) to a slack in kMinSlack .. block size - 1: its canary's
+// record while it is live (below), kFreedRecord while it is free, where the
+// freed cookie, whose top 16 bits are kFreedRecord ^ keys.record (user
+// addresses have 47 bits), is written at its end too (a 16-byte block's is
+// there anyway). See tail_before_intact.
+constexpr uint64_t kFreedRecord = 2;
+MAPALLOC_INLINE uintptr_t freed_cookie(const Block* b) { return reinterpret_cast<uintptr_t>(b) ^ keys.cookie; }
 
 // Page::free_wait of the current page: it is looked at once per 65535 frees.
 constexpr uint16_t kNoWait = 0xFFFF;
@@ -161,9 +169,9 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
 //   from the secret and the block's address, so that a write past the end
 //   is caught when the block is freed or reallocated;
 // - the block's last two bytes (the word's top two when the slack is 8 or
-//   less) record the slack, xored with the word's top 16 bits; 0xFFFF there
-//   means "exact value, xored with 32 more bits of the word, in the 4 bytes
-//   before it".
+//   less) record the slack, xored with keys.record (so that a free block's
+//   record, freed_cookie, decodes the same way); 0xFFFF there means "exact
+//   value, xored with 32 bits of the word, in the 4 bytes before it".
 // The record is in the block rather than out of line, so that it costs no
 // cache line of its own: with one byte per block in the chunk descriptor's
 // mapping (the earlier layout), free missed L1 on that byte on 74 % of bench
@@ -172,15 +180,15 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
 // as a slack of one byte, which leaves nothing else to check.
 constexpr size_t kSlackEscape = 0xFFFF;
 
-MAPALLOC_INLINE uint64_t canary_word(const void* block) {
-  return std::rotl(reinterpret_cast<uintptr_t>(block) ^ keys.canary, 23);
-}
-
 // The canary's word sits at block_size - max(slack, 8): right after the
 // request, or at the block's end when there are 8 bytes of slack or fewer.
 MAPALLOC_INLINE size_t canary_offset(size_t block_size, size_t slack) {
   size_t requested = block_size - slack;  // when the caller knows it, one instruction less
   return requested < block_size - 8 ? requested : block_size - 8;
+}
+
+MAPALLOC_INLINE uint64_t canary_word(const void* block) {
+  return std::rotl(reinterpret_cast<uintptr_t>(block) ^ keys.canary, 23);
 }
 
 // Per slack (from 10 on, the last entry), the bytes of the canary's word
@@ -209,7 +217,7 @@ MAPALLOC_INLINE void canary_record_slack(char* block, size_t block_size, size_t 
     __builtin_memcpy(block + block_size - 6, &exact, 4);
     slack = kSlackEscape;
   }
-  uint16_t record = uint16_t(slack ^ (word >> 48));
+  uint16_t record = uint16_t(slack ^ keys.record);
   __builtin_memcpy(block + block_size - 2, &record, 2);
 }
 
@@ -244,7 +252,7 @@ MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint6
   const char* b = static_cast<const char*>(block);
   uint16_t record;
   __builtin_memcpy(&record, b + block_size - 2, 2);
-  size_t slack = uint16_t(record ^ (word >> 48));
+  size_t slack = uint16_t(record ^ keys.record);
   if (MAPALLOC_UNLIKELY(slack == kSlackEscape)) {
     uint32_t exact;
     __builtin_memcpy(&exact, b + block_size - 6, 4);
@@ -269,6 +277,26 @@ MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
   return canary_intact(page, block, w, slack) ? slack : SIZE_MAX;
 }
 
+// Underflows (secure builds). The owner's free of a block checks the record
+// in the last two bytes of the block before it (freed_cookie), which
+// catches a write below a block that reaches the byte right below it, when
+// that block is freed: the block before may be live and never freed again,
+// or free and not handed out for a long time. One load, three ALU
+// operations and a branch; no address-derived word, so that it decodes the
+// same whether that block is live or free. Other threads' frees skip it:
+// the owner may be rewriting that block's end meanwhile.
+MAPALLOC_INLINE void mark_tail_free(const Page* page, Block* b, uintptr_t cookie) {
+  __builtin_memcpy(reinterpret_cast<char*>(b) + page->block_size - 8, &cookie, 8);
+}
+
+// p is not its run's first block.
+MAPALLOC_INLINE bool tail_before_intact(const Page* page, const void* p) {
+  uint16_t record;
+  __builtin_memcpy(&record, static_cast<const char*>(p) - 2, 2);
+  size_t slack = uint16_t(record ^ keys.record);
+  return slack - kMinSlack < page->block_size - kMinSlack;
+}
+
 // The bytes a live block was asked for, or SIZE_MAX when its canary is
 // broken. Blocks of unprotected builds were asked for their block size.
 MAPALLOC_INLINE size_t requested_bytes(const Page* page, const void* block) {
@@ -288,6 +316,8 @@ bool page_extend(Page* page);
 [[noreturn]] void page_corrupted(const Page* page, const void* block);
 // Aborts; not noreturn so that the free fast path reaches it by a tail jump.
 void report_overflow(const void* block) noexcept;
+// Aborts: tail_before_intact said no.
+void report_underflow(const void* p) noexcept;
 // For a quarantined block, whose first 16 bytes hold the free list's words:
 // checks its canary unless that began inside those 16 bytes. Returns the
 // bytes the block was asked for (for a 16-byte block, whose record those

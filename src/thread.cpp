@@ -52,8 +52,9 @@ void ensure_init() {
       // Before the first page exists: every page's frees then take the slow path.
       if (options.quarantine) pagemap::page_tag = pagemap::kSlowPageTag;
       keys.link = os::random_u64();
-      keys.cookie = os::random_u64();
       keys.canary = os::random_u64();
+      keys.record = os::random_u64() & 0xFFFF;
+      keys.cookie = (os::random_u64() & ((uintptr_t(1) << 48) - 1)) | ((kFreedRecord ^ keys.record) << 48);
       if (pthread_key_create(&exit_key, thread_exit) != 0) fatal("cannot create the thread-exit key");
       init_state.store(2, std::memory_order_release);
     }

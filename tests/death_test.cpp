@@ -743,28 +743,6 @@ TEST(Canary, AClassSizeOrOneByteShortOfItIsCanaried) {
   }
 }
 
-// A write one byte below a block with slack lands in the record of the block
-// before it on the page, which is caught when that block is freed (if it is
-// live; a free one's tail is not checked).
-TEST(Canary, UnderflowIntoALiveNeighboursRecordCaught) {
-  SKIP_UNLESS_SECURE();
-  EXPECT_DEATH(
-      {
-        // Two neighbours: blocks of a fresh page are handed out in address order.
-        char* first = static_cast<char*>(mapalloc_malloc(50));
-        char* second = static_cast<char*>(mapalloc_malloc(50));
-        for (int i = 0; i < 1000 && second != first + 64; i++) {
-          first = second;
-          second = static_cast<char*>(mapalloc_malloc(50));
-        }
-        if (second != first + 64) abort();  // no neighbours found: the expected message is missing
-        poke(second - 1);
-        mapalloc_free(second);
-        mapalloc_free(first);
-      },
-      "mapalloc: heap overflow");
-}
-
 // A write past a block's slack, into the next block (free), is caught when
 // that block is handed out, even if the one written from is never freed.
 // The requests leave 2 bytes of slack (the block sizes are their classes').
@@ -856,6 +834,120 @@ struct ScopedOptions {
   explicit ScopedOptions(const char* value) { setenv("MAPALLOC_OPTIONS", value, 1); }
   ~ScopedOptions() { unsetenv("MAPALLOC_OPTIONS"); }
 };
+
+// ---------------------------------------------------------------- underflows
+
+namespace {
+
+// A write below a small block (its byte -1, or its last word below) lands in
+// the last two bytes of the block before it on the page: a live block's
+// canary record, or a free one's copy of its freed cookie. The block's own
+// free checks them, whatever the block before holds.
+enum class Before { kLive, kFreed, kNeverHandedOut };
+constexpr uintptr_t kSlot = 16 * 1024;  // runs start at a multiple of it
+
+// Writes below a block of n bytes whose neighbour below is in state `before`,
+// then frees it. With random=1 fresh blocks come in a random order, so a
+// block whose neighbour below was carved but not handed out turns up soon.
+void underflow_then_free(size_t n, Before before, size_t width) {
+  char* below = nullptr;
+  char* p = nullptr;
+  if (before == Before::kNeverHandedOut) {
+    char* seen[512];
+    size_t count = 0;
+    for (; count < 512 && !p; count++) {
+      char* q = static_cast<char*>(mapalloc_malloc(n));
+      seen[count] = q;
+      size_t stride = mapalloc_usable_size(q) + 2;  // n + 2 is a class size here
+      if (reinterpret_cast<uintptr_t>(q) % kSlot == 0) continue;  // maybe a run's first block
+      bool handed_out = false;
+      for (size_t k = 0; k < count; k++) handed_out |= seen[k] == q - stride;
+      if (!handed_out) p = q;
+    }
+  } else {
+    // Fresh blocks come in address order: two in a row are neighbours.
+    below = static_cast<char*>(mapalloc_malloc(n));
+    for (int i = 0; i < 1000 && !p; i++) {
+      char* q = static_cast<char*>(mapalloc_malloc(n));
+      if (q == below + n + 2 && reinterpret_cast<uintptr_t>(q) % kSlot != 0) p = q;
+      else below = q;
+    }
+    if (p && before == Before::kFreed) mapalloc_free(below);
+  }
+  if (!p) abort();  // no such neighbours: the expected message is missing
+  for (size_t k = 1; k <= width; k++) poke(p - k);
+  mapalloc_free(p);
+}
+
+// Random mallocs, frees and reallocs (in place or moved) over 4096 slots,
+// small sizes mostly, some up to 8000 bytes, and now and then a block of the
+// 128 KiB class asked for 16 bytes (aligned: its record is the escape).
+void churn_neighbours() {
+  uint64_t rng = 88172645463325252ull;
+  auto next = [&rng] {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+  };
+  static void* live[4096];
+  for (int round = 0; round < 200000; round++) {
+    void*& slot = live[next() % 4096];
+    if (slot && next() % 4 == 0) {
+      size_t now = mapalloc_usable_size(slot);
+      slot = mapalloc_realloc(slot, now - now / 4 + next() % (now / 2 + 1));
+    } else {
+      mapalloc_free(slot);
+      size_t n = next() % 8 == 0 ? next() % 8000 : next() % 200;
+      slot = next() % 64 == 0 ? mapalloc_aligned_alloc(131072, 16) : mapalloc_malloc(n);
+    }
+  }
+  for (void* q : live) mapalloc_free(q);
+}
+
+}  // namespace
+
+// Sizes whose class is n + 2 (2 bytes of slack: the record alone), so that
+// neighbours are n + 2 apart.
+TEST(Underflow, BelowASmallBlockIsCaughtAtItsFreeWhateverTheBlockBeforeHolds) {
+  SKIP_UNLESS_SECURE();
+  for (size_t n : {14, 46, 126, 1022, 3070, 20478}) {
+    for (Before before : {Before::kLive, Before::kFreed}) {
+      for (size_t width : {1, 8}) {
+        EXPECT_DEATH(underflow_then_free(n, before, width),
+                     "^mapalloc: heap underflow \\(or overflow of the block before it\\) at block 0x[0-9a-f]+\n")
+            << "size " << n << " before " << int(before) << " width " << width;
+      }
+    }
+  }
+}
+
+TEST(Underflow, BelowASmallBlockWhoseNeighbourWasNeverHandedOutIsCaught) {
+  SKIP_UNLESS_SECURE();
+  ScopedOptions opts("random=1");
+  for (size_t n : {14, 126, 1022}) {
+    EXPECT_DEATH(underflow_then_free(n, Before::kNeverHandedOut, 1), "^mapalloc: heap underflow")
+        << "size " << n;
+  }
+}
+
+// No false alarm: blocks freed next to neighbours in every state (live,
+// freed, never handed out, reallocated in place to another size, held in
+// the quarantine, and a block of the 128 KiB class asked for 16 bytes, whose
+// record is the escape) under every option that changes what a free block
+// holds.
+TEST(Underflow, FreesNextToNeighboursInEveryStateRaiseNoAlarm) {
+  for (const char* o : {"", "random=1", "quarantine=256k", "random=1,quarantine=64k"}) {
+    ScopedOptions opts(o);
+    EXPECT_EXIT(
+        {
+          churn_neighbours();
+          std::_Exit(0);
+        },
+        ::testing::ExitedWithCode(0), "")
+        << "options " << o;
+  }
+}
 
 TEST(Quarantine, WriteAfterFreeBeyondFirst16BytesCaught) {
   ScopedOptions opts("quarantine=64k");

@@ -60,6 +60,15 @@ int main(int argc, char** argv) {
     p[-1] = 1;
     std::free(p);
   }
+  else if (is("small-underflow-1") || is("small-underflow-word") || is("small-underflow-freed-neighbour")) {
+    // Not a run's first block (its run's guard page lies below that one).
+    char* before = alloc(40);
+    p = alloc(40);
+    while (reinterpret_cast<unsigned long>(p) % 16384 == 0) before = p, p = alloc(40);
+    if (is("small-underflow-freed-neighbour")) std::free(before);  // the block below, if it is this one
+    for (int k = 1; k <= (is("small-underflow-word") ? 8 : 1); k++) poke(p - k);
+    std::free(p);
+  }
   else if (is("read-after-free-small-purged")) {
     p = alloc(3000);
     std::memset(p, 1, 3000);

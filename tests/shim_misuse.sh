@@ -43,6 +43,9 @@ if [ "$secure" = true ]; then
     "small-overflow-class-size:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
     "small-overflow-20:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
     "small-overflow-realloc:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
+    "small-underflow-1:^mapalloc: heap underflow \\(or overflow of the block before it\\) at block 0x"
+    "small-underflow-word:^mapalloc: heap underflow \\(or overflow of the block before it\\) at block 0x"
+    "small-underflow-freed-neighbour:^mapalloc: heap underflow \\(or overflow of the block before it\\) at block 0x"
     "write-after-free-small:^mapalloc: heap corruption: free block overwritten"
     "write-after-free-small-first-byte:^mapalloc: heap corruption: free block overwritten"
   )
