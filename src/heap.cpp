@@ -2,6 +2,8 @@
 // moving pages between the class queues and the full list, remote frees.
 #include "heap.h"
 
+#include <time.h>
+
 #include <bit>
 
 #include "arena.h"
@@ -88,6 +90,9 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   // 16-byte block's.
   if (kCanaries && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
   b->cookie = freed_cookie(b);
+  // One aligned store: the owner may read the record in its top two bytes
+  // meanwhile (tail_before_intact), and sees the old one or the new one.
+  if (kCanaries) mark_tail_free(page, b, b->cookie);
   uintptr_t old = page->thread_free.load(std::memory_order_relaxed);
   do {
     b->link = encode_link(b, reinterpret_cast<Block*>(old));
@@ -262,6 +267,91 @@ void heap_collect(Heap* heap, bool release_current) {
     }
   }
   sweep_full(heap);
+}
+
+// ---------------------------------------------------------------- check at exit
+
+// Secure builds: at exit (a destructor: after the program's own destructors
+// and atexit handlers) the exiting thread's pages are checked as free and
+// malloc check each block: a free block's cookie, its copy at the block's
+// end and its link, a live block's canary. So misuse that no later free or
+// malloc reached is still reported: an overflow past a block that is never
+// freed, a write after free into a block never handed out again. Bounded,
+// so that a big heap does not make exit slow: kExitCheckBytes of pages, the
+// current page of each class first (where the latest frees went), then the
+// class queues, then the full pages.
+//
+// Other threads may still run. They only push their frees onto a page's
+// remote list, walked from a snapshot of its head (a pushed block's words
+// never change until the owner collects it). A live block freed by one of
+// them meanwhile reads as live with a record of kFreedRecord, which passes.
+// A realloc in place by one of them rewrites the canary in two stores, so a
+// broken canary is looked at twice more, a millisecond apart, before it is
+// reported: real damage stays.
+constexpr size_t kExitCheckBytes = 16 * MiB;
+
+// Marks the blocks of a free list in seen; aborts on a link out of the page
+// or off the block grid, a cycle, or a free block whose words changed.
+static void check_free_list_at_exit(const Page* page, const Block* b, uint64_t* seen) {
+  uint32_t count = 0;
+  for (const Block* from = nullptr; b; from = b, b = decode_link(b)) {
+    uint32_t i = block_index(page, b);
+    if (i == UINT32_MAX || (seen[i / 64] >> (i % 64)) & 1 || ++count > page->carved) page_corrupted(page, from);
+    uintptr_t cookie = freed_cookie(b), tail;
+    __builtin_memcpy(&tail, reinterpret_cast<const char*>(b) + page->block_size - 8, 8);
+    if (b->cookie != cookie || tail != cookie) page_corrupted(page, b);
+    seen[i / 64] |= uint64_t(1) << (i % 64);
+  }
+}
+
+static void check_page_at_exit(const Page* page) {
+  uint64_t seen[kSmallPageBytes / kMinBlock / 64] = {};
+  uint32_t carved = __atomic_load_n(&page->carved, __ATOMIC_RELAXED);
+  check_free_list_at_exit(page, page->free, seen);
+  check_free_list_at_exit(page, reinterpret_cast<const Block*>(page->thread_free.load(std::memory_order_acquire)), seen);
+  for (uint32_t i = 0; i < carved; i++) {
+    if ((seen[i / 64] >> (i % 64)) & 1) continue;
+    const char* p = page->start + size_t(i) * page->block_size;
+    bool broken = true;
+    for (int look = 0; look < 3 && broken; look++) {
+      if (look) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, nullptr);
+      }
+      broken = canary_check(page, p) == SIZE_MAX;
+    }
+    if (broken) report_overflow(p);
+  }
+}
+
+// False when the budget is spent.
+static bool check_page_within(const Page* page, size_t* budget) {
+  size_t bytes = size_t(page->capacity) * page->block_size;
+  if (bytes > *budget) return false;
+  *budget -= bytes;
+  check_page_at_exit(page);
+  return true;
+}
+
+static bool check_list_within(const Page* page, size_t* budget) {
+  for (; page; page = page->next)
+    if (!check_page_within(page, budget)) return false;
+  return true;
+}
+
+__attribute__((destructor(101))) static void check_heap_at_exit() {
+  if (!kCanaries) return;
+  Heap* heap = tls_heap;
+  if (heap != &empty_heap) {
+    quarantine_flush(heap);
+    size_t budget = kExitCheckBytes;
+    bool more = true;
+    for (unsigned c = 0; c < kNumClasses && more; c++)
+      if (heap->current[c] != &empty_page) more = check_page_within(heap->current[c], &budget);
+    for (unsigned c = 0; c < kNumClasses && more; c++) more = check_list_within(heap->avail[c].head, &budget);
+    if (more) check_list_within(heap->full.head, &budget);
+  }
+  large::check_at_exit();
 }
 
 }  // namespace mapalloc

@@ -860,6 +860,12 @@ void* reallocate(LargeBlock* b, size_t new_size, bool* out_of_memory) {
   return nullptr;  // shrinking a lot: the caller moves it to a smaller block
 }
 
+void check_at_exit() {
+  LockGuard guard(lock);
+  for (LargeBlock* b = cache_head; b; b = b->next) check_freed(b);
+  for (LargeBlock* b = growable_head; b; b = b->next) check_freed(b);
+}
+
 void purge(bool force) {
   uint64_t now = os::now_ms();
   LockGuard guard(lock);

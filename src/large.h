@@ -69,6 +69,8 @@ size_t usable_size(const LargeBlock* block);
 // untouched) or when memory ran out (errno ENOMEM, block intact).
 void* reallocate(LargeBlock* block, size_t new_size, bool* out_of_memory);
 void purge(bool force);
+// At exit: checks the write-after-free marks of the cached blocks.
+void check_at_exit();
 // For a request the kernel refused: unmaps every cached mapping and the
 // arena's wholly free chunks, and purges its free pages. No lock held.
 void give_back_caches();

@@ -30,7 +30,7 @@ void page_init(Page* page, Heap* heap, unsigned size_class) {
 }
 
 void page_corrupted(const Page*, const void* block) {
-  fatal("heap corruption: free block overwritten (write after free, or overflow from the block before) at", block);
+  fatal("heap corruption: free block overwritten (write after free, or overflow into it) at", block);
 }
 
 // Checks a link taken from the free lists: inside this page, on a block start.

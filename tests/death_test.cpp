@@ -809,6 +809,32 @@ TEST(Misuse, OneByteWrittenAtAFreedBlocksStartCaughtAtItsHandout) {
   }
 }
 
+// A freed block's last 8 bytes hold its freed cookie too: a write after free
+// there (the last field of a struct, a string's end) is caught when the block
+// is handed out again, whether this thread or another one freed it.
+TEST(Misuse, WriteAfterFreeIntoAFreedBlocksLastBytesCaughtAtItsHandout) {
+  SKIP_UNLESS_SECURE();
+  for (size_t n : {14, 46, 126, 1022, 5118}) {  // class sizes less 2: the last requested byte is in the tail
+    for (bool remote : {false, true}) {
+      EXPECT_DEATH(
+          {
+            char* p = static_cast<char*>(mapalloc_malloc(n));
+            if (remote) {
+              std::thread([p] { mapalloc_free(p); }).join();
+            } else {
+              mapalloc_free(p);
+            }
+            poke(p + n - 1);
+            // Until the block comes back: at once if this thread freed it, else
+            // once the page's other free blocks are used up and its remote frees collected.
+            for (int i = 0; i < 3000; i++) (void)mapalloc_malloc(n);
+          },
+          "^mapalloc: heap corruption: free block overwritten \\(write after free, or overflow into it\\) at 0x")
+          << "size " << n << (remote ? " freed by another thread" : "");
+    }
+  }
+}
+
 // Only the link of a freed block overwritten, its cookie intact: the link
 // must not lead out of the block's page, to memory the allocator would then
 // hand out (here, a global).
@@ -943,6 +969,92 @@ TEST(Underflow, FreesNextToNeighboursInEveryStateRaiseNoAlarm) {
         {
           churn_neighbours();
           std::_Exit(0);
+        },
+        ::testing::ExitedWithCode(0), "")
+        << "options " << o;
+  }
+}
+
+// ---------------------------------------------------------------- at exit
+
+// Misuse that no later free or malloc reaches is reported when the program
+// exits: the exiting thread's pages and the cached large blocks are checked.
+TEST(AtExit, MisuseNoLaterCallReachesIsReported) {
+  SKIP_UNLESS_SECURE();
+  auto at_exit = [](void (*misuse)(), const char* want) {
+    EXPECT_DEATH(
+        {
+          misuse();
+          exit(0);
+        },
+        want);
+  };
+  at_exit([] { poke(static_cast<char*>(mapalloc_malloc(40)) + 40); }, "^mapalloc: heap overflow: canary after the end of block broken, block 0x");
+  at_exit(
+      [] {
+        char* p = static_cast<char*>(mapalloc_malloc(40));
+        mapalloc_free(p);
+        poke(p);
+      },
+      "^mapalloc: heap corruption: free block overwritten");
+  at_exit(
+      [] {
+        char* p = static_cast<char*>(mapalloc_malloc(46));
+        mapalloc_free(p);
+        poke(p + 45);
+      },
+      "^mapalloc: heap corruption: free block overwritten");
+  at_exit(
+      [] {
+        char* p = static_cast<char*>(mapalloc_malloc(400000));
+        mapalloc_free(p);
+        poke(p + 3);
+      },
+      "^mapalloc: write after free into large block 0x");
+}
+
+namespace {
+
+// Two detached threads free, allocate and reallocate (in place, mostly) the
+// blocks the main thread allocated, without end; the main thread churns its
+// own blocks, then exits while they run.
+[[noreturn]] void exit_while_threads_free_and_reallocate() {
+  static void* blocks[4096];
+  for (size_t i = 0; i < 4096; i++) blocks[i] = mapalloc_malloc(16 + i % 300);
+  for (int t = 0; t < 2; t++) {
+    std::thread([t] {
+      for (uint64_t k = t;; k++) {
+        size_t i = (k * 2654435761u) % 4096;
+        void* q = __atomic_exchange_n(&blocks[i], nullptr, __ATOMIC_ACQ_REL);
+        if (!q) continue;
+        if (k % 3 == 0) {
+          mapalloc_free(q);
+          q = mapalloc_malloc(16 + k % 300);
+        } else {
+          size_t now = mapalloc_usable_size(q);
+          q = mapalloc_realloc(q, now % 2 ? now - 1 : now + 1);
+        }
+        __atomic_store_n(&blocks[i], q, __ATOMIC_RELEASE);
+      }
+    }).detach();
+  }
+  churn_neighbours();
+  struct timespec ms = {0, 50000000};
+  nanosleep(&ms, nullptr);
+  exit(0);
+}
+
+}  // namespace
+
+// Other threads keep freeing and reallocating in place the main thread's
+// blocks while it exits (a canary rewritten in two stores may be read torn):
+// no false alarm, under every option.
+TEST(AtExit, NoFalseAlarmWhileOtherThreadsFreeAndReallocate) {
+  for (const char* o : {"", "random=1,quarantine=64k"}) {
+    ScopedOptions opts(o);
+    EXPECT_EXIT(
+        {
+          exit_while_threads_free_and_reallocate();
         },
         ::testing::ExitedWithCode(0), "")
         << "options " << o;

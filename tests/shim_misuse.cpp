@@ -87,6 +87,7 @@ int main(int argc, char** argv) {
   else if (is("invalid-free-interior-large")) { p = alloc(400000); std::free(p + 4096); }
   else if (is("invalid-free-wild")) { std::free(reinterpret_cast<void*>(0x7f0000001000)); }
   else if (is("write-after-free-small")) { p = alloc(40); std::free(p); poke(p); poke(p + 8); sink = *alloc(40); }
+  else if (is("write-after-free-small-last-byte")) { p = alloc(46); std::free(p); poke(p + 45); std::free(alloc(46)); }
   else if (is("write-after-free-small-first-byte")) { p = alloc(128); std::free(p); poke(p); std::free(alloc(128)); }
   else if (is("write-after-free-large")) { p = alloc(400000); std::free(p); poke(p); sink = *alloc(400000); }
   else if (is("realloc-freed")) { p = alloc(40); std::free(p); p = static_cast<char*>(std::realloc(p, 80)); }

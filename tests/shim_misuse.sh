@@ -48,6 +48,7 @@ if [ "$secure" = true ]; then
     "small-underflow-freed-neighbour:^mapalloc: heap underflow \\(or overflow of the block before it\\) at block 0x"
     "write-after-free-small:^mapalloc: heap corruption: free block overwritten"
     "write-after-free-small-first-byte:^mapalloc: heap corruption: free block overwritten"
+    "write-after-free-small-last-byte:^mapalloc: heap corruption: free block overwritten"
   )
 fi
 for entry in "${cases[@]}"; do
