@@ -216,8 +216,16 @@ static void quarantine_release_oldest(Heap* heap) {
   for (size_t i = sizeof(Block); i < used; i++) {
     if (c[i] != kQuarantineFill) fatal("write after free (into a quarantined block) at", p);
   }
-  static_cast<Block*>(p)->cookie = 0;
-  canary_set_fresh(page, p, used);  // whole again for heap_free's check
+  // Whole again for heap_free's check. The page may be another thread's,
+  // whose free of the block above reads this block's record meanwhile
+  // (tail_before_intact): every store here leaves it valid. The cookie is
+  // changed (not the freed one, so heap_free sees no double free) in its
+  // low bit only, as its top 16 bits are a 16-byte block's record; and
+  // canary_set rewrites the canary's bytes around the record, then the
+  // record (canary_set_fresh would store the word, with bytes of no record
+  // where the record is, first).
+  static_cast<Block*>(p)->cookie = freed_cookie(b) ^ 1;
+  canary_set(page, p, used);
   heap_free(page, p);
 }
 
@@ -230,7 +238,11 @@ void quarantine_free(Page* page, void* p) noexcept {
   if (b->cookie == freed_cookie(b)) return report_double_free(p);
   size_t used = requested_bytes(page, p);
   if (used == SIZE_MAX) return report_overflow(p);
-  if (kCanaries && index != 0 && !tail_before_intact(page, p)) return report_underflow(p);
+  // The owner's frees only, as in heap_free: the owner may be writing the
+  // record below meanwhile (malloc writes a block's canary word, then its
+  // record).
+  if (kCanaries && index != 0 && page->heap.load(std::memory_order_relaxed) == heap && !tail_before_intact(page, p))
+    return report_underflow(p);
   if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
   b->link = quarantine_tag(p);
   b->cookie = freed_cookie(b);

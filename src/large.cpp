@@ -39,6 +39,9 @@ static uint64_t live_count = 0, live_bytes = 0, requests = 0, cache_hits = 0, ma
 static uint64_t last_purge_ms = 0;
 static uint64_t coalesced = 0;  // cached neighbours merged
 static size_t cache_dirty = 0;  // resident (not purged) bytes of cached blocks
+// Live blocks, through next/prev (a block is live or cached, never both),
+// for the check at exit. Guarded by lock.
+static LargeBlock* live_head = nullptr;
 // Freed growable mappings, most recent first (through next/prev), apart from
 // the cache above: their layout (headroom PROT_NONE, not guard markers) is
 // only for blocks that realloc grows. Kept resident, so that a program that
@@ -527,6 +530,9 @@ static bool publish(LargeBlock* b, char* user, size_t size, uint64_t now) {
   }
   live_count++;
   live_bytes += size;
+  b->next = live_head;
+  if (live_head) live_head->prev = b;
+  live_head = b;
   maybe_purge_locked(now);
   return true;
 }
@@ -728,6 +734,9 @@ void free(LargeBlock* b, void* p) {
   LockGuard guard(lock);
   live_count--;
   live_bytes -= b->size;
+  (b->prev ? b->prev->next : live_head) = b->next;
+  if (b->next) b->next->prev = b->prev;
+  b->next = b->prev = nullptr;
   b->live = false;  // b->user and its page-map entry stay: see forget_user
   if (b->map_size > options.large_cache / 4) {
     release(b);  // not worth caching
@@ -862,6 +871,10 @@ void* reallocate(LargeBlock* b, size_t new_size, bool* out_of_memory) {
 
 void check_at_exit() {
   LockGuard guard(lock);
+  // Front canaries only: a growable block's canary moves with its end, which
+  // a realloc by another thread may be changing without the lock.
+  for (LargeBlock* b = live_head; b; b = b->next)
+    if (!b->growable) check_front_canary(b);
   for (LargeBlock* b = cache_head; b; b = b->next) check_freed(b);
   for (LargeBlock* b = growable_head; b; b = b->next) check_freed(b);
 }

@@ -33,7 +33,7 @@ struct LargeBlock {
   // is one; [begin, open_from) may hold guard pages of earlier uses.
   char* open_from;
   uint64_t cached_at_ms;
-  LargeBlock* next;   // cache list (most recent first) or spare list
+  LargeBlock* next;   // live list, cache list (most recent first) or spare list
   LargeBlock* prev;
   LargeBlock* bin_next;  // cache bin of its size (cache_bin)
   LargeBlock* bin_prev;
@@ -69,7 +69,8 @@ size_t usable_size(const LargeBlock* block);
 // untouched) or when memory ran out (errno ENOMEM, block intact).
 void* reallocate(LargeBlock* block, size_t new_size, bool* out_of_memory);
 void purge(bool force);
-// At exit: checks the write-after-free marks of the cached blocks.
+// At exit: checks the front canaries of the live blocks (but growable ones)
+// and the write-after-free marks of the cached ones.
 void check_at_exit();
 // For a request the kernel refused: unmaps every cached mapping and the
 // arena's wholly free chunks, and purges its free pages. No lock held.
