@@ -87,6 +87,12 @@ int main(int argc, char** argv) {
   else if (is("invalid-free-interior-large")) { p = alloc(400000); std::free(p + 4096); }
   else if (is("invalid-free-wild")) { std::free(reinterpret_cast<void*>(0x7f0000001000)); }
   else if (is("write-after-free-small")) { p = alloc(40); std::free(p); poke(p); poke(p + 8); sink = *alloc(40); }
+  // Misuse that no later call reaches: caught at exit (main returns below).
+  else if (is("small-overflow-1-at-exit")) { p = alloc(24); std::memset(p, 1, 24); poke(p + 24); }
+  else if (is("small-underflow-1-at-exit")) { alloc(40); p = alloc(40); poke(p - 1); }
+  else if (is("write-after-free-small-at-exit")) { p = alloc(40); std::free(p); std::strcpy(p, "dangling"); }
+  else if (is("write-after-free-large-at-exit")) { p = alloc(400000); std::free(p); poke(p); }
+  else if (is("large-underflow-1-at-exit")) { p = alloc(200000); poke(p - 1); }
   else if (is("write-after-free-small-last-byte")) { p = alloc(46); std::free(p); poke(p + 45); std::free(alloc(46)); }
   else if (is("write-after-free-small-first-byte")) { p = alloc(128); std::free(p); poke(p); std::free(alloc(128)); }
   else if (is("write-after-free-large")) { p = alloc(400000); std::free(p); poke(p); sink = *alloc(400000); }

@@ -49,6 +49,11 @@ if [ "$secure" = true ]; then
     "write-after-free-small:^mapalloc: heap corruption: free block overwritten"
     "write-after-free-small-first-byte:^mapalloc: heap corruption: free block overwritten"
     "write-after-free-small-last-byte:^mapalloc: heap corruption: free block overwritten"
+    "small-overflow-1-at-exit:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
+    "small-underflow-1-at-exit:^mapalloc: heap (overflow: canary after the end of block broken, block|corruption: free block overwritten .*at) 0x"
+    "write-after-free-small-at-exit:^mapalloc: heap corruption: free block overwritten"
+    "write-after-free-large-at-exit:^mapalloc: write after free into large block 0x"
+    "large-underflow-1-at-exit:^mapalloc: heap underflow before the start of large block 0x"
   )
 fi
 for entry in "${cases[@]}"; do
