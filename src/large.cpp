@@ -1,6 +1,7 @@
 #include "large.h"
 
 #include <errno.h>
+#include <time.h>
 
 #include <algorithm>
 
@@ -870,7 +871,18 @@ void* reallocate(LargeBlock* b, size_t new_size, bool* out_of_memory) {
 }
 
 void check_at_exit() {
-  LockGuard guard(lock);
+  // Not lock(): exit may be called from a signal handler that interrupted
+  // this very thread inside the lock. Another thread's hold ends soon: up to
+  // a second of tries, else no check.
+  unsigned tries = 0;
+  while (!lock.try_lock()) {
+    if (++tries == 1000) return;
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, nullptr);
+  }
+  struct Unlock {
+    ~Unlock() { lock.unlock(); }
+  } unlock_at_return;
   // Front canaries only: a growable block's canary moves with its end, which
   // a realloc by another thread may be changing without the lock.
   for (LargeBlock* b = live_head; b; b = b->next)
