@@ -371,53 +371,6 @@ TEST(Stress, CrossThreadFreesThroughLockFreeExchange) {
   expect_no_leaked_blocks(before);
 }
 
-// One thread allocates blocks side by side, hands every other one to a
-// second thread to free, and frees the rest itself a few rounds later. With
-// a quarantine (the options run), the second thread's frees and its
-// releases from the quarantine rewrite blocks of pages the first thread
-// owns, about when the first thread's frees read the record at the end of
-// the block below each block they free (the underflow check), and the other
-// way round. No false alarm. (Two such races existed: a non-owner's free
-// through the quarantine checked the record below while the owner's malloc
-// rewrote it, and a non-owner's release from the quarantine stored a
-// canary word over a record the owner could be reading. This test did not
-// catch them; AtExit.NoFalseAlarmWhileOtherThreadsFreeAndReallocate did, in
-// 1 run of 12.)
-TEST(Stress, FreesNextToBlocksAnotherThreadReleases) {
-  const unsigned rounds = 20000 / kSlowdown;
-  constexpr unsigned kBatch = 256, kLag = 4;  // a quarantine of 512 blocks holds 4 batches' even halves
-  std::mutex lock;
-  std::vector<void*> handed;  // glibc's: the test's own bookkeeping
-  std::atomic<bool> done{false};
-  std::thread other([&] {
-    std::vector<void*> mine;
-    while (!done.load()) {
-      {
-        std::lock_guard<std::mutex> guard(lock);
-        mine.swap(handed);
-      }
-      for (void* p : mine) mapalloc_free(p);
-      mine.clear();
-    }
-  });
-  static void* batches[kLag][kBatch];
-  Deadline deadline;
-  for (unsigned r = 0; r < rounds && !deadline.passed(); r++) {
-    void** blocks = batches[r % kLag];
-    // The odd blocks of the batch kLag rounds back: the other thread is
-    // about to release the even ones below them from its quarantine.
-    if (r >= kLag)
-      for (unsigned i = 1; i < kBatch; i += 2) mapalloc_free(blocks[i]);
-    for (unsigned i = 0; i < kBatch; i++) blocks[i] = mapalloc_malloc((i / 2) % 2 ? 14 : 46);
-    std::lock_guard<std::mutex> guard(lock);
-    for (unsigned i = 0; i < kBatch; i += 2) handed.push_back(blocks[i]);
-  }
-  done.store(true);
-  other.join();
-  for (unsigned r = 0; r < kLag; r++)
-    for (unsigned i = 1; i < kBatch; i += 2) mapalloc_free(batches[r][i]);
-}
-
 // A three-stage pipeline: producers allocate, middle threads realloc blocks
 // they do not own (contents must survive), sinks verify and free.
 TEST(Stress, ProducerConsumerPipelineWithRemoteRealloc) {
