@@ -224,9 +224,10 @@ static void quarantine_release_oldest(Heap* heap) {
   // begins in the block's first 16 bytes rewrites some of them below. With
   // the low bit alone flipped, the options run of
   // Stress.RandomSizesPerThreadWithReallocKeepContents reported a double
-  // free here in 1 run of 10 to 12 (0 of 36 with this). canary_set rewrites the canary's bytes
-  // around the record, then the record (canary_set_fresh would store the
-  // word, with bytes of no record where the record is, first).
+  // free here in 1 run of 10 to 12 (0 of 36 with this). canary_set
+  // rewrites the canary's bytes around the record, then the record
+  // (canary_set_fresh would store the word, with bytes of no record where
+  // the record is, first).
   static_cast<Block*>(p)->cookie = freed_cookie(b) ^ ((uintptr_t(1) << 48) - 1);
   canary_set(page, p, used);
   heap_free(page, p);
