@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
   else if (is("write-after-free-small-at-exit")) { p = alloc(40); std::free(p); std::strcpy(p, "dangling"); }
   else if (is("write-after-free-large-at-exit")) { p = alloc(400000); std::free(p); poke(p); }
   else if (is("large-underflow-1-at-exit")) { p = alloc(200000); poke(p - 1); }
-  else if (is("write-after-free-small-last-byte")) { p = alloc(46); std::free(p); poke(p + 45); std::free(alloc(46)); }
+  else if (is("write-after-free-small-last-byte")) { p = alloc(46); std::free(p); poke(p + 45); }  // at exit
   else if (is("write-after-free-small-first-byte")) { p = alloc(128); std::free(p); poke(p); std::free(alloc(128)); }
   else if (is("write-after-free-large")) { p = alloc(400000); std::free(p); poke(p); sink = *alloc(400000); }
   else if (is("realloc-freed")) { p = alloc(40); std::free(p); p = static_cast<char*>(std::realloc(p, 80)); }
