@@ -330,10 +330,7 @@ static void check_free_list_at_exit(const Page* page, const Block* b, uint64_t* 
 static bool canary_broken_at_exit(const Page* page, const void* p) {
   const Block* b = static_cast<const Block*>(p);
   if (b->cookie != freed_cookie(b)) return canary_check(page, p) == SIZE_MAX;
-  uint64_t w = canary_word(p);
-  size_t slack = recorded_slack(page, p, w);
-  if (slack == SIZE_MAX) return true;
-  return page->block_size - slack >= sizeof(Block) && !canary_intact(page, p, w, slack);
+  return canary_past_header(page, p) == SIZE_MAX;
 }
 
 static void check_page_at_exit(const Page* page) {

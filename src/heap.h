@@ -120,7 +120,7 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
 #if MAPALLOC_SECURE
   // A use-after-free write into a free block breaks its cookie or its link.
   // (Not its copy at the block's end: loading that line, which was only
-  // written before, made bench server 3-9 % slower in three interleaved
+  // written before, made bench server 3-10 % slower in three interleaved
   // runs; the check at exit looks at it.)
   if (MAPALLOC_UNLIKELY(b->cookie != freed_cookie(b))) return report_corrupted(page, b);
   // Outside the run, or off the 16-byte grid every block start is on (a

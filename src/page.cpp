@@ -46,14 +46,19 @@ void report_underflow(const void* p) noexcept {
   fatal("heap underflow (or overflow of the block before it) at block", p);
 }
 
-size_t check_canary_past_header(const Page* page, const void* block) {
+size_t canary_past_header(const Page* page, const void* block) {
   if (!kCanaries) return page->block_size;
   if (page->block_size == kMinBlock) return kMinBlock - kMinSlack;  // its record is gone, any will do
   uint64_t w = canary_word(block);
   size_t slack = recorded_slack(page, block, w);
-  if (slack == SIZE_MAX) report_overflow(block);
+  if (slack == SIZE_MAX) return SIZE_MAX;
   size_t used = page->block_size - slack;
-  if (used >= sizeof(Block) && !canary_intact(page, block, w, slack)) report_overflow(block);
+  return used >= sizeof(Block) && !canary_intact(page, block, w, slack) ? SIZE_MAX : used;
+}
+
+size_t check_canary_past_header(const Page* page, const void* block) {
+  size_t used = canary_past_header(page, block);
+  if (used == SIZE_MAX) report_overflow(block);
   return used;
 }
 

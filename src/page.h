@@ -51,10 +51,12 @@ struct Block {
   uintptr_t cookie;  // freed_cookie(this) while free, 0 while allocated
 };
 
+constexpr uint64_t kFreedRecord = 2;  // a free block's record (freed_cookie)
+
 struct Keys {
   uintptr_t link = 0x5bd1e9955bd1e995ull;
   // Its top 16 bits are kFreedRecord ^ record (see freed_cookie).
-  uintptr_t cookie = (uintptr_t(0x27d4 ^ 2) << 48) | 0x779b97f4a7c15ull;
+  uintptr_t cookie = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x779b97f4a7c15ull;
   uintptr_t canary = 0xc2b2ae3d27d4eb4full;
   uintptr_t record = 0x27d4;  // 16 bits: the canaries' slack records are xored with it
 };
@@ -78,7 +80,6 @@ MAPALLOC_INLINE Block* decode_link(const Block* self) { return reinterpret_cast<
 // freed cookie, whose top 16 bits are kFreedRecord ^ keys.record (user
 // addresses have 47 bits), is written at its end too (a 16-byte block's is
 // there anyway). See tail_before_intact.
-constexpr uint64_t kFreedRecord = 2;
 MAPALLOC_INLINE uintptr_t freed_cookie(const Block* b) { return reinterpret_cast<uintptr_t>(b) ^ keys.cookie; }
 
 // Page::free_wait of the current page: it is looked at once per 65535 frees.
@@ -336,5 +337,7 @@ void report_underflow(const void* p) noexcept;
 // bytes the block was asked for (for a 16-byte block, whose record those
 // words overwrote, 14: a valid record to write back).
 size_t check_canary_past_header(const Page* page, const void* block);
+// The same, SIZE_MAX rather than a report when the canary is broken.
+size_t canary_past_header(const Page* page, const void* block);
 
 }  // namespace mapalloc
