@@ -6,6 +6,7 @@
 
 #include "arena.h"
 #include "large.h"
+#include "sample.h"
 #include "thread.h"
 #include "zero.h"
 
@@ -26,6 +27,7 @@ void free_slow(void* p, uintptr_t entry) noexcept {
   if (!p) return;
   if (!entry) report_invalid_free(p);
   if (pagemap::is_zero(entry)) return zero::free(p);
+  if (pagemap::is_sample(entry)) return sample::free(p);
   if (pagemap::is_slow_page(entry)) return quarantine_free(pagemap::as_page(entry), p);
   large::free(pagemap::as_large(entry), p);
 }
@@ -94,7 +96,14 @@ void* reallocate(void* p, size_t size) noexcept {
     if (q) zero::free(p);
     return q;
   }
-  if (pagemap::is_large(entry)) {
+  if (pagemap::is_sample(entry)) {
+    old_usable = sample::usable_size(p, "realloc of pointer not allocated by mapalloc:");
+    if (size == 0) {
+      sample::free(p);
+      return nullptr;
+    }
+    if (size > size_t(PTRDIFF_MAX)) return out_of_memory();
+  } else if (pagemap::is_large(entry)) {
     LargeBlock* b = checked_large(p, entry, "realloc of pointer not allocated by mapalloc:");
     if (size == 0) {
       large::free(b, p);
@@ -141,6 +150,7 @@ size_t usable_size(const void* p) noexcept {
     if (!zero::live(p)) fatal("malloc_usable_size of freed or foreign zero-size pointer:", p);
     return 0;
   }
+  if (pagemap::is_sample(entry)) return sample::usable_size(p, "malloc_usable_size of pointer not allocated by mapalloc:");
   if (pagemap::is_large(entry)) {
     return large::usable_size(checked_large(p, entry, "malloc_usable_size of pointer not allocated by mapalloc:"));
   }
@@ -153,6 +163,7 @@ bool owns(const void* p) {
   uintptr_t entry = pagemap::lookup(p);
   if (!entry) return false;
   if (pagemap::is_zero(entry)) return zero::live(p);
+  if (pagemap::is_sample(entry)) return sample::live(p);
   if (pagemap::is_large(entry)) {
     const LargeBlock* b = pagemap::as_large(entry);
     return b->live && b->user == p;

@@ -9,6 +9,7 @@
 #include "arena.h"
 #include "large.h"
 #include "options.h"
+#include "sample.h"
 #include "zero.h"
 #include "thread.h"
 
@@ -188,7 +189,15 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
     }
     if (heap != tls_heap) lent = heap;  // the thread has exited (thread.cpp)
   }
-  void* p = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
+  void* p = nullptr;
+  // A guarded sample (sample.h) instead of a page's block: while the start
+  // allowance lasts, current[c] stays &empty_page, so every malloc comes here.
+  if (sample::kEnabled && size <= sample::kMaxSize &&
+      (sample::starting() || heap->slow_until_sample_check-- == 0)) {
+    heap->slow_until_sample_check = 15;
+    if (sample::take(1)) p = sample::alloc(size, kClasses[c].block_size);
+  }
+  if (!p) p = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
   if (lent) thread_heap_give_back(lent);
   if (!p) errno = ENOMEM;
   return p;
@@ -381,6 +390,7 @@ __attribute__((destructor(101))) static void check_heap_at_exit() {
     if (more) check_list_within(heap->full.head, &budget);
   }
   large::check_at_exit();
+  sample::check_at_exit();
 }
 
 }  // namespace mapalloc

@@ -14,6 +14,7 @@
 #include "os/os.h"
 #include "page.h"
 #include "pagemap.h"
+#include "sample.h"
 
 namespace mapalloc::large {
 
@@ -750,7 +751,12 @@ void free(LargeBlock* b, void* p) {
   } else {
     mark_freed(b);
     b->cached_at_ms = now;
-    cache_keep(b);
+    cache_keep(b);  // (b, the most recent, stays cached: it is at most a quarter of the bound)
+    // A sample (sample.h): its pages become guard pages at once, as if purged,
+    // so that a read or write through a dangling pointer faults. One budget
+    // unit per 128 KiB: its pages are zapped now and faulted in again on reuse.
+    size_t units = size_t(b->end - b->user) / (128 * KiB);
+    if (b->guarded && sample::take(units ? units : 1)) purge_block(b);
   }
   maybe_purge_locked(now);
 }

@@ -82,6 +82,8 @@ static void apply(const char* key, size_t key_len, const char* val, size_t val_l
     if ((ok = is_bool)) options.madv_free = v;
   } else if (key_is(key, key_len, "random")) {
     if ((ok = is_bool)) options.random = v;
+  } else if (key_is(key, key_len, "sample")) {
+    if (ok) options.sample = v < (size_t(1) << 40) ? v : size_t(1) << 40;
   } else if (key_is(key, key_len, "quarantine")) {
     if ((ok = ok && v <= kMaxQuarantine)) options.quarantine = v;
   } else {
@@ -146,7 +148,7 @@ void print_options() {
   line.str(",purge_delay_ms=").dec(options.purge_delay_ms).str(",large_cache=").dec(options.large_cache);
   line.str(",guard=").dec(options.guard).str(",stats=").dec(options.stats).str(",verbose=").dec(options.verbose);
   line.str(",madv_free=").dec(options.madv_free).str(",random=").dec(options.random);
-  line.str(",quarantine=").dec(options.quarantine).str(MAPALLOC_SECURE ? " (secure build)\n" : " (unprotected build)\n");
+  line.str(",quarantine=").dec(options.quarantine).str(",sample=").dec(options.sample).str(MAPALLOC_SECURE ? " (secure build)\n" : " (unprotected build)\n");
   line.flush(2);
 }
 

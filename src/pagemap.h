@@ -40,10 +40,12 @@ MAPALLOC_INLINE uintptr_t lookup(const void* p) {
 // that the fast path's single test also keeps the quarantine off it.
 constexpr uintptr_t kPageTag = 1;
 constexpr uintptr_t kSlowPageTag = 2;
-constexpr uintptr_t kZeroEntry = 2;  // the malloc(0) region (zero.h); no page is at address 0
+constexpr uintptr_t kZeroEntry = 2;    // the malloc(0) region (zero.h); no page is at address 0
+constexpr uintptr_t kSampleEntry = 6;  // the guarded samples' region (sample.h); nor at 4
 MAPALLOC_INLINE bool is_page(uintptr_t entry) { return entry & kPageTag; }
 MAPALLOC_INLINE bool is_zero(uintptr_t entry) { return entry == kZeroEntry; }
-MAPALLOC_INLINE bool is_slow_page(uintptr_t entry) { return (entry & 3) == kSlowPageTag && entry != kZeroEntry; }
+MAPALLOC_INLINE bool is_sample(uintptr_t entry) { return entry == kSampleEntry; }
+MAPALLOC_INLINE bool is_slow_page(uintptr_t entry) { return (entry & 3) == kSlowPageTag && entry > kSampleEntry; }
 MAPALLOC_INLINE bool is_large(uintptr_t entry) { return entry > kZeroEntry && !(entry & 3); }
 MAPALLOC_INLINE Page* as_page(uintptr_t entry) { return reinterpret_cast<Page*>(entry & ~uintptr_t(3)); }
 MAPALLOC_INLINE LargeBlock* as_large(uintptr_t entry) { return reinterpret_cast<LargeBlock*>(entry); }

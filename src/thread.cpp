@@ -10,6 +10,7 @@
 #include "heap.h"
 #include "large.h"
 #include "pagemap.h"
+#include "sample.h"
 #include "zero.h"
 #include "meta.h"
 #include "options.h"
@@ -51,6 +52,7 @@ void ensure_init() {
       if (options.verbose) print_options();
       // Before the first page exists: every page's frees then take the slow path.
       if (options.quarantine) pagemap::page_tag = pagemap::kSlowPageTag;
+      sample::allowance.store(options.guard ? int64_t(options.sample) : 0, std::memory_order_relaxed);
       keys.link = os::random_u64();
       keys.canary = os::random_u64();
       keys.record = os::random_u64() & 0xFFFF;
@@ -159,17 +161,19 @@ unsigned long long threads_seen() { return thread_count.load(std::memory_order_r
 unsigned long long heaps_created() { return heap_count.load(std::memory_order_relaxed); }
 
 // fork: every lock is taken before, released in the parent, reset in the
-// child. Lock order: heaps, arena, large, zero, meta.
+// child. Lock order: heaps, arena, large, zero, sample, meta.
 static void before_fork() {
   heaps_lock.lock();
   arena::lock_for_fork();
   large::lock_for_fork();
   zero::lock_for_fork();
+  sample::lock_for_fork();
   meta::lock_for_fork();
 }
 
 static void after_fork_parent() {
   meta::unlock_for_fork();
+  sample::unlock_for_fork();
   zero::unlock_for_fork();
   large::unlock_for_fork();
   arena::unlock_for_fork();
@@ -178,6 +182,7 @@ static void after_fork_parent() {
 
 static void after_fork_child() {
   meta::reset_after_fork();
+  sample::reset_after_fork();
   zero::reset_after_fork();
   large::reset_after_fork();
   arena::reset_after_fork();

@@ -857,9 +857,15 @@ TEST(Misuse, ForgedLinkOfFreeBlockCaught) {
 // Options are read when a process first allocates; a death test's child is a
 // fresh process (threadsafe style), so it sees the environment set here.
 
+// meson.build runs these tests with sample=0 (no_samples), which the value
+// keeps and which comes back after.
 struct ScopedOptions {
-  explicit ScopedOptions(const char* value) { setenv("MAPALLOC_OPTIONS", value, 1); }
-  ~ScopedOptions() { unsetenv("MAPALLOC_OPTIONS"); }
+  explicit ScopedOptions(const char* value) {
+    char both[256];
+    snprintf(both, sizeof both, "sample=0,%s", value);
+    setenv("MAPALLOC_OPTIONS", both, 1);
+  }
+  ~ScopedOptions() { setenv("MAPALLOC_OPTIONS", "sample=0", 1); }
 };
 
 // ---------------------------------------------------------------- underflows

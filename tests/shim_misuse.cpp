@@ -99,6 +99,14 @@ int main(int argc, char** argv) {
   else if (is("realloc-freed")) { p = alloc(40); std::free(p); p = static_cast<char*>(std::realloc(p, 80)); }
   else if (is("realloc-foreign")) { p = static_cast<char*>(std::realloc(&global_int, 80)); }
   else if (is("usable-size-freed")) { p = alloc(40); std::free(p); sink = char(malloc_usable_size(p)); }
+  // Caught only in a guarded sample (sample.h): the first blocks of a
+  // program are, with the default options.
+  else if (is("read-after-free-small")) { p = alloc(32); std::strcpy(p, "secret"); std::free(p); sink = p[0]; }
+  else if (is("write-after-free-small-middle")) { p = alloc(64); std::free(p); p[24] = 1; std::free(alloc(64)); }
+  else if (is("read-after-free-medium")) { p = alloc(20000); std::free(p); sink = p[10000]; }
+  else if (is("read-after-free-large")) { p = alloc(1 << 20); std::memset(p, 1, 1 << 20); std::free(p); sink = p[100]; }
+  else if (is("write-after-free-large-middle")) { p = alloc(1 << 20); std::free(p); p[5000] = 1; std::free(alloc(1 << 20)); }
+  else if (is("small-overflow-1-faults")) { p = alloc(64); std::memset(p, 1, 64); sink = p[64]; }
   else if (is("zero-size-read")) { p = alloc(0); sink = p[0]; }
   else if (is("zero-size-write")) { p = alloc(0); p[0] = 1; }
   else return 2;

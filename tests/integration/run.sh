@@ -19,6 +19,7 @@
 #   MAPALLOC_IT_FORK_EXEC  the built fork_exec helper (meson passes it); when
 #                          unset the driver compiles fork_exec.cpp with g++
 #   MAPALLOC_IT_KEEP=1     keep the work directory even when everything passed
+#   MAPALLOC_IT_OPTIONS    MAPALLOC_OPTIONS for the shim's run (default: none)
 #   TMPDIR                 where the work directory goes (default /tmp)
 set -u
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,8 +37,9 @@ tests=("$@")
 ((${#tests[@]})) || tests=("${all_tests[@]}")
 run_timeout=${MAPALLOC_IT_TIMEOUT:-120}
 
-# Runtime options would change what the tests see; the workloads set their own
-# preloads.
+# Runtime options would change what the tests see (but MAPALLOC_IT_OPTIONS,
+# given to the shim's run); the workloads set their own preloads.
+shim_options=${MAPALLOC_IT_OPTIONS:-}
 unset MAPALLOC_OPTIONS
 unset LD_PRELOAD
 
@@ -142,7 +144,7 @@ run_one() {
   local t=$1 mode=$2 dir=$work/$1/$2 start end job wd
   mkdir -p "$dir"
   local pre=()
-  [[ "$mode" == shim ]] && pre=(env "LD_PRELOAD=$shim")
+  [[ "$mode" == shim ]] && pre=(env "LD_PRELOAD=$shim" "MAPALLOC_OPTIONS=$shim_options")
   start=$(now)
   # Core dumps (core_pattern permitting) land in the run directory. The outer
   # timeout is a backstop behind the watchdog.

@@ -1,0 +1,205 @@
+#include "sample.h"
+
+#include <time.h>
+
+#include "base/bits.h"
+#include "base/lock.h"
+#include "base/log.h"
+#include "options.h"
+#include "os/os.h"
+#include "page.h"
+#include "pagemap.h"
+
+namespace mapalloc::sample {
+
+constexpr size_t kPage = os::kPageSize;
+// A slot is four page-map slots: up to 14 read-write pages that end where
+// its last page begins; its first and last pages are always guard pages.
+constexpr size_t kSlotBytes = 4 * kSlotSize;
+constexpr unsigned kSlots = 256;  // 16 MiB of address space
+constexpr size_t kRegionBytes = kSlots * kSlotBytes;
+// The region's pages become guard pages a chunk of slots at a time, as slots
+// are first used: all at once (4096 markers) took 96 us, as long as 30
+// samples, a cost every short process that samples would pay.
+constexpr unsigned kChunkSlots = 16;
+constexpr unsigned char kFill = 0xCB;  // around the block, checked on free and at exit
+
+std::atomic<int64_t> allowance{kStartAllowance};
+static std::atomic<uint64_t> next_due_ms{0};
+static std::atomic<uint64_t> taken{0};
+
+enum class State : uint8_t { kUnused, kLive, kFreed };
+struct Slot {
+  uint32_t offset;  // of the block in its slot
+  uint32_t size;    // requested bytes
+  uint8_t pages;    // read-write pages while live
+  State state;
+};
+
+static SpinLock lock;
+// All guarded by lock.
+static char* region = nullptr;
+static bool setup_failed = false;
+static Slot slots[kSlots];
+static unsigned fresh = 0;    // slots below this have been used
+static unsigned guarded = 0;  // slots below this are guard pages but where live
+// Freed slots, oldest first: reused oldest first, so that a freed block's
+// pages stay guard pages as long as the ring allows.
+static uint32_t freed_ring[kSlots];
+static unsigned freed_head = 0, freed_count = 0;
+static uint64_t live_count = 0;
+
+bool take(uint64_t units) {
+  if (!kEnabled) return false;
+  if (!options.sample || !options.guard) {
+    allowance.store(0, std::memory_order_relaxed);
+    return false;
+  }
+  if (allowance.load(std::memory_order_relaxed) > 0 &&
+      allowance.fetch_sub(int64_t(units), std::memory_order_relaxed) > 0)
+    return true;
+  uint64_t now = os::now_ms();
+  uint64_t due = next_due_ms.load(std::memory_order_relaxed);
+  return now >= due && next_due_ms.compare_exchange_strong(due, now + units * kIntervalMs, std::memory_order_relaxed);
+}
+
+static bool setup() {
+  if (region) return true;
+  if (setup_failed) return false;
+  char* r = static_cast<char*>(os::map(kRegionBytes));
+  if (r && pagemap::set(r, kRegionBytes, pagemap::kSampleEntry)) {
+    region = r;
+    return true;
+  }
+  if (r) {
+    pagemap::set(r, kRegionBytes, 0);  // entries set before a leaf was refused
+    os::unmap(r, kRegionBytes);
+  }
+  setup_failed = true;  // not tried again: sampling is best effort
+  return false;
+}
+
+static char* slot_base(unsigned i) { return region + size_t(i) * kSlotBytes; }
+static char* data_end(unsigned i) { return slot_base(i) + kSlotBytes - kPage; }
+static char* block_of(unsigned i) { return slot_base(i) + slots[i].offset; }
+static char* data_begin(unsigned i) { return data_end(i) - size_t(slots[i].pages) * kPage; }
+
+static bool holds_fill(const char* from, const char* to) {
+  unsigned char diff = 0;
+  for (const char* c = from; c < to; c++) diff |= static_cast<unsigned char>(*c) ^ kFill;
+  return diff == 0;
+}
+
+// Reports a broken fill below or after slot i's live block.
+static void check_fills(unsigned i) {
+  char* p = block_of(i);
+  if (!holds_fill(p + slots[i].size, data_end(i))) fatal("heap overflow: canary after the end of block broken, block", p);
+  if (!holds_fill(data_begin(i), p)) fatal("heap underflow (or overflow of the block before it) at block", p);
+}
+
+void* alloc(size_t size, size_t block_size) {
+  size_t alignment = block_size & (~block_size + 1);
+  if (alignment < 16) alignment = 16;
+  if (size == 0 || size > kMaxSize || alignment > kPage) return nullptr;
+  LockGuard guard(lock);
+  if (!setup()) return nullptr;
+  unsigned i;
+  if (fresh < kSlots) {
+    i = fresh;
+    if (i == guarded) {
+      if (!os::guard(slot_base(i), kChunkSlots * kSlotBytes)) return nullptr;
+      guarded += kChunkSlots;
+    }
+  } else if (freed_count) {
+    i = freed_ring[freed_head];
+  } else {
+    return nullptr;  // every slot is live
+  }
+  char* end = data_end(i);
+  char* p = reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(end - size), alignment));
+  char* begin = reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(p), kPage));
+  if (!os::unguard(begin, size_t(end - begin))) {
+    os::guard(begin, size_t(end - begin));  // whatever part it opened
+    return nullptr;
+  }
+  if (i == fresh) {
+    fresh++;
+  } else {
+    freed_head = (freed_head + 1) % kSlots;
+    freed_count--;
+  }
+  slots[i] = Slot{uint32_t(p - slot_base(i)), uint32_t(size), uint8_t((end - begin) / kPage), State::kLive};
+  __builtin_memset(begin, kFill, size_t(p - begin));
+  __builtin_memset(p + size, kFill, size_t(end - (p + size)));
+  live_count++;
+  taken.fetch_add(1, std::memory_order_relaxed);
+  return p;
+}
+
+// The slot whose block starts at p, or a report: `what` for a pointer that
+// is no block's start, "use of freed block" (or double free) for a freed one.
+static unsigned checked_slot(const void* p, const char* what, const char* freed_what) {
+  uintptr_t off = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(region);
+  unsigned i = unsigned(off / kSlotBytes);
+  if (!region || off >= kRegionBytes || slots[i].state == State::kUnused || off % kSlotBytes != slots[i].offset)
+    fatal(what, p);
+  if (slots[i].state == State::kFreed) fatal(freed_what, p);
+  return i;
+}
+
+void free(void* p) {
+  LockGuard guard(lock);
+  unsigned i = checked_slot(p, "invalid free (pointer not allocated by mapalloc):", "double free of");
+  check_fills(i);
+  char* begin = data_begin(i);
+  size_t bytes = size_t(data_end(i) - begin);
+  // Guard pages from now on: their contents go (markers), or are purged
+  // before the pages are closed (mprotect, on kernels without markers).
+  if (!os::purge_to_guard(begin, bytes)) {
+    os::purge(begin, bytes);
+    os::guard(begin, bytes);
+  }
+  slots[i].state = State::kFreed;
+  freed_ring[(freed_head + freed_count) % kSlots] = i;
+  freed_count++;
+  live_count--;
+}
+
+size_t usable_size(const void* p, const char* what) {
+  LockGuard guard(lock);
+  unsigned i = checked_slot(p, what, "use of freed block");
+  check_fills(i);
+  return slots[i].size;
+}
+
+bool live(const void* p) {
+  LockGuard guard(lock);
+  uintptr_t off = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(region);
+  if (!region || off >= kRegionBytes) return false;
+  const Slot& s = slots[off / kSlotBytes];
+  return s.state == State::kLive && off % kSlotBytes == s.offset;
+}
+
+void check_at_exit() {
+  // Tries the lock for up to a second, as large::check_at_exit does: exit
+  // may run in a signal handler that interrupted this thread inside it.
+  for (unsigned tries = 0; !lock.try_lock(); tries++) {
+    if (tries == 1000) return;
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, nullptr);
+  }
+  for (unsigned i = 0; i < fresh; i++)
+    if (slots[i].state == State::kLive) check_fills(i);
+  lock.unlock();
+}
+
+Usage usage() {
+  LockGuard guard(lock);
+  return Usage{taken.load(std::memory_order_relaxed), live_count};
+}
+
+void lock_for_fork() { lock.lock(); }
+void unlock_for_fork() { lock.unlock(); }
+void reset_after_fork() { lock.reset_after_fork(); }
+
+}  // namespace mapalloc::sample
