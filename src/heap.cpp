@@ -192,10 +192,9 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
   void* p = nullptr;
   // A guarded sample (sample.h) instead of a page's block: while the start
   // allowance lasts, current[c] stays &empty_page, so every malloc comes here.
-  if (sample::kEnabled && size <= sample::kMaxSize &&
-      (sample::starting() || heap->slow_until_sample_check-- == 0)) {
+  if (sample::kEnabled && sample::fits(size, c) && (sample::starting() || heap->slow_until_sample_check-- == 0)) {
     heap->slow_until_sample_check = 15;
-    if (sample::take(1)) p = sample::alloc(size, kClasses[c].block_size);
+    if (sample::take_small()) p = sample::alloc(size, c);
   }
   if (!p) p = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
   if (lent) thread_heap_give_back(lent);

@@ -752,11 +752,11 @@ void free(LargeBlock* b, void* p) {
     mark_freed(b);
     b->cached_at_ms = now;
     cache_keep(b);  // (b, the most recent, stays cached: it is at most a quarter of the bound)
-    // A sample (sample.h): its pages become guard pages at once, as if purged,
-    // so that a read or write through a dangling pointer faults. One budget
-    // unit per 128 KiB: its pages are zapped now and faulted in again on reuse.
-    size_t units = size_t(b->end - b->user) / (128 * KiB);
-    if (b->guarded && sample::take(units ? units : 1)) purge_block(b);
+    // A sample (sample.h): its pages become guard pages at once, as a purge
+    // makes them later, so that a read or write through a dangling pointer
+    // faults. Only where the kernel has guard markers: a plain purge would
+    // only make its pages read zero and end its write-after-free mark.
+    if (b->guarded && os::guard_markers() && sample::take_large(size_t(b->end - b->user))) purge_block(b);
   }
   maybe_purge_locked(now);
 }

@@ -25,14 +25,17 @@ constexpr unsigned kChunkSlots = 16;
 constexpr unsigned char kFill = 0xCB;  // around the block, checked on free and at exit
 
 std::atomic<int64_t> allowance{kStartAllowance};
-static std::atomic<uint64_t> next_due_ms{0};
-static std::atomic<uint64_t> taken{0};
+std::atomic<int64_t> large_allowance{kStartAllowance};
+static std::atomic<uint64_t> next_small_due_ms{0}, next_large_due_ms{0};
+
+static_assert(kNumClasses <= 256, "Slot::size_class is a byte");
 
 enum class State : uint8_t { kUnused, kLive, kFreed };
 struct Slot {
   uint32_t offset;  // of the block in its slot
   uint32_t size;    // requested bytes
   uint8_t pages;    // read-write pages while live
+  uint8_t size_class;
   State state;
 };
 
@@ -47,26 +50,37 @@ static unsigned guarded = 0;  // slots below this are guard pages but where live
 // pages stay guard pages as long as the ring allows.
 static uint32_t freed_ring[kSlots];
 static unsigned freed_head = 0, freed_count = 0;
-static uint64_t live_count = 0;
+static uint64_t class_requests[kNumClasses], class_live[kNumClasses];
 
-bool take(uint64_t units) {
+// Takes `units` from a start allowance (never below 0), else waits for its
+// next due time, which a sample moves `units` intervals on.
+static bool take(std::atomic<int64_t>& start, std::atomic<uint64_t>& next_due, int64_t units) {
   if (!kEnabled) return false;
   if (!options.sample || !options.guard) {
-    allowance.store(0, std::memory_order_relaxed);
+    start.store(0, std::memory_order_relaxed);
     return false;
   }
-  if (allowance.load(std::memory_order_relaxed) > 0 &&
-      allowance.fetch_sub(int64_t(units), std::memory_order_relaxed) > 0)
-    return true;
+  int64_t left = start.load(std::memory_order_relaxed);
+  while (left >= units)
+    if (start.compare_exchange_weak(left, left - units, std::memory_order_relaxed)) return true;
   uint64_t now = os::now_ms();
-  uint64_t due = next_due_ms.load(std::memory_order_relaxed);
-  return now >= due && next_due_ms.compare_exchange_strong(due, now + units * kIntervalMs, std::memory_order_relaxed);
+  uint64_t due = next_due.load(std::memory_order_relaxed);
+  return now >= due && next_due.compare_exchange_strong(due, now + uint64_t(units) * kIntervalMs, std::memory_order_relaxed);
+}
+
+bool take_small() { return take(allowance, next_small_due_ms, 1); }
+
+bool take_large(size_t bytes) {
+  size_t units = bytes / kLargeUnit;
+  return take(large_allowance, next_large_due_ms, units < 1 ? 1 : units < kMaxLargeUnits ? int64_t(units) : kMaxLargeUnits);
 }
 
 static bool setup() {
   if (region) return true;
   if (setup_failed) return false;
-  char* r = static_cast<char*>(os::map(kRegionBytes));
+  // Aligned to its slots, so that no other mapping shares a page-map slot
+  // with it (whose entry the region's would overwrite, or take over).
+  char* r = static_cast<char*>(os::map_aligned(kRegionBytes, kSlotBytes, true));
   if (r && pagemap::set(r, kRegionBytes, pagemap::kSampleEntry)) {
     region = r;
     return true;
@@ -97,10 +111,9 @@ static void check_fills(unsigned i) {
   if (!holds_fill(data_begin(i), p)) fatal("heap underflow (or overflow of the block before it) at block", p);
 }
 
-void* alloc(size_t size, size_t block_size) {
-  size_t alignment = block_size & (~block_size + 1);
-  if (alignment < 16) alignment = 16;
-  if (size == 0 || size > kMaxSize || alignment > kPage) return nullptr;
+void* alloc(size_t size, unsigned c) {
+  size_t alignment = class_alignment(c);
+  if (size == 0 || !fits(size, c)) return nullptr;
   LockGuard guard(lock);
   if (!setup()) return nullptr;
   unsigned i;
@@ -128,11 +141,11 @@ void* alloc(size_t size, size_t block_size) {
     freed_head = (freed_head + 1) % kSlots;
     freed_count--;
   }
-  slots[i] = Slot{uint32_t(p - slot_base(i)), uint32_t(size), uint8_t((end - begin) / kPage), State::kLive};
+  slots[i] = Slot{uint32_t(p - slot_base(i)), uint32_t(size), uint8_t((end - begin) / kPage), uint8_t(c), State::kLive};
   __builtin_memset(begin, kFill, size_t(p - begin));
   __builtin_memset(p + size, kFill, size_t(end - (p + size)));
-  live_count++;
-  taken.fetch_add(1, std::memory_order_relaxed);
+  class_requests[c]++;
+  class_live[c]++;
   return p;
 }
 
@@ -162,7 +175,7 @@ void free(void* p) {
   slots[i].state = State::kFreed;
   freed_ring[(freed_head + freed_count) % kSlots] = i;
   freed_count++;
-  live_count--;
+  class_live[slots[i].size_class]--;
 }
 
 size_t usable_size(const void* p, const char* what) {
@@ -193,9 +206,12 @@ void check_at_exit() {
   lock.unlock();
 }
 
-Usage usage() {
+void add_class_counts(uint64_t* requests, uint64_t* live) {
   LockGuard guard(lock);
-  return Usage{taken.load(std::memory_order_relaxed), live_count};
+  for (unsigned c = 0; c < kNumClasses; c++) {
+    requests[c] += class_requests[c];
+    live[c] += class_live[c];
+  }
 }
 
 void lock_for_fork() { lock.lock(); }

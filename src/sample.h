@@ -24,22 +24,38 @@ namespace mapalloc::sample {
 
 constexpr bool kEnabled = MAPALLOC_SECURE;
 constexpr size_t kMaxSize = 14 * 4096;  // a slot's read-write pages at most
-// Budget units: a small sample costs 1 (it changes one page or a few); a
-// large block's costs one per 128 KiB, as it zaps and later faults again every page.
-constexpr int64_t kStartAllowance = 64;
+constexpr int64_t kStartAllowance = 64;  // the option's default
 constexpr uint64_t kIntervalMs = 10;
+// Large blocks have a budget of their own, in units of 128 KiB (a sample
+// zaps its pages, and their next use faults them in again): the first
+// allowance's worth of blocks (8 MiB by default; a bigger block never
+// comes from it), then one every 10 ms per unit, at most 100 units.
+constexpr size_t kLargeUnit = 128 * 1024;
+constexpr int64_t kMaxLargeUnits = 100;
 
-extern std::atomic<int64_t> allowance;
+extern std::atomic<int64_t> allowance, large_allowance;
 
 // Whether the start allowance lasts: one relaxed load, for malloc's slow path.
 inline bool starting() { return kEnabled && allowance.load(std::memory_order_relaxed) > 0; }
-// Takes `units` from the budget: true if the caller may sample now.
-bool take(uint64_t units);
+// The alignment a sample of class c gets: its block size's largest
+// power-of-two factor (at least 16), as the class's blocks have.
+inline size_t class_alignment(unsigned c) {
+  size_t b = kClasses[c].block_size;
+  size_t a = b & (~b + 1);
+  return a < 16 ? 16 : a;
+}
+// Whether a request of size bytes in class c can be a sample.
+inline bool fits(size_t size, unsigned c) { return size <= kMaxSize && class_alignment(c) <= 4096; }
+// Whether the caller may sample now, a small request or a freed large block
+// of `bytes`: from the start allowance, else at most once per interval.
+bool take_small();
+bool take_large(size_t bytes);
 
-// A sampled block of `size` bytes (1 .. kMaxSize) aligned as a block of
-// `block_size` bytes is (its largest power-of-two factor, up to a page);
-// nullptr if every slot is live or the kernel refused.
-void* alloc(size_t size, size_t block_size);
+// A sampled block of `size` bytes (1 .. kMaxSize) for class c, aligned as
+// the class's blocks are (its size's largest power-of-two factor, up to a
+// page); nullptr if every slot is live or the kernel refused. Counted in
+// the statistics as a block of class c.
+void* alloc(size_t size, unsigned c);
 // These abort with a one-line report on misuse: double or invalid free, a
 // broken fill below or after the block. `what` names the caller's misuse
 // for a pointer that is not a live block's start.
@@ -49,10 +65,8 @@ bool live(const void* p);
 // At exit: the fills of live sampled blocks.
 void check_at_exit();
 
-struct Usage {
-  uint64_t taken, live;
-};
-Usage usage();
+// Adds the sampled blocks' requests and live blocks to per-class counts.
+void add_class_counts(uint64_t* requests, uint64_t* live);
 
 void lock_for_fork();
 void unlock_for_fork();

@@ -26,7 +26,9 @@ static size_t bump = 0;
 // or memory short) gives back what was mapped, and the next malloc(0) tries
 // again; until then malloc(0) gets an ordinary block (heap.cpp).
 static bool setup() {
-  char* r = static_cast<char*>(os::reserve(kRegion));
+  // Aligned to page-map slots, so that no other mapping shares a slot with
+  // it (whose entry the region's would overwrite, or take over).
+  char* r = static_cast<char*>(os::map_aligned(kRegion, kSlotSize, false));
   live_bits = static_cast<uint64_t*>(os::map(kSlots / 8));
   free_stack = static_cast<uint32_t*>(os::map(kSlots * sizeof(uint32_t)));
   if (r && live_bits && free_stack && pagemap::set(r, kRegion, pagemap::kZeroEntry)) {
