@@ -27,7 +27,7 @@ void free_slow(void* p, uintptr_t entry) noexcept {
   if (!p) return;
   if (!entry) report_invalid_free(p);
   if (pagemap::is_zero(entry)) return zero::free(p);
-  if (pagemap::is_sample(entry)) return sample::free(p);
+  if (pagemap::is_sample(entry)) return dealloc(sample::free(p));
   if (pagemap::is_slow_page(entry)) return quarantine_free(pagemap::as_page(entry), p);
   large::free(pagemap::as_large(entry), p);
 }
@@ -99,7 +99,7 @@ void* reallocate(void* p, size_t size) noexcept {
   if (pagemap::is_sample(entry)) {
     old_usable = sample::usable_size(p, "realloc of pointer not allocated by mapalloc:");
     if (size == 0) {
-      sample::free(p);
+      dealloc(sample::free(p));
       return nullptr;
     }
     if (size > size_t(PTRDIFF_MAX)) return out_of_memory();

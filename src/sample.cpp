@@ -28,15 +28,13 @@ std::atomic<int64_t> allowance{kStartAllowance};
 std::atomic<int64_t> large_allowance{kStartAllowance / 8};
 static std::atomic<uint64_t> next_small_due_ms{0}, next_large_due_ms{0};
 
-static_assert(kNumClasses <= 256, "Slot::size_class is a byte");
-
 enum class State : uint8_t { kUnused, kLive, kFreed };
 struct Slot {
   uint32_t offset;  // of the block in its slot
   uint32_t size;    // requested bytes
   uint8_t pages;    // read-write pages while live
-  uint8_t size_class;
   State state;
+  void* shadow;     // see alloc
 };
 
 static SpinLock lock;
@@ -50,7 +48,6 @@ static unsigned guarded = 0;  // slots below this are guard pages but where live
 // pages stay guard pages as long as the ring allows.
 static uint32_t freed_ring[kSlots];
 static unsigned freed_head = 0, freed_count = 0;
-static uint64_t class_requests[kNumClasses], class_live[kNumClasses];
 
 // Takes `units` from a start allowance (never below 0), else waits for its
 // next due time, which a sample moves `units` intervals on.
@@ -111,7 +108,7 @@ static void check_fills(unsigned i) {
   if (!holds_fill(data_begin(i), p)) fatal("heap underflow (or overflow of the block before it) at block", p);
 }
 
-void* alloc(size_t size, unsigned c) {
+void* alloc(size_t size, unsigned c, void* shadow) {
   size_t alignment = class_alignment(c);
   if (size == 0 || !fits(size, c)) return nullptr;
   LockGuard guard(lock);
@@ -141,11 +138,9 @@ void* alloc(size_t size, unsigned c) {
     freed_head = (freed_head + 1) % kSlots;
     freed_count--;
   }
-  slots[i] = Slot{uint32_t(p - slot_base(i)), uint32_t(size), uint8_t((end - begin) / kPage), uint8_t(c), State::kLive};
+  slots[i] = Slot{uint32_t(p - slot_base(i)), uint32_t(size), uint8_t((end - begin) / kPage), State::kLive, shadow};
   __builtin_memset(begin, kFill, size_t(p - begin));
   __builtin_memset(p + size, kFill, size_t(end - (p + size)));
-  class_requests[c]++;
-  class_live[c]++;
   return p;
 }
 
@@ -160,7 +155,7 @@ static unsigned checked_slot(const void* p, const char* what, const char* freed_
   return i;
 }
 
-void free(void* p) {
+void* free(void* p) {
   LockGuard guard(lock);
   unsigned i = checked_slot(p, "invalid free (pointer not allocated by mapalloc):", "double free of");
   check_fills(i);
@@ -175,7 +170,7 @@ void free(void* p) {
   slots[i].state = State::kFreed;
   freed_ring[(freed_head + freed_count) % kSlots] = i;
   freed_count++;
-  class_live[slots[i].size_class]--;
+  return slots[i].shadow;
 }
 
 size_t usable_size(const void* p, const char* what) {
@@ -204,14 +199,6 @@ void check_at_exit() {
   for (unsigned i = 0; i < fresh; i++)
     if (slots[i].state == State::kLive) check_fills(i);
   lock.unlock();
-}
-
-void add_class_counts(uint64_t* requests, uint64_t* live) {
-  LockGuard guard(lock);
-  for (unsigned c = 0; c < kNumClasses; c++) {
-    requests[c] += class_requests[c];
-    live[c] += class_live[c];
-  }
 }
 
 void lock_for_fork() { lock.lock(); }

@@ -54,20 +54,21 @@ bool take_large(size_t bytes);
 
 // A sampled block of `size` bytes (1 .. kMaxSize) for class c, aligned as
 // the class's blocks are (its size's largest power-of-two factor, up to a
-// page); nullptr if every slot is live or the kernel refused. Counted in
-// the statistics as a block of class c.
-void* alloc(size_t size, unsigned c);
+// page); nullptr if every slot is live or the kernel refused. `shadow`, the
+// block the request would have had otherwise (or nullptr), is held while
+// the sample lives: the heap's layout, and its statistics, stay as they
+// would be without samples.
+void* alloc(size_t size, unsigned c, void* shadow);
 // These abort with a one-line report on misuse: double or invalid free, a
 // broken fill below or after the block. `what` names the caller's misuse
-// for a pointer that is not a live block's start.
-void free(void* p);
+// for a pointer that is not a live block's start. free returns the
+// sample's shadow, for the caller to free.
+void* free(void* p);
 size_t usable_size(const void* p, const char* what);
 bool live(const void* p);
 // At exit: the fills of live sampled blocks.
 void check_at_exit();
 
-// Adds the sampled blocks' requests and live blocks to per-class counts.
-void add_class_counts(uint64_t* requests, uint64_t* live);
 
 void lock_for_fork();
 void unlock_for_fork();

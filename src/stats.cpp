@@ -10,7 +10,6 @@
 #include "mapalloc.h"
 #include "options.h"
 #include "os/os.h"
-#include "sample.h"
 #include "stats.h"
 #include "thread.h"
 
@@ -23,7 +22,6 @@ namespace mapalloc {
 struct ClassSums {
   uint64_t allocated[kNumClasses], freed[kNumClasses], collected[kNumClasses];
   uint64_t remote[kNumClasses], pages[kNumClasses];
-  uint64_t sampled_requests[kNumClasses], sampled_live[kNumClasses];  // sample.h
 };
 
 // Each guards a scratch copy that its holder fills from scratch (static: too
@@ -68,7 +66,6 @@ void gather_stats(mapalloc_stats* out) {
   __builtin_memset(&sums, 0, sizeof(sums));
   heaps_visit(add_heap, &sums);
   arena::visit_pages(add_page, &sums);
-  sample::add_class_counts(sums.sampled_requests, sums.sampled_live);
   out->class_count = kNumClasses;
   for (unsigned c = 0; c < kNumClasses; c++) {
     uint64_t remote = sums.remote[c];
@@ -78,10 +75,10 @@ void gather_stats(mapalloc_stats* out) {
     // page released between the heap's counters and the arena's pages can
     // be missed or counted twice): never below 0.
     uint64_t out_blocks = sums.allocated[c] > sums.freed[c] ? sums.allocated[c] - sums.freed[c] : 0;
-    uint64_t live = (out_blocks > pending ? out_blocks - pending : 0) + sums.sampled_live[c];
+    uint64_t live = out_blocks > pending ? out_blocks - pending : 0;
     mapalloc_class_stats& cs = out->classes[c];
     cs.block_size = kClasses[c].block_size;
-    cs.requests = sums.allocated[c] + sums.sampled_requests[c];
+    cs.requests = sums.allocated[c];
     cs.live_blocks = live;
     cs.live_bytes = live * cs.block_size;
     cs.pages = sums.pages[c];
