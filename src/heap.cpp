@@ -208,11 +208,14 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
       // falseshare ran 0.85 s against 0.49 s when it changed: two blocks
       // handed to two threads came to share a cache line).
       void* shadow = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
-      // While the start allowance lasts current[c] stays &empty_page, so
-      // that every malloc comes here.
-      if (shadow && sample::starting()) put_back_current(heap, c);
       p = sample::alloc(size, c, shadow);
-      if (!p) p = shadow;
+      if (!p) {
+        p = shadow;  // no sample: the page stays current
+      } else if (shadow && sample::starting()) {
+        // While the start allowance lasts current[c] stays &empty_page, so
+        // that every malloc comes here.
+        put_back_current(heap, c);
+      }
     }
   }
   if (!p) p = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;

@@ -10,9 +10,10 @@
 // kStartAllowance, then one at most every kIntervalMs at a malloc slow path.
 // Freed large blocks are sampled from the same budget (large.cpp).
 //
-// While the start allowance lasts, a heap installs no page (heap.cpp), so
-// that every malloc reaches the slow path and is sampled: a short program,
-// or a program's start, has every early block guarded.
+// While the start allowance lasts, a heap keeps no current page (heap.cpp:
+// the page a sample's request would have used is put back), so that every
+// malloc reaches the slow path and is sampled: a short program, or a
+// program's start, has every early block guarded.
 #pragma once
 #include <atomic>
 #include <cstddef>
