@@ -171,7 +171,7 @@ bool owns(const void* p) {
   const Page* page = pagemap::as_page(entry);
   if (block_index(page, p) == UINT32_MAX) return false;
   const Block* b = static_cast<const Block*>(p);
-  return b->cookie != freed_cookie(b);
+  return b->cookie != freed_cookie(b) && !sample::holds(p);  // a sample's shadow was never handed out
 }
 
 void collect() {

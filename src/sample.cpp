@@ -188,6 +188,14 @@ bool live(const void* p) {
   return s.state == State::kLive && off % kSlotBytes == s.offset;
 }
 
+bool holds(const void* p) {
+  if (!kEnabled) return false;
+  LockGuard guard(lock);
+  for (unsigned i = 0; i < fresh; i++)
+    if (slots[i].state == State::kLive && slots[i].shadow == p) return true;
+  return false;
+}
+
 void check_at_exit() {
   // Tries the lock for up to a second, as large::check_at_exit does: exit
   // may run in a signal handler that interrupted this thread inside it.

@@ -67,6 +67,8 @@ void* alloc(size_t size, unsigned c, void* shadow);
 void* free(void* p);
 size_t usable_size(const void* p, const char* what);
 bool live(const void* p);
+// Whether p is a live sample's shadow (a scan of the slots: for owns()).
+bool holds(const void* p);
 // At exit: the fills of live sampled blocks.
 void check_at_exit();
 
