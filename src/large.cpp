@@ -149,6 +149,21 @@ static void purge_block(LargeBlock* b) {
   b->freed_marked = false;  // its words read zero now (or either, with MADV_FREE)
 }
 
+// A sampled free (sample.h): the block's pages become guard pages at once,
+// so that a read or write through a dangling pointer faults. With guard
+// markers, as a purge makes them later (its pages go back). Without, by
+// mprotect, its pages kept: a plain purge would only make them read zero
+// (and a later write after free would go unseen, by calloc too). Either
+// way the mapping is open nowhere, and its next use opens what it covers
+// (open_block). Lock held, b cached.
+static void guard_freed(LargeBlock* b) {
+  if (os::guard_markers()) return purge_block(b);
+  char* from = page_down(b->user);  // at or above open_from: the block is in the open part
+  if (!os::guard(from, size_t(b->end - from))) return;
+  b->open_from = b->end;
+  b->freed_marked = false;  // unreadable now: its words are checked no more
+}
+
 static unsigned cache_bin(size_t bytes) {
   size_t pages = bytes / kGuard;
   if (pages < 4) return unsigned(pages);
@@ -752,11 +767,7 @@ void free(LargeBlock* b, void* p) {
     mark_freed(b);
     b->cached_at_ms = now;
     cache_keep(b);  // (b, the most recent, stays cached: it is at most a quarter of the bound)
-    // A sample (sample.h): its pages become guard pages at once, as a purge
-    // makes them later, so that a read or write through a dangling pointer
-    // faults. Only where the kernel has guard markers: a plain purge would
-    // only make its pages read zero and end its write-after-free mark.
-    if (b->guarded && os::guard_markers() && sample::take_large(size_t(b->end - b->user))) purge_block(b);
+    if (b->guarded && sample::take_large(size_t(b->end - b->user))) guard_freed(b);
   }
   maybe_purge_locked(now);
 }

@@ -101,12 +101,9 @@ if [ "$secure" = true ]; then
     "write-after-free-small-middle:SIGSEGV"
     "read-after-free-medium:SIGSEGV"
     "small-overflow-1-faults:SIGSEGV"
+    "read-after-free-large:SIGSEGV"
+    "write-after-free-large-middle:SIGSEGV"
   )
-  # A freed large block is a sample only where its pages can become guard
-  # markers at once.
-  if "$prog" probe-guard-markers; then
-    default_cases+=("read-after-free-large:SIGSEGV" "write-after-free-large-middle:SIGSEGV")
-  fi
 fi
 check "" "${default_cases[@]}"
 exit $fail
