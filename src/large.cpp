@@ -1,7 +1,6 @@
 #include "large.h"
 
 #include <errno.h>
-#include <time.h>
 
 #include <algorithm>
 
@@ -888,15 +887,8 @@ void* reallocate(LargeBlock* b, size_t new_size, bool* out_of_memory) {
 }
 
 void check_at_exit() {
-  // Not lock(): exit may be called from a signal handler that interrupted
-  // this very thread inside the lock. Another thread's hold ends soon: up to
-  // a second of tries, else no check.
-  unsigned tries = 0;
-  while (!lock.try_lock()) {
-    if (++tries == 1000) return;
-    struct timespec ms = {0, 1000000};
-    nanosleep(&ms, nullptr);
-  }
+  // Another thread's hold ends soon: up to a second, else no check.
+  if (!lock.try_lock_for_ms(1000)) return;
   struct Unlock {
     ~Unlock() { lock.unlock(); }
   } unlock_at_return;

@@ -1,7 +1,5 @@
 #include "sample.h"
 
-#include <time.h>
-
 #include "base/bits.h"
 #include "base/lock.h"
 #include "base/log.h"
@@ -52,11 +50,8 @@ static unsigned freed_head = 0, freed_count = 0;
 // Takes `units` from a start allowance (never below 0), else waits for its
 // next due time, which a sample moves `units` intervals on.
 static bool take(std::atomic<int64_t>& start, std::atomic<uint64_t>& next_due, int64_t units) {
-  if (!kEnabled) return false;
-  if (!options.sample || !options.guard) {
-    start.store(0, std::memory_order_relaxed);
-    return false;
-  }
+  // (ensure_init sets the start allowances to 0 in these cases.)
+  if (!kEnabled || !options.sample || !options.guard) return false;
   int64_t left = start.load(std::memory_order_relaxed);
   while (left >= units)
     if (start.compare_exchange_weak(left, left - units, std::memory_order_relaxed)) return true;
@@ -144,13 +139,20 @@ void* alloc(size_t size, unsigned c, void* shadow) {
   return p;
 }
 
-// The slot whose block starts at p, or a report: `what` for a pointer that
-// is no block's start, "use of freed block" (or double free) for a freed one.
-static unsigned checked_slot(const void* p, const char* what, const char* freed_what) {
+// The slot whose block (live or freed) starts at p, or kSlots. Lock held.
+static unsigned slot_of(const void* p) {
   uintptr_t off = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(region);
   unsigned i = unsigned(off / kSlotBytes);
   if (!region || off >= kRegionBytes || slots[i].state == State::kUnused || off % kSlotBytes != slots[i].offset)
-    fatal(what, p);
+    return kSlots;
+  return i;
+}
+
+// The slot of the live block at p, or a report: `what` for a pointer that is
+// no block's start, `freed_what` for a freed block's.
+static unsigned checked_slot(const void* p, const char* what, const char* freed_what) {
+  unsigned i = slot_of(p);
+  if (i == kSlots) fatal(what, p);
   if (slots[i].state == State::kFreed) fatal(freed_what, p);
   return i;
 }
@@ -182,10 +184,8 @@ size_t usable_size(const void* p, const char* what) {
 
 bool live(const void* p) {
   LockGuard guard(lock);
-  uintptr_t off = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(region);
-  if (!region || off >= kRegionBytes) return false;
-  const Slot& s = slots[off / kSlotBytes];
-  return s.state == State::kLive && off % kSlotBytes == s.offset;
+  unsigned i = slot_of(p);
+  return i < kSlots && slots[i].state == State::kLive;
 }
 
 bool holds(const void* p) {
@@ -197,13 +197,7 @@ bool holds(const void* p) {
 }
 
 void check_at_exit() {
-  // Tries the lock for up to a second, as large::check_at_exit does: exit
-  // may run in a signal handler that interrupted this thread inside it.
-  for (unsigned tries = 0; !lock.try_lock(); tries++) {
-    if (tries == 1000) return;
-    struct timespec ms = {0, 1000000};
-    nanosleep(&ms, nullptr);
-  }
+  if (!lock.try_lock_for_ms(1000)) return;
   for (unsigned i = 0; i < fresh; i++)
     if (slots[i].state == State::kLive) check_fills(i);
   lock.unlock();

@@ -8,7 +8,8 @@
 // at each malloc and free (a few microseconds), so only a budget's worth of
 // blocks are sampled: every small request (up to 56 KiB) of the first
 // kStartAllowance, then one at most every kIntervalMs at a malloc slow path.
-// Freed large blocks are sampled from the same budget (large.cpp).
+// Freed large blocks are sampled from a budget of their own (below;
+// large.cpp).
 //
 // While the start allowance lasts, a heap keeps no current page (heap.cpp:
 // the page a sample's request would have used is put back), so that every
@@ -71,7 +72,6 @@ bool live(const void* p);
 bool holds(const void* p);
 // At exit: the fills of live sampled blocks.
 void check_at_exit();
-
 
 void lock_for_fork();
 void unlock_for_fork();

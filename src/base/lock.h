@@ -2,6 +2,7 @@
 // Spins briefly, then yields. No allocation, safe to re-initialise after fork.
 #pragma once
 #include <sched.h>
+#include <time.h>
 
 #include <atomic>
 
@@ -23,6 +24,17 @@ class SpinLock {
     }
   }
   bool try_lock() { return !locked_.load(std::memory_order_relaxed) && !locked_.exchange(true, std::memory_order_acquire); }
+  // Tries about once a millisecond for `ms` milliseconds. For the checks at
+  // exit: exit may run in a signal handler that interrupted its own thread
+  // inside the lock, where lock() would spin for ever.
+  bool try_lock_for_ms(unsigned ms) {
+    for (unsigned tries = 0; !try_lock(); tries++) {
+      if (tries == ms) return false;
+      struct timespec one = {0, 1000000};
+      nanosleep(&one, nullptr);
+    }
+    return true;
+  }
   void unlock() { locked_.store(false, std::memory_order_release); }
   // Child side of fork: the child has one thread, whoever held this is gone.
   void reset_after_fork() { locked_.store(false, std::memory_order_relaxed); }
