@@ -239,7 +239,7 @@ Page* alloc_page(Heap* heap, unsigned size_class) {
     uint64_t m = run_mask(slots) << index;
     chosen->free_slots &= ~m;
     rebin(chosen);
-    dirty_bytes -= uint64_t(__builtin_popcountll(chosen->dirty_slots & m)) * kSlotSize;
+    dirty_bytes -= uint64_t(count_ones(chosen->dirty_slots & m)) * kSlotSize;
     chosen->dirty_slots &= ~m;
     pages_in_use++;
     // Under the lock, so that the statistics read a consistent page.
@@ -293,7 +293,7 @@ static void purge_chunk(Chunk* c, uint64_t which) {
   // next run there installs its own, none is counted there.
   c->guard_ends &= ~taken_back;
   c->purge_marked = (c->purge_marked & ~taken_back) | marked;
-  dirty_bytes -= uint64_t(__builtin_popcountll(c->dirty_slots)) * kSlotSize;
+  dirty_bytes -= uint64_t(count_ones(c->dirty_slots)) * kSlotSize;
   c->dirty_slots = 0;
 }
 
@@ -307,7 +307,7 @@ static void purge_locked(bool force, uint64_t now) {
     if (idle && c->free_slots == ~uint64_t(0)) {
       // A wholly free idle chunk: the address space and the descriptor go
       // back too (the descriptors are near 1 % of the chunk).
-      dirty_bytes -= uint64_t(__builtin_popcountll(c->dirty_slots)) * kSlotSize;
+      dirty_bytes -= uint64_t(count_ones(c->dirty_slots)) * kSlotSize;
       pagemap::set(c->base, kChunkSize, 0);
       unmap_chunk(c->base);
       unbin(c);
@@ -362,8 +362,8 @@ Usage usage() {
   u.pages_in_use = pages_in_use;
   for (Chunk* c = chunks; c; c = c->next) {
     u.chunks++;
-    unsigned free_count = unsigned(__builtin_popcountll(c->free_slots));
-    unsigned dirty_count = unsigned(__builtin_popcountll(c->dirty_slots));
+    unsigned free_count = unsigned(count_ones(c->free_slots));
+    unsigned dirty_count = unsigned(count_ones(c->dirty_slots));
     u.slots_in_use += 64 - free_count;
     u.dirty_free_bytes += dirty_count * kSlotSize;
     u.clean_free_bytes += (free_count - dirty_count) * kSlotSize;

@@ -128,9 +128,12 @@ static std::atomic<long> replaced_news{0}, replaced_deletes{0};
 #pragma GCC diagnostic ignored "-Wsized-deallocation"  // leaving the sized form out is the point
 void* operator new(size_t size) {
   replaced_news++;
-  void* p = malloc(size ? size : 1);
-  if (!p) throw std::bad_alloc();
-  return p;
+  for (;;) {
+    if (void* p = malloc(size ? size : 1)) return p;
+    std::new_handler handler = std::get_new_handler();
+    if (!handler) throw std::bad_alloc();
+    handler();
+  }
 }
 void operator delete(void* p) noexcept {
   if (p) replaced_deletes++;
@@ -166,9 +169,62 @@ TEST(Override, EveryFormReachesTheProgramsOwnBasicNewAndDelete) {
 #endif
 
 TEST(Override, OperatorNewThrowsBadAllocWhenExhausted) {
-  // The nothrow form returns null instead.
+  // The nothrow forms return null instead.
   EXPECT_THROW((void)::operator new(SIZE_MAX / 2), std::bad_alloc);
+  EXPECT_THROW((void)::operator new[](SIZE_MAX / 2), std::bad_alloc);
+  EXPECT_THROW((void)::operator new(SIZE_MAX / 2, std::align_val_t(64)), std::bad_alloc);
   EXPECT_EQ(::operator new(SIZE_MAX / 2, std::nothrow), nullptr);
+  EXPECT_EQ(::operator new[](SIZE_MAX / 2, std::nothrow), nullptr);
+  EXPECT_EQ(::operator new(SIZE_MAX / 2, std::align_val_t(64), std::nothrow), nullptr);
+  EXPECT_EQ(::operator new[](SIZE_MAX / 2, std::align_val_t(64), std::nothrow), nullptr);
+}
+
+// [new.delete]: a failed operator new calls the new-handler until it
+// returns memory or there is no handler, and the nothrow forms return null
+// where the handler throws. The shim reaches the handler and std::bad_alloc
+// through the program's C++ runtime (it links none), so these are its only
+// check that it found them.
+static int handler_calls = 0;
+static void uninstall_after_three() {
+  if (++handler_calls == 3) std::set_new_handler(nullptr);
+}
+static void throw_bad_alloc() {
+  handler_calls++;
+  throw std::bad_alloc();
+}
+
+TEST(Override, OperatorNewCallsTheNewHandlerUntilItIsRemoved) {
+  handler_calls = 0;
+  std::set_new_handler(uninstall_after_three);
+  EXPECT_THROW((void)::operator new(SIZE_MAX / 2), std::bad_alloc);
+  EXPECT_EQ(handler_calls, 3);
+  handler_calls = 0;
+  std::set_new_handler(uninstall_after_three);
+  EXPECT_THROW((void)::operator new[](SIZE_MAX / 2, std::align_val_t(128)), std::bad_alloc);
+  EXPECT_EQ(handler_calls, 3);
+  handler_calls = 0;
+  std::set_new_handler(uninstall_after_three);
+  EXPECT_EQ(::operator new(SIZE_MAX / 2, std::nothrow), nullptr);
+  EXPECT_EQ(handler_calls, 3);
+  std::set_new_handler(nullptr);
+}
+
+TEST(Override, NothrowNewReturnsNullWhenTheNewHandlerThrows) {
+  std::set_new_handler(throw_bad_alloc);
+  handler_calls = 0;
+  EXPECT_EQ(::operator new(SIZE_MAX / 2, std::nothrow), nullptr);
+  EXPECT_EQ(::operator new[](SIZE_MAX / 2, std::nothrow), nullptr);
+  EXPECT_EQ(::operator new(SIZE_MAX / 2, std::align_val_t(64), std::nothrow), nullptr);
+  EXPECT_EQ(::operator new[](SIZE_MAX / 2, std::align_val_t(64), std::nothrow), nullptr);
+  EXPECT_EQ(handler_calls, 4);
+  EXPECT_THROW((void)::operator new(SIZE_MAX / 2), std::bad_alloc);
+  EXPECT_EQ(handler_calls, 5);
+  // With a handler set, a request that succeeds never calls it.
+  char* p = new (std::nothrow) char[100];
+  EXPECT_EQ(owns(p), 1) << static_cast<void*>(p);
+  delete[] p;
+  EXPECT_EQ(handler_calls, 5);
+  std::set_new_handler(nullptr);
 }
 
 TEST(Override, StandardLibraryContainersUseMapalloc) {

@@ -20,6 +20,14 @@ constexpr bool is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 constexpr size_t align_up(size_t x, size_t a) { return (x + a - 1) & ~(a - 1); }
 constexpr size_t align_down(size_t x, size_t a) { return x & ~(a - 1); }
 constexpr unsigned log2_floor(size_t x) { return 63u - unsigned(__builtin_clzll(x)); }
+// Set bits. Not __builtin_popcountll: without -mpopcnt that is a call into
+// libgcc_s, a library the shim would load into every process for it.
+constexpr unsigned count_ones(uint64_t x) {
+  x -= (x >> 1) & 0x5555555555555555;
+  x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333);
+  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0f;
+  return unsigned((x * 0x0101010101010101) >> 56);
+}
 
 // Adds without wrapping; false if a + b overflows.
 inline bool add_overflows(size_t a, size_t b, size_t* out) { return __builtin_add_overflow(a, b, out); }
