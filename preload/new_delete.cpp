@@ -22,7 +22,7 @@ using namespace mapalloc;
 // Weak: bound when the program links the runtime (always, in a static C++
 // program, where dlsym finds nothing), null otherwise.
 namespace std {
-[[noreturn]] void __throw_bad_alloc() __attribute__((weak));
+void __throw_bad_alloc() __attribute__((__noreturn__, weak));
 new_handler get_new_handler() noexcept __attribute__((weak));
 }  // namespace std
 

@@ -7,7 +7,7 @@
 #include <new>
 
 namespace std {
-[[noreturn]] void __throw_bad_alloc();
+void __throw_bad_alloc() __attribute__((__noreturn__));
 }
 
 // new_delete.cpp binds std::__throw_bad_alloc weakly; in a static program

@@ -30,7 +30,7 @@ struct Options {
   bool madv_free = false;         // purge with MADV_FREE instead of MADV_DONTNEED
   bool random = false;            // hand out a page's fresh blocks in random order
   size_t quarantine = 0;          // bytes of freed small blocks each thread holds back (0: off)
-  size_t sample = 64;             // guarded samples' start allowance (sample.h); 0 (or guard=0): none at all
+  size_t sample = 16;             // guarded samples' start allowance (sample.h); 0 (or guard=0): none at all
 };
 extern Options options;
 

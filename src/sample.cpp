@@ -23,7 +23,7 @@ constexpr unsigned kChunkSlots = 16;
 constexpr unsigned char kFill = 0xCB;  // around the block, checked on free and at exit
 
 std::atomic<int64_t> allowance{kStartAllowance};
-std::atomic<int64_t> large_allowance{kStartAllowance / 8};
+std::atomic<int64_t> large_allowance{large_start_units(kStartAllowance)};
 static std::atomic<uint64_t> next_small_due_ms{0}, next_large_due_ms{0};
 
 enum class State : uint8_t { kUnused, kLive, kFreed };
