@@ -1,13 +1,15 @@
 // Every C++ operator new/delete form over mapalloc.
 //
-// Built without exceptions, so that the shim does not depend on a C++
-// runtime: loading libstdc++ (and with it libm and libgcc_s) cost every
-// process half a millisecond at start, a shell's `cat` as much as a C++
-// program. What needs the runtime is needed only when an allocation fails or
-// the program replaced a form, and is looked up in the process then (dlsym):
-// the new-handler, the throw of std::bad_alloc, and the runtime's own nothrow
-// forms, which catch. An exception thrown from here unwinds through these
-// frames with their unwind tables alone (-funwind-tables).
+// Without a C++ runtime of its own: loading libstdc++ (and with it libm and
+// libgcc_s) cost every process half a millisecond at start, a shell's `cat`
+// as much as a C++ program. What needs the runtime is needed only when an
+// allocation fails or the program replaced a form, and then it is the
+// program's: bound weakly (a C++ program has its runtime loaded before the
+// shim is relocated), or looked up when first needed (a C program may load
+// one later, with a C++ library). An exception thrown from here unwinds
+// through these frames with their unwind tables; only new_caught catches.
+// The fast paths make no call into the dynamic loader, which may be busy
+// in another thread (a dlopen running a library's constructors).
 #include <dlfcn.h>
 
 #include <atomic>
@@ -19,54 +21,67 @@
 
 using namespace mapalloc;
 
-// Weak: bound when the program links the runtime (always, in a static C++
-// program, where dlsym finds nothing), null otherwise.
+// Weak, so that nothing here makes the shim need a runtime: null unless the
+// process has one in its global scope (or, in a static program, links it:
+// static_runtime.cpp sees that it does).
 namespace std {
 void __throw_bad_alloc() __attribute__((__noreturn__, weak));
 new_handler get_new_handler() noexcept __attribute__((weak));
 }  // namespace std
-
-// Only in the static override archive (static_runtime.cpp), which may catch.
-namespace mapalloc {
-void* new_caught(size_t size, size_t alignment) noexcept __attribute__((weak, visibility("hidden")));
+// What new_caught's catch calls. Only GCC makes these references weak
+// (clang's are strong whatever they are declared), so only GCC builds have
+// new_caught (meson.build: -fexceptions).
+#ifdef __EXCEPTIONS
+extern "C" {
+int __gxx_personality_v0();  // only its address is used
+void* __cxa_begin_catch(void*) noexcept;
+void __cxa_end_catch();
 }
+#pragma weak __gxx_personality_v0
+#pragma weak __cxa_begin_catch
+#pragma weak __cxa_end_catch
+#endif
+// The loader's too: a static program that links dlopen gets a warning from
+// the linker, and has no use for them.
+#pragma weak dlopen
+#pragma weak dlsym
 
 #define EXPORT MAPALLOC_EXPORT
 
 namespace {
 
-// A function of the process's C++ runtime, or null. Searched in the runtimes
-// by name first: one loaded with a library opened RTLD_LOCAL (as python3
-// opens its modules) is in no global scope. Then after mapalloc, never in
-// it (mapalloc's own nothrow forms must not find themselves). Kept once
-// found: a C program may load the runtime late, with a C++ library.
-void* runtime_function(std::atomic<void*>& found, const char* name, void* linked = nullptr) {
+// A function of a C++ runtime in the process but not in its global scope, or
+// null: one loaded with a library opened RTLD_LOCAL (as python3 opens its
+// modules), or after mapalloc in the search order. With `load`, the system's
+// libstdc++ is loaded if none is found: a C program may call operator new
+// from a library that links its own runtime statically, and a bad_alloc from
+// that runtime's twin is caught there as its own. Kept once found, with the
+// runtime's handle (never closed).
+void* runtime_function(std::atomic<void*>& found, const char* name, bool load = false) {
   void* fn = found.load(std::memory_order_acquire);
-  if (fn) return fn;
-  if (linked) return linked;
-  for (const char* runtime : {"libstdc++.so.6", "libc++.so.1"}) {
-    if (void* lib = dlopen(runtime, RTLD_LAZY | RTLD_NOLOAD)) {
-      fn = dlsym(lib, name);
-      dlclose(lib);  // only drops the reference RTLD_NOLOAD took
-      if (fn) break;
-    }
-  }
+  if (fn || !dlsym) return fn;
+  for (const char* runtime : {"libstdc++.so.6", "libc++.so.1"})
+    if (void* lib = dlopen ? dlopen(runtime, RTLD_LAZY | RTLD_NOLOAD) : nullptr)
+      if ((fn = dlsym(lib, name))) break;
   if (!fn) fn = dlsym(RTLD_NEXT, name);
+  if (!fn && load && dlopen)
+    if (void* lib = dlopen("libstdc++.so.6", RTLD_LAZY)) fn = dlsym(lib, name);
   if (fn) found.store(fn, std::memory_order_release);
   return fn;
 }
 
 std::new_handler current_new_handler() {
+  if (std::get_new_handler) return std::get_new_handler();
   static std::atomic<void*> get;
-  void* fn = runtime_function(get, "_ZSt15get_new_handlerv", reinterpret_cast<void*>(&std::get_new_handler));
+  void* fn = runtime_function(get, "_ZSt15get_new_handlerv");
   return fn ? reinterpret_cast<std::new_handler (*)()>(fn)() : nullptr;
 }
 
 [[noreturn]] void throw_bad_alloc() {
+  if (std::__throw_bad_alloc) std::__throw_bad_alloc();
   static std::atomic<void*> thrower;
-  if (void* fn = runtime_function(thrower, "_ZSt17__throw_bad_allocv", reinterpret_cast<void*>(&std::__throw_bad_alloc)))
-    reinterpret_cast<void (*)()>(fn)();
-  fatal("operator new: out of memory, and no C++ runtime in the process to throw std::bad_alloc");
+  if (void* fn = runtime_function(thrower, "_ZSt17__throw_bad_allocv", true)) reinterpret_cast<void (*)()>(fn)();
+  fatal("operator new: out of memory, and no C++ runtime to throw std::bad_alloc");
 }
 
 void* allocate(size_t size, size_t alignment) {
@@ -88,55 +103,6 @@ MAPALLOC_INLINE void* new_fast(size_t size) {
   return MAPALLOC_LIKELY(p) ? p : new_or_throw(size, 0);
 }
 
-// Whether the process's throwing forms are all these (not a program's
-// replacements): 1 yes, 2 no, 0 not known yet. Looked up once: definitions
-// loaded later do not take the place of those found first.
-std::atomic<int> own_throwing_forms{0};
-
-bool throwing_forms_are_ours() {
-  int known = own_throwing_forms.load(std::memory_order_relaxed);
-  if (MAPALLOC_LIKELY(known)) return known == 1;
-  // (In a static program dladdr and dlsym find nothing, and nothing else can
-  // define these.)
-  Dl_info here, there;
-  bool ours = true;
-  if (dladdr(reinterpret_cast<void*>(&new_or_throw), &here)) {
-    for (const char* name : {"_Znwm", "_Znam", "_ZnwmSt11align_val_t", "_ZnamSt11align_val_t"}) {
-      void* fn = dlsym(RTLD_DEFAULT, name);
-      if (fn && !(dladdr(fn, &there) && there.dli_fbase == here.dli_fbase)) ours = false;
-    }
-  }
-  own_throwing_forms.store(ours ? 1 : 2, std::memory_order_relaxed);
-  return ours;
-}
-
-// The nothrow forms return null where the throwing forms throw. They cannot
-// catch, so where a throw may come (a new-handler is set, or the program
-// replaced a throwing form, which [new.delete] says these call) they hand
-// over to the runtime's own nothrow form, which calls the throwing one and
-// catches; in the static archive, to new_caught. Failing both (a runtime
-// this does not know) they call the handler themselves, and what it throws
-// goes through.
-template <typename... Align>
-void* nothrow_new(size_t size, std::atomic<void*>& runtime_form, const char* name, Align... al) {
-  size_t alignment = (0 + ... + size_t(al));
-  if (MAPALLOC_LIKELY(throwing_forms_are_ours())) {
-    void* p = allocate(size, alignment);
-    if (MAPALLOC_LIKELY(p) || !current_new_handler()) return p;
-  }
-  if (new_caught) return new_caught(size, alignment);
-  if (void* fn = runtime_function(runtime_form, name))
-    return reinterpret_cast<void* (*)(size_t, Align..., const std::nothrow_t&)>(fn)(size, al..., std::nothrow_t{});  // not std::nothrow, the runtime's
-  for (;;) {
-    if (void* p = allocate(size, alignment)) return p;
-    std::new_handler handler = current_new_handler();
-    if (!handler) return nullptr;
-    handler();
-  }
-}
-
-std::atomic<void*> runtime_new, runtime_new_array, runtime_new_aligned, runtime_new_array_aligned;
-
 }  // namespace
 
 // Only the four basic forms allocate and free. The others call them as
@@ -149,20 +115,105 @@ EXPORT void* operator new(size_t size) { return new_fast(size); }
 EXPORT void* operator new(size_t size, std::align_val_t al) { return new_or_throw(size, size_t(al)); }
 EXPORT void operator delete(void* p) noexcept { dealloc(p); }
 EXPORT void operator delete(void* p, std::align_val_t) noexcept { dealloc(p); }
-
 EXPORT void* operator new[](size_t size) { return ::operator new(size); }
 EXPORT void* operator new[](size_t size, std::align_val_t al) { return ::operator new(size, al); }
+
+namespace {
+
+// mapalloc's own throwing forms, by local names (aliases): the names
+// ::operator new etc. may be bound to a program's replacements. Only their
+// addresses are used (hence not the attributes of the targets).
+#pragma GCC diagnostic push
+#ifndef __clang__
+#pragma GCC diagnostic ignored "-Wmissing-attributes"
+#endif
+void* own_new(size_t) __attribute__((alias("_Znwm"), visibility("hidden")));
+void* own_new_array(size_t) __attribute__((alias("_Znam"), visibility("hidden")));
+void* own_new_aligned(size_t, std::align_val_t) __attribute__((alias("_ZnwmSt11align_val_t"), visibility("hidden")));
+void* own_new_array_aligned(size_t, std::align_val_t)
+    __attribute__((alias("_ZnamSt11align_val_t"), visibility("hidden")));
+#pragma GCC diagnostic pop
+
+template <typename F>
+bool same(F bound, F own) {
+  void* a = reinterpret_cast<void*>(bound);
+  asm("" : "+r"(a));  // the bound address, as loaded, not folded with own
+  return a == reinterpret_cast<void*>(own);
+}
+
+// Whether the process's throwing forms are all these: their dynamic symbols
+// (read from the GOT) against the local names.
+bool throwing_forms_are_ours() {
+  static std::atomic<int> known{0};  // 1 yes, 2 no
+  int k = known.load(std::memory_order_relaxed);
+  if (MAPALLOC_LIKELY(k)) return k == 1;
+  using New = void* (*)(size_t);
+  using NewAligned = void* (*)(size_t, std::align_val_t);
+  bool ours = same<New>(&::operator new, own_new) && same<New>(&::operator new[], own_new_array) &&
+              same<NewAligned>(&::operator new, own_new_aligned) &&
+              same<NewAligned>(&::operator new[], own_new_array_aligned);
+  known.store(ours ? 1 : 2, std::memory_order_relaxed);
+  return ours;
+}
+
+// The throwing form (through its dynamic symbol), and null for what it
+// throws; false without a runtime bound, which the catch needs.
+template <bool kArray, typename... Align>
+MAPALLOC_NOINLINE bool new_caught(void** out, size_t size, Align... al) noexcept {
+#ifdef __EXCEPTIONS
+  if (!__gxx_personality_v0 || !__cxa_begin_catch || !__cxa_end_catch) return false;
+  try {
+    *out = kArray ? ::operator new[](size, al...) : ::operator new(size, al...);
+  } catch (...) {
+    *out = nullptr;
+  }
+  return true;
+#else
+  (void)out, (void)size, ((void)al, ...);
+  return false;
+#endif
+}
+
+// The nothrow forms return null where the throwing forms throw. Where a
+// throw may come (a new-handler is set, or the program replaced a throwing
+// form, which [new.delete] says these call) they call the throwing form and
+// catch, with the program's runtime. Without one bound (a C program that
+// loaded C++ code later; a clang build) they call that runtime's own nothrow
+// form, which does the same (libstdc++ since GCC 9, libc++); failing that,
+// the handler themselves, and what it throws goes through.
+template <bool kArray, typename... Align>
+void* nothrow_new(size_t size, std::atomic<void*>& runtime_form, const char* name, Align... al) {
+  size_t alignment = (0 + ... + size_t(al));
+  if (MAPALLOC_LIKELY(throwing_forms_are_ours())) {
+    void* p = allocate(size, alignment);
+    if (MAPALLOC_LIKELY(p) || !current_new_handler()) return p;
+  }
+  if (void* p; new_caught<kArray>(&p, size, al...)) return p;
+  if (void* fn = runtime_function(runtime_form, name))
+    return reinterpret_cast<void* (*)(size_t, Align..., const std::nothrow_t&)>(fn)(size, al..., std::nothrow_t{});
+  for (;;) {
+    if (void* p = allocate(size, alignment)) return p;
+    std::new_handler handler = current_new_handler();
+    if (!handler) return nullptr;
+    handler();
+  }
+}
+
+std::atomic<void*> runtime_new, runtime_new_array, runtime_new_aligned, runtime_new_array_aligned;
+
+}  // namespace
+
 EXPORT void* operator new(size_t size, const std::nothrow_t&) noexcept {
-  return nothrow_new(size, runtime_new, "_ZnwmRKSt9nothrow_t");
+  return nothrow_new<false>(size, runtime_new, "_ZnwmRKSt9nothrow_t");
 }
 EXPORT void* operator new[](size_t size, const std::nothrow_t&) noexcept {
-  return nothrow_new(size, runtime_new_array, "_ZnamRKSt9nothrow_t");
+  return nothrow_new<true>(size, runtime_new_array, "_ZnamRKSt9nothrow_t");
 }
 EXPORT void* operator new(size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
-  return nothrow_new(size, runtime_new_aligned, "_ZnwmSt11align_val_tRKSt9nothrow_t", al);
+  return nothrow_new<false>(size, runtime_new_aligned, "_ZnwmSt11align_val_tRKSt9nothrow_t", al);
 }
 EXPORT void* operator new[](size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
-  return nothrow_new(size, runtime_new_array_aligned, "_ZnamSt11align_val_tRKSt9nothrow_t", al);
+  return nothrow_new<true>(size, runtime_new_array_aligned, "_ZnamSt11align_val_tRKSt9nothrow_t", al);
 }
 
 EXPORT void operator delete[](void* p) noexcept { ::operator delete(p); }

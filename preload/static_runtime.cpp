@@ -1,29 +1,18 @@
-// Only in the static override archive, not in the shim, and built with
-// exceptions. A program that links the archive links a C++ runtime too
-// (g++, or -lstdc++), so the archive may use it directly where the shim has
-// to look it up (new_delete.cpp): in a static program dlsym finds nothing.
+// Only in the static override archive, not in the shim. A program that links
+// the archive links a C++ runtime too (g++, or -lstdc++); in a static one,
+// these references bring in the runtime's functions that new_delete.cpp
+// binds weakly, which nothing else may pull in.
 #include <stddef.h>
-
-#include <new>
 
 namespace std {
 void __throw_bad_alloc() __attribute__((__noreturn__));
 }
-
-// new_delete.cpp binds std::__throw_bad_alloc weakly; in a static program
-// nothing else may pull it in.
-[[gnu::used]] static void (*const keep_throw_bad_alloc)() = &std::__throw_bad_alloc;
-
-namespace mapalloc {
-
-// For the nothrow forms where a throw may come (a new-handler is set): the
-// throwing form, and null for what it throws.
-__attribute__((visibility("hidden"))) void* new_caught(size_t size, size_t alignment) noexcept {
-  try {
-    return alignment ? ::operator new(size, std::align_val_t(alignment)) : ::operator new(size);
-  } catch (...) {
-    return nullptr;
-  }
+extern "C" {
+int __gxx_personality_v0();
+void* __cxa_begin_catch(void*) noexcept;
+void __cxa_end_catch();
 }
 
-}  // namespace mapalloc
+[[gnu::used]] static void* const keep_runtime[] = {
+    reinterpret_cast<void*>(&std::__throw_bad_alloc), reinterpret_cast<void*>(&__gxx_personality_v0),
+    reinterpret_cast<void*>(&__cxa_begin_catch), reinterpret_cast<void*>(&__cxa_end_catch)};
