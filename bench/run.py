@@ -56,6 +56,7 @@ WORKLOADS = {
     'large':      ('ops=20000', 'ops=2000'),
     'realloc':    ('appends=4000000', 'appends=400000'),
     'falseshare': ('rounds=2000 threads={t}', 'rounds=200 threads={t}'),
+    'spawn':      ('procs=300', 'procs=30'),
 }
 MICRO_FAMILIES = ['MallocFree', 'Batch', 'Calloc', 'ReallocGrow', 'Aligned', 'CrossThreadFree', 'ThreadScaling']
 
