@@ -178,9 +178,9 @@ MAPALLOC_NOINLINE bool new_caught(void** out, size_t size, Align... al) noexcept
 // throw may come (a new-handler is set, or the program replaced a throwing
 // form, which [new.delete] says these call) they call the throwing form and
 // catch, with the program's runtime. Without one bound (a C program that
-// loaded C++ code later; a clang build) they call that runtime's own nothrow
-// form, which does the same (libstdc++ since GCC 9, libc++); failing that,
-// the handler themselves, and what it throws goes through.
+// loaded C++ code later) they call that runtime's own nothrow form, which
+// does the same (libstdc++ since GCC 9, libc++); failing that, the handler
+// themselves, and what it throws goes through.
 template <bool kArray, typename... Align>
 void* nothrow_new(size_t size, std::atomic<void*>& runtime_form, const char* name, Align... al) {
   size_t alignment = (0 + ... + size_t(al));
@@ -189,6 +189,12 @@ void* nothrow_new(size_t size, std::atomic<void*>& runtime_form, const char* nam
     if (MAPALLOC_LIKELY(p) || !current_new_handler()) return p;
   }
   if (void* p; new_caught<kArray>(&p, size, al...)) return p;
+#ifndef __EXCEPTIONS
+  // A clang build cannot catch: the program's throwing form is called as it
+  // is (what it throws goes through), not through a runtime looked up first,
+  // which would call into the loader on every program's first nothrow new.
+  if (!throwing_forms_are_ours()) return kArray ? ::operator new[](size, al...) : ::operator new(size, al...);
+#endif
   if (void* fn = runtime_function(runtime_form, name))
     return reinterpret_cast<void* (*)(size_t, Align..., const std::nothrow_t&)>(fn)(size, al..., std::nothrow_t{});
   for (;;) {

@@ -12,6 +12,17 @@
 #include <atomic>
 #include <new>
 
+#ifdef REPLACE_NEW
+// Built a second time replacing the basic forms: the nothrow forms then
+// call these (and catch), with nothing to look up either.
+#include <stdlib.h>
+void* operator new(size_t size) {
+  if (void* p = malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { free(p); }
+#endif
+
 pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 std::atomic<int> constructor_started{0};
 
