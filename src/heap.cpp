@@ -139,6 +139,11 @@ static void put_back_current(Heap* heap, unsigned c) {
   page_arm_wait(page);
 }
 
+void heap_put_back_current_pages(Heap* heap) {
+  for (unsigned c = 0; c < kNumClasses; c++)
+    if (heap->current[c] != &empty_page) put_back_current(heap, c);
+}
+
 static bool has_free_block(Page* page) {
   page_collect(page);
   return page->free || page_extend(page);

@@ -185,6 +185,9 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
 void quarantine_free(Page* page, void* p) noexcept;
 
 // Whole-heap operations (heap.cpp).
+// Puts every current page back in its class queue, so that the next request
+// of each class takes the slow path (a forked child's samples, sample.h).
+void heap_put_back_current_pages(Heap* heap);
 // Collects every page's pending frees and gives empty pages back.
 void heap_collect(Heap* heap, bool release_current);
 

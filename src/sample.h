@@ -31,6 +31,7 @@ constexpr size_t kMaxSize = 14 * 4096;  // a slot's read-write pages at most
 // all: with 64, `cat` started in 1.47 ms against 1.06 ms without samples;
 // with 16, 1.09 ms. A single-misuse test program makes a few requests.
 constexpr int64_t kStartAllowance = 16;
+constexpr int64_t kChildAllowance = 4;  // a forked child's, at most
 constexpr uint64_t kIntervalMs = 10;
 // Large blocks have a budget of their own, in units of 128 KiB (a sample
 // zaps its pages, and their next use faults them in again): an eighth of

@@ -190,6 +190,9 @@ static void after_fork_child() {
   arena::reset_after_fork();
   heaps_lock.reset_after_fork();
   stats_reset_after_fork();
+  // The child samples its first requests again (sample.cpp): they must reach
+  // the slow path, as a new process's do.
+  if (sample::starting()) heap_put_back_current_pages(tls_heap);
   // Only the forking thread lives on: other threads' heaps are abandoned.
   for (Heap* h = all_heaps; h; h = h->next_all) {
     if (h->owned && h != tls_heap) {

@@ -4,7 +4,10 @@
 // that it dies the expected way. A case that survives prints "not caught".
 // Built with -O0 -fno-builtin so that the compiler keeps every misuse.
 #include <malloc.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -107,6 +110,13 @@ int main(int argc, char** argv) {
   else if (is("read-after-free-large")) { p = alloc(1 << 20); std::memset(p, 1, 1 << 20); std::free(p); sink = p[100]; }
   else if (is("write-after-free-large-middle")) { p = alloc(1 << 20); std::free(p); p[5000] = 1; std::free(alloc(1 << 20)); }
   else if (is("small-overflow-1-faults")) { p = alloc(64); std::memset(p, 1, 64); sink = p[64]; }
+  else if (is("read-after-free-small-forked-child")) {  // the parent used up its samples; a child starts over
+    for (int i = 0; i < 200; i++) std::free(alloc(32));
+    if (fork() == 0) { p = alloc(32); std::free(p); sink = p[0]; std::_Exit(0); }
+    int status = 0;
+    wait(&status);
+    if (WIFSIGNALED(status)) raise(WTERMSIG(status));  // dies as the child did
+  }
   else if (is("zero-size-read")) { p = alloc(0); sink = p[0]; }
   else if (is("zero-size-write")) { p = alloc(0); p[0] = 1; }
   else return 2;

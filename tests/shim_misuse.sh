@@ -103,6 +103,7 @@ if [ "$secure" = true ]; then
     "small-overflow-1-faults:SIGSEGV"
     "read-after-free-large:SIGSEGV"
     "write-after-free-large-middle:SIGSEGV"
+    "read-after-free-small-forked-child:SIGSEGV"
   )
 fi
 check "" "${default_cases[@]}"
