@@ -1,7 +1,5 @@
 #include "sample.h"
 
-#include <signal.h>
-
 #include "base/bits.h"
 #include "base/lock.h"
 #include "base/log.h"
@@ -69,8 +67,6 @@ bool take_large(size_t bytes) {
   return take(large_allowance, next_large_due_ms, units < 1 ? 1 : units < kMaxLargeUnits ? int64_t(units) : kMaxLargeUnits);
 }
 
-static void install_fault_report();
-
 static bool setup() {
   if (region) return true;
   if (setup_failed) return false;
@@ -79,7 +75,6 @@ static bool setup() {
   char* r = static_cast<char*>(os::map_aligned(kRegionBytes, kSlotBytes, true));
   if (r && pagemap::set(r, kRegionBytes, pagemap::kSampleEntry)) {
     region = r;
-    install_fault_report();
     return true;
   }
   if (r) {
@@ -199,51 +194,6 @@ bool holds(const void* p) {
   for (unsigned i = 0; i < fresh; i++)
     if (slots[i].state == State::kLive && slots[i].shadow == p) return true;
   return false;
-}
-
-// A fault in the region names the sampled block and the misuse, on one line
-// as mapalloc's other reports, and then kills the process as the fault
-// would have: the handler restores the default action and returns, and the
-// access faults again. A fault elsewhere goes to the handler the program had
-// installed before, or kills the same way. A handler the program installs
-// later takes over, as it should. (Only reads of a racy slot table: the
-// report is best effort, the fault is not.)
-static struct sigaction previous_handler;
-
-static void report_fault(int sig, siginfo_t* info, void* context) {
-  char* at = static_cast<char*>(info->si_addr);
-  char* r = region;
-  if (r && at >= r && at < r + kRegionBytes) {
-    unsigned i = unsigned(size_t(at - r) / kSlotBytes);
-    const char* what = "access to an unused page of its sample region at";
-    if (slots[i].state == State::kFreed)
-      what = "use after free of sampled block";
-    else if (slots[i].state == State::kLive)
-      what = at >= data_end(i) ? "heap overflow past the end of sampled block" : "heap underflow below sampled block";
-    LineBuffer line;
-    line.str("mapalloc: ").str(what).str(" ");
-    if (slots[i].state == State::kUnused) line.ptr(at).str("\n");
-    else line.ptr(block_of(i)).str(" (access at ").ptr(at).str(")\n");
-    line.flush(2);
-  } else if (previous_handler.sa_flags & SA_SIGINFO) {
-    return previous_handler.sa_sigaction(sig, info, context);
-  } else if (previous_handler.sa_handler != SIG_DFL && previous_handler.sa_handler != SIG_IGN) {
-    return previous_handler.sa_handler(sig);
-  } else if (info->si_code <= 0 && previous_handler.sa_handler == SIG_IGN) {
-    return;  // sent (kill, raise), and ignored before
-  }
-  signal(SIGSEGV, SIG_DFL);
-  // A signal sent rather than a fault has no access to fault again: sent
-  // again, it is delivered with the default action once this returns.
-  if (info->si_code <= 0) raise(sig);
-}
-
-static void install_fault_report() {
-  struct sigaction action = {};
-  action.sa_sigaction = report_fault;
-  action.sa_flags = SA_SIGINFO | SA_ONSTACK;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGSEGV, &action, &previous_handler);
 }
 
 void check_at_exit() {

@@ -4,8 +4,7 @@
 // freed its pages become guard pages too. So for a sampled block an overflow
 // past its end, and any read or write after free, faults at the faulting
 // instruction, which no check on the arena's blocks can do for reads and for
-// writes into the middle of a freed block (a SIGSEGV handler names the block
-// on the way out). The pages change with a syscall
+// writes into the middle of a freed block. The pages change with a syscall
 // at each malloc and free (a few microseconds), so only a budget's worth of
 // blocks are sampled: every small request (up to 56 KiB) of the first
 // kStartAllowance, then one at most every kIntervalMs at a malloc slow path.

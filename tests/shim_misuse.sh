@@ -57,8 +57,7 @@ if [ "$secure" = true ]; then
   )
 fi
 # check <MAPALLOC_OPTIONS> <case:expected>...: "caught" expects either way of
-# dying, the one-line report or the fault; "sample-fault" the fault with the
-# line that names the sampled block (sample.cpp's SIGSEGV handler).
+# dying, the one-line report or the fault.
 check() {
   local options=$1 entry name want err rc ok
   shift
@@ -69,9 +68,6 @@ check() {
     one_report=$([ $rc -eq 134 ] && [ "$(echo "$err" | grep -c .)" -eq 1 ] && echo yes || echo no)
     case $want in
       SIGSEGV) ok=$([ $rc -eq 139 ] && echo yes || echo no) ;;
-      sample-fault) ok=$([ $rc -eq 139 ] && [ "$(echo "$err" | grep -c .)" -eq 1 ] &&
-                         echo "$err" | grep -Eq "^mapalloc: (use after free of|heap overflow past the end of|heap underflow below) sampled block 0x" &&
-                         echo yes || echo no) ;;
       caught) ok=$({ [ $rc -eq 139 ] || { [ $one_report = yes ] && echo "$err" | grep -q "^mapalloc: "; }; } && echo yes || echo no) ;;
       *) ok=$([ $one_report = yes ] && echo "$err" | grep -Eq "$want" && echo yes || echo no) ;;
     esac
@@ -101,13 +97,13 @@ for entry in "${cases[@]}"; do
 done
 if [ "$secure" = true ]; then
   default_cases+=(
-    "read-after-free-small:sample-fault"
-    "write-after-free-small-middle:sample-fault"
-    "read-after-free-medium:sample-fault"
-    "small-overflow-1-faults:sample-fault"
+    "read-after-free-small:SIGSEGV"
+    "write-after-free-small-middle:SIGSEGV"
+    "read-after-free-medium:SIGSEGV"
+    "small-overflow-1-faults:SIGSEGV"
     "read-after-free-large:SIGSEGV"
     "write-after-free-large-middle:SIGSEGV"
-    "read-after-free-small-forked-child:sample-fault"
+    "read-after-free-small-forked-child:SIGSEGV"
   )
 fi
 check "" "${default_cases[@]}"
