@@ -88,14 +88,19 @@ void* allocate(size_t size, size_t alignment) {
   return alignment <= 16 ? alloc(size) : alloc_aligned(alignment, size);
 }
 
-// Calls the new-handler until memory comes or there is no handler.
-void* new_or_throw(size_t size, size_t alignment) {
+// Calls the new-handler until memory comes, or null when there is no handler.
+void* allocate_with_handler(size_t size, size_t alignment) {
   for (;;) {
     if (void* p = allocate(size, alignment)) return p;
     std::new_handler handler = current_new_handler();
-    if (!handler) throw_bad_alloc();
+    if (!handler) return nullptr;
     handler();
   }
+}
+
+void* new_or_throw(size_t size, size_t alignment) {
+  if (void* p = allocate_with_handler(size, alignment)) return p;
+  throw_bad_alloc();
 }
 
 MAPALLOC_INLINE void* new_fast(size_t size) {
@@ -197,12 +202,7 @@ void* nothrow_new(size_t size, std::atomic<void*>& runtime_form, const char* nam
 #endif
   if (void* fn = runtime_function(runtime_form, name))
     return reinterpret_cast<void* (*)(size_t, Align..., const std::nothrow_t&)>(fn)(size, al..., std::nothrow_t{});
-  for (;;) {
-    if (void* p = allocate(size, alignment)) return p;
-    std::new_handler handler = current_new_handler();
-    if (!handler) return nullptr;
-    handler();
-  }
+  return allocate_with_handler(size, alignment);
 }
 
 std::atomic<void*> runtime_new, runtime_new_array, runtime_new_aligned, runtime_new_array_aligned;

@@ -47,10 +47,15 @@ static unsigned guarded = 0;  // slots below this are guard pages but where live
 static uint32_t freed_ring[kSlots];
 static unsigned freed_head = 0, freed_count = 0;
 
+void start_allowances(size_t small) {
+  allowance.store(options.guard ? int64_t(small) : 0, std::memory_order_relaxed);
+  large_allowance.store(options.guard ? large_start_units(options.sample) : 0, std::memory_order_relaxed);
+}
+
 // Takes `units` from a start allowance (never below 0), else waits for its
 // next due time, which a sample moves `units` intervals on.
 static bool take(std::atomic<int64_t>& start, std::atomic<uint64_t>& next_due, int64_t units) {
-  // (ensure_init sets the start allowances to 0 in these cases.)
+  // (start_allowances sets the start allowances to 0 in these cases.)
   if (!kEnabled || !options.sample || !options.guard) return false;
   int64_t left = start.load(std::memory_order_relaxed);
   while (left >= units)
@@ -212,9 +217,7 @@ void reset_after_fork() {
   // whatever the parent used up, and a shell's subshells pay little (bash,
   // 300 `$(echo)`: 0.174 s without a refill, 0.215 s with 16 samples per
   // child, within noise with 4).
-  int64_t child = options.sample < size_t(kChildAllowance) ? int64_t(options.sample) : kChildAllowance;
-  allowance.store(options.guard ? child : 0, std::memory_order_relaxed);
-  large_allowance.store(options.guard ? large_start_units(options.sample) : 0, std::memory_order_relaxed);
+  start_allowances(options.sample < size_t(kChildAllowance) ? options.sample : size_t(kChildAllowance));
 }
 
 }  // namespace mapalloc::sample

@@ -37,8 +37,8 @@ constexpr uint64_t kIntervalMs = 10;
 // zaps its pages, and their next use faults them in again): an eighth of
 // the allowance in units, at least kLargeStartUnits (1 MiB of blocks; a
 // bigger block never comes from it), then one every 10 ms per unit, at most
-// 100 units. With
-// 8 MiB at start, bench large (50 ms) ran 12 % longer than without samples.
+// 100 units. With 8 MiB at start, bench large (50 ms) ran 12 % longer than
+// without samples.
 constexpr size_t kLargeUnit = 128 * 1024;
 constexpr int64_t kMaxLargeUnits = 100;
 constexpr int64_t kLargeStartUnits = 8;
@@ -47,6 +47,10 @@ constexpr int64_t large_start_units(size_t sample) {
 }
 
 extern std::atomic<int64_t> allowance, large_allowance;
+// Sets the start allowances: `small` requests, and the large blocks' units
+// for the option's value (none with guard=0). At start-up, and in a forked
+// child (fewer).
+void start_allowances(size_t small);
 
 // Whether the start allowance lasts: one relaxed load, for malloc's slow path.
 inline bool starting() { return kEnabled && allowance.load(std::memory_order_relaxed) > 0; }

@@ -52,9 +52,7 @@ void ensure_init() {
       if (options.verbose) print_options();
       // Before the first page exists: every page's frees then take the slow path.
       if (options.quarantine) pagemap::page_tag = pagemap::kSlowPageTag;
-      sample::allowance.store(options.guard ? int64_t(options.sample) : 0, std::memory_order_relaxed);
-      sample::large_allowance.store(options.guard ? sample::large_start_units(options.sample) : 0,
-                                   std::memory_order_relaxed);
+      sample::start_allowances(options.sample);
       keys.link = os::random_u64();
       keys.canary = os::random_u64();
       keys.record = os::random_u64() & 0xFFFF;

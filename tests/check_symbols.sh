@@ -30,7 +30,8 @@ if [[ -n "$leaked" ]]; then
 fi
 # The shim loads nothing but libc into a process: libstdc++ with libm and
 # libgcc_s cost every process half a millisecond at start, C ones too
-# (operator new reaches the C++ runtime through dlsym, when it fails).
+# (operator new binds the program's runtime weakly, or looks it up when it
+# fails: preload/new_delete.cpp).
 needed=$(readelf -d "$lib" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
 extra=$(grep -v -x -E 'libc\.so\.6|ld-linux.*\.so\.[0-9]+|libdl\.so\.2|libpthread\.so\.0' <<<"$needed" || true)
 if [[ -n "$extra" ]]; then
