@@ -79,6 +79,11 @@ void heap_page_wait_over(Heap* heap, Page* page) noexcept {
   page_arm_wait(page);
 }
 
+void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept {
+  if (canary_check(page, b) == SIZE_MAX) return report_overflow(b);
+  heap_push_owned(heap, page, b, freed_cookie(b));
+}
+
 void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   unsigned c = page->size_class;
   if (heap != &empty_heap) {

@@ -46,6 +46,14 @@ void report_underflow(const void* p) noexcept {
   fatal("heap underflow (or overflow of the block before it) at block", p);
 }
 
+size_t escaped_slack(const Page* page, const void* block, uint64_t word, size_t record) noexcept {
+  if (record != kSlackEscape) return SIZE_MAX;
+  uint32_t exact;
+  __builtin_memcpy(&exact, static_cast<const char*>(block) + page->block_size - 6, 4);
+  exact ^= uint32_t(word >> 16);
+  return exact > kMaxRecordedSlack && exact < page->block_size ? exact : SIZE_MAX;
+}
+
 size_t canary_past_header(const Page* page, const void* block) {
   if (!kCanaries) return page->block_size;
   if (page->block_size == kMinBlock) return kMinBlock - kMinSlack;  // its record is gone, any will do

@@ -174,15 +174,20 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
 //   is caught when the block is freed or reallocated;
 // - the block's last two bytes (the word's top two when the slack is 8 or
 //   less) record the slack, xored with keys.record (so that a free block's
-//   record, freed_cookie, decodes the same way); 0xFFFF there means "exact
-//   value, xored with 32 bits of the word, in the 4 bytes before it".
+//   record, freed_cookie, decodes the same way). A slack above 0xFFFF (a
+//   block of more than 64 KiB asked for much less: aligned, or shrunk in
+//   place) records kSlackEscape, 1, which is no slack: "exact value, xored
+//   with 32 bits of the word, in the 4 bytes before it". Being out of the
+//   slacks' range, it costs free's fast path no test of its own.
 // The record is in the block rather than out of line, so that it costs no
 // cache line of its own: with one byte per block in the chunk descriptor's
 // mapping (the earlier layout), free missed L1 on that byte on 74 % of bench
 // server's requests. It is two bytes because an overflow that reaches it
 // points the check somewhere else: with one, 1 such overflow in 256 decoded
 // as a slack of one byte, which leaves nothing else to check.
-constexpr size_t kSlackEscape = 0xFFFF;
+constexpr size_t kSlackEscape = 1;
+constexpr size_t kMaxRecordedSlack = 0xFFFF;
+static_assert(kSlackEscape < kMinSlack || !kCanaries);
 
 // The canary's word sits at block_size - max(slack, 8): right after the
 // request, or at the block's end when there are 8 bytes of slack or fewer.
@@ -191,9 +196,7 @@ MAPALLOC_INLINE size_t canary_offset(size_t block_size, size_t slack) {
   return requested < block_size - 8 ? requested : block_size - 8;
 }
 
-MAPALLOC_INLINE uint64_t canary_word(const void* block) {
-  return std::rotl(reinterpret_cast<uintptr_t>(block) ^ keys.canary, 23);
-}
+MAPALLOC_INLINE uint64_t canary_word(const void* block) { return reinterpret_cast<uintptr_t>(block) ^ keys.canary; }
 
 // Per slack (from 10 on, the last entry), the bytes of the canary's word
 // that are canary and not record (the record is checked by decoding it, and
@@ -216,7 +219,7 @@ MAPALLOC_INLINE uint64_t canary_mask(size_t slack) { return kCanaryBytes[slack <
 // written after the word: when the slack is 9 or less they replace the
 // word's top one or two bytes.
 MAPALLOC_INLINE void canary_record_slack(char* block, size_t block_size, size_t slack, uint64_t word) {
-  if (MAPALLOC_UNLIKELY(slack >= kSlackEscape)) {
+  if (MAPALLOC_UNLIKELY(slack > kMaxRecordedSlack)) {
     uint32_t exact = uint32_t(slack) ^ uint32_t(word >> 16);
     __builtin_memcpy(block + block_size - 6, &exact, 4);
     slack = kSlackEscape;
@@ -249,21 +252,26 @@ MAPALLOC_INLINE void canary_set(const Page* page, void* block, size_t size) {
   canary_record_slack(static_cast<char*>(block), block_size, slack, w);
 }
 
+// For a record out of the slacks' range: the exact slack if it is the
+// escape (page.cpp), else SIZE_MAX.
+size_t escaped_slack(const Page* page, const void* block, uint64_t word, size_t record) noexcept;
+
+// A block's record, decoded: its slack if in slack_in_range.
+MAPALLOC_INLINE size_t decoded_record(const Page* page, const void* block) {
+  uint16_t record;
+  __builtin_memcpy(&record, static_cast<const char*>(block) + page->block_size - 2, 2);
+  return uint16_t(record ^ keys.record);
+}
+MAPALLOC_INLINE bool slack_in_range(const Page* page, size_t slack) {
+  return slack - kMinSlack < page->block_size - kMinSlack;
+}
+
 // The slack a block records (SIZE_MAX if the record is
 // broken: it must lie in kMinSlack .. block size - 1).
 MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint64_t word) {
-  size_t block_size = page->block_size;
-  const char* b = static_cast<const char*>(block);
-  uint16_t record;
-  __builtin_memcpy(&record, b + block_size - 2, 2);
-  size_t slack = uint16_t(record ^ keys.record);
-  if (MAPALLOC_UNLIKELY(slack == kSlackEscape)) {
-    uint32_t exact;
-    __builtin_memcpy(&exact, b + block_size - 6, 4);
-    exact ^= uint32_t(word >> 16);
-    slack = exact < kSlackEscape ? 0 : exact;
-  }
-  return slack - kMinSlack < block_size - kMinSlack ? slack : SIZE_MAX;
+  size_t slack = decoded_record(page, block);
+  if (MAPALLOC_LIKELY(slack_in_range(page, slack))) return slack;
+  return escaped_slack(page, block, word, slack);
 }
 
 // Whether the canary bytes of a block with this (recorded) slack hold its word w.
@@ -307,7 +315,7 @@ MAPALLOC_INLINE bool tail_before_intact(const Page* page, const void* p) {
   uint16_t record;
   __builtin_memcpy(&record, static_cast<const char*>(p) - 2, 2);
   size_t slack = uint16_t(record ^ keys.record);
-  return slack - kMinSlack < page->block_size - kMinSlack;
+  return slack - kSlackEscape < page->block_size - kSlackEscape;  // a slack, or the escape
 #endif
 }
 

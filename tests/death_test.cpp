@@ -707,7 +707,7 @@ TEST(Canary, OneBytePastEverySizeUpTo320Caught) {
 }
 
 // A block with slack records its slack in its last two bytes (and, from
-// 65535 bytes of slack on, in the 4 bytes before them): a stray write there,
+// more than 65535 bytes of slack on, in the 4 bytes before them): a stray write there,
 // past the canary word, is caught on free as an overflow too. The block
 // sizes are those of the size classes (README, Size classes).
 TEST(Canary, StrayWriteIntoTheSlackRecordCaught) {
@@ -717,8 +717,9 @@ TEST(Canary, StrayWriteIntoTheSlackRecordCaught) {
   };
   for (Case c : {Case{14, 0, 16, 1}, Case{50, 0, 64, 1}, Case{50, 0, 64, 2}, Case{100, 0, 112, 2},
                  Case{1000, 0, 1024, 1}, Case{20000, 0, 20480, 2},
-                 // 128 KiB, the first class that is a multiple of 64 KiB: 65535 bytes of slack.
-                 Case{65537, 65536, 131072, 1}, Case{65537, 65536, 131072, 4}}) {
+                 // 128 KiB (65535 bytes do not fit the 64 KiB class): 65537 bytes of slack,
+                 // and 65535 (recorded in two bytes).
+                 Case{65535, 65536, 131072, 1}, Case{65535, 65536, 131072, 4}, Case{65537, 65536, 131072, 1}}) {
     EXPECT_DEATH(
         {
           char* p = static_cast<char*>(c.alignment ? mapalloc_aligned_alloc(c.alignment, c.request)
