@@ -81,7 +81,7 @@ void heap_page_wait_over(Heap* heap, Page* page) noexcept {
 
 void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept {
   if (canary_check(page, b) == SIZE_MAX) return report_overflow(b);
-  heap_push_owned(heap, page, b, freed_cookie(b));
+  heap_push_owned(heap, page, b);
 }
 
 void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
@@ -95,13 +95,13 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   // is in the block, and the free list's words are about to overwrite a
   // 16-byte block's.
   if (kCanaries && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
-  b->cookie = freed_cookie(b);
-  // One aligned store: the owner may read the record in its top two bytes
-  // meanwhile (tail_before_intact), and sees the old one or the new one.
-  if (kCanaries) mark_tail_free(page, b, b->cookie);
+  // Aligned stores: the owner may read the record in the top two bytes of
+  // the block's last word meanwhile (tail_before_intact), and sees the old
+  // one or the new one (the mark's, or a 16-byte block's cookie's: the same).
+  if (kCanaries) mark_tail_free(page, b);
   uintptr_t old = page->thread_free.load(std::memory_order_relaxed);
   do {
-    b->link = encode_link(b, reinterpret_cast<Block*>(old));
+    set_free_link(b, reinterpret_cast<Block*>(old));
   } while (!page->thread_free.compare_exchange_weak(old, reinterpret_cast<uintptr_t>(b), std::memory_order_release,
                                                     std::memory_order_relaxed));
   // The page may be collected and reused by its owner from here on: no more
@@ -238,9 +238,13 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
 
 constexpr unsigned char kQuarantineFill = 0xDF;
 
-// A held block's first word, so that writes there show too (its second word
-// is the freed cookie).
-static uintptr_t quarantine_tag(const void* p) { return std::rotl(reinterpret_cast<uintptr_t>(p) ^ keys.cookie, 29); }
+// A held block's words are those of a free block (so that a second free is
+// caught) linked to this, an address derived from its own that no list
+// holds (below 2^47, so that its cookie's top bits are those of a free
+// block's: a 16-byte block's record): writes there show too.
+static const Block* quarantine_next(const void* p) {
+  return reinterpret_cast<const Block*>((reinterpret_cast<uintptr_t>(p) ^ keys.mark) & 0x7FFFFFFFFFF0ull);
+}
 
 static void quarantine_release_oldest(Heap* heap) {
   Quarantine& q = heap->quarantine;
@@ -251,7 +255,7 @@ static void quarantine_release_oldest(Heap* heap) {
   q.bytes -= page->block_size;
   size_t used = check_canary_past_header(page, p);
   const Block* b = static_cast<const Block*>(p);
-  if (b->link != quarantine_tag(p) || b->cookie != freed_cookie(b)) fatal("write after free (into a quarantined block) at", p);
+  if (decode_link(b) != quarantine_next(p) || !is_freed(b)) fatal("write after free (into a quarantined block) at", p);
   const unsigned char* c = static_cast<const unsigned char*>(p);
   for (size_t i = sizeof(Block); i < used; i++) {
     if (c[i] != kQuarantineFill) fatal("write after free (into a quarantined block) at", p);
@@ -268,7 +272,7 @@ static void quarantine_release_oldest(Heap* heap) {
   // rewrites the canary's bytes around the record, then the record
   // (canary_set_fresh would store the word, with bytes of no record where
   // the record is, first).
-  static_cast<Block*>(p)->cookie = freed_cookie(b) ^ ((uintptr_t(1) << 48) - 1);
+  static_cast<Block*>(p)->cookie = b->cookie ^ ((uintptr_t(1) << 48) - 1);
   canary_set(page, p, used);
   heap_free(page, p);
 }
@@ -279,7 +283,7 @@ void quarantine_free(Page* page, void* p) noexcept {
   uint32_t index = block_index(page, p);
   if (index == UINT32_MAX) return report_invalid_free(p);
   Block* b = static_cast<Block*>(p);
-  if (b->cookie == freed_cookie(b)) return report_double_free(p);
+  if (is_freed(b)) return report_double_free(p);
   size_t used = requested_bytes(page, p);
   if (used == SIZE_MAX) return report_overflow(p);
   // The owner's frees only, as in heap_free: the owner may be writing the
@@ -288,8 +292,7 @@ void quarantine_free(Page* page, void* p) noexcept {
   if (kCanaries && index != 0 && page->heap.load(std::memory_order_relaxed) == heap && !tail_before_intact(page, p))
     return report_underflow(p);
   if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
-  b->link = quarantine_tag(p);
-  b->cookie = freed_cookie(b);
+  set_free_link(b, quarantine_next(p));
   Quarantine& q = heap->quarantine;
   q.ring[(q.head + q.count) % kQuarantineSlots] = p;
   q.count++;
@@ -353,15 +356,15 @@ static void check_free_list_at_exit(const Page* page, const Block* b, uint64_t* 
   for (const Block* from = nullptr; b; from = b, b = decode_link(b)) {
     uint32_t i = block_index(page, b);
     if (i == UINT32_MAX || (seen[i / 64] >> (i % 64)) & 1 || ++count > page->carved) page_corrupted(page, from);
-    uintptr_t cookie = freed_cookie(b), tail;
+    uintptr_t tail;
     __builtin_memcpy(&tail, reinterpret_cast<const char*>(b) + page->block_size - 8, 8);
-    if (b->cookie != cookie || tail != cookie) page_corrupted(page, b);
+    if (!is_freed(b) || (page->block_size > sizeof(Block) && tail != freed_mark(b))) page_corrupted(page, b);
     seen[i / 64] |= uint64_t(1) << (i % 64);
   }
 }
 
 // Whether a carved block on neither free list has a broken canary. A block
-// whose second word is its freed cookie was freed but is on no list: held
+// whose words are sealed (is_freed) was freed but is on no list: held
 // in another thread's quarantine (quarantine_free), mid-way through a
 // remote free (heap_free_remote), or left so in a fork child by a thread
 // the fork did not copy. The free list's words in its first 16 bytes then
@@ -369,7 +372,7 @@ static void check_free_list_at_exit(const Page* page, const Block* b, uint64_t* 
 // check_canary_past_header does when the block leaves the quarantine).
 static bool canary_broken_at_exit(const Page* page, const void* p) {
   const Block* b = static_cast<const Block*>(p);
-  if (b->cookie != freed_cookie(b)) return canary_check(page, p) == SIZE_MAX;
+  if (!is_freed(b)) return canary_check(page, p) == SIZE_MAX;
   return canary_past_header(page, p) == SIZE_MAX;
 }
 

@@ -119,23 +119,12 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
   uintptr_t relative = b->link ^ keys.link;
   Block* next = reinterpret_cast<Block*>(relative ^ reinterpret_cast<uintptr_t>(b));
 #if MAPALLOC_SECURE
-  // A use-after-free write into a free block breaks its cookie or its link.
-  // (Not its copy at the block's end: loading that line, which was only
-  // written before, made bench server 3-10 % slower in three interleaved
-  // runs; the check at exit looks at it.)
-  if (MAPALLOC_UNLIKELY(b->cookie != freed_cookie(b))) return report_corrupted(page, b);
-  // Outside the run, or off the 16-byte grid every block start is on (a
-  // byte written after free at a block's start changes the link's low bits:
-  // rotated into the top ones, they fail the range test), and not the
-  // list's end: computed without branches and tested by one. Left to itself
-  // GCC compiles the two tests to two branches, the common case taking one,
-  // and a pair then runs 0.3 ns slower (6.85 against 6.57 ns at 16 bytes).
-  // (Telling the list's end apart out of line instead, after one compare,
-  // took bench server 1.4 % more instructions: lists end often, a block
-  // freed and taken again is often its page's only free one.)
-  uint64_t outside = std::rotr(relative, 4) > (page->run_mask >> 4);
-  asm("" : "+r"(outside));  // keeps it a value, not a branch
-  if (MAPALLOC_UNLIKELY(outside & uint64_t(next != nullptr))) return report_corrupted(page, b);
+  // A use-after-free write into a free block breaks the seal of its link
+  // (cookie_for), and a link that passes leads where free put it. (Not the
+  // mark at the block's end: loading that line, which was only written
+  // before, made bench server 3-10 % slower in three interleaved runs; the
+  // check at exit looks at it.)
+  if (MAPALLOC_UNLIKELY(b->cookie != cookie_for(next))) return report_corrupted(page, b);
 #endif
   page->free = next;
   bump_one(page->allocated);
@@ -151,10 +140,9 @@ MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
 }
 
 // The owner's free of b, checked: onto its page's free list.
-MAPALLOC_INLINE void heap_push_owned(Heap* heap, Page* page, Block* b, uintptr_t cookie) noexcept {
-  if (kCanaries) mark_tail_free(page, b, cookie);
-  b->link = encode_link(b, page->free);
-  b->cookie = cookie;
+MAPALLOC_INLINE void heap_push_owned(Heap* heap, Page* page, Block* b) noexcept {
+  if (kCanaries) mark_tail_free(page, b);
+  set_free_link(b, page->free);
   page->free = b;
   bump_one(page->freed);
   if (MAPALLOC_UNLIKELY(--page->free_wait == 0)) return heap_page_wait_over(heap, page);
@@ -180,7 +168,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   // (A block-aligned pointer into the guard page that ends a run faults
   // here, SIGSEGV rather than a report.)
   Block* b = static_cast<Block*>(p);
-  if (MAPALLOC_UNLIKELY(b->cookie == freed_cookie(b))) return report_double_free(p);
+  if (MAPALLOC_UNLIKELY(is_freed(b))) return report_double_free(p);
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
     if (kCanaries) {
@@ -189,7 +177,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
       if (MAPALLOC_UNLIKELY(!slack_in_range(page, slack))) return heap_free_odd_record(heap, page, b);
       if (MAPALLOC_UNLIKELY(!canary_intact(page, p, canary_word(p), slack))) return report_overflow(p);
     }
-    return heap_push_owned(heap, page, b, freed_cookie(b));
+    return heap_push_owned(heap, page, b);
   }
   heap_free_remote(heap, page, b);
 }

@@ -216,7 +216,7 @@ static void forget_user(LargeBlock* b) {
 static void freed_words(const LargeBlock* b, uintptr_t w[2]) {
   const Block* head = reinterpret_cast<const Block*>(b->user);
   w[0] = encode_link(head, nullptr);
-  w[1] = freed_cookie(head);
+  w[1] = cookie_for(nullptr);
 }
 
 static void mark_freed(LargeBlock* b) {

@@ -105,7 +105,7 @@ void page_collect(Page* page) {
         check_link(page, tail, n);
         if (count > page->capacity) page_corrupted(page, tail);  // a cycle
       }
-      tail->link = encode_link(tail, page->free);
+      set_free_link(tail, page->free);
       page->free = list;
       bump(page->collected, count);
       // Fewer blocks out: the free that empties the page must still find it.
@@ -144,9 +144,8 @@ bool page_extend(Page* page) {
   Block* next = page->free;  // free is empty when we extend, but keep it general
   for (uint32_t i = n; i-- > 0;) {
     Block* b = reinterpret_cast<Block*>(first + size_t(order[i]) * page->block_size);
-    b->link = encode_link(b, next);
-    b->cookie = freed_cookie(b);
-    if (kCanaries) mark_tail_free(page, b, b->cookie);
+    if (kCanaries) mark_tail_free(page, b);
+    set_free_link(b, next);
     next = b;
   }
   page->free = next;

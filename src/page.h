@@ -3,9 +3,9 @@
 // out of a user block can never reach it.
 //
 // Free blocks carry two words: an encoded link to the next free block and a
-// "freed" cookie. Both are derived from a per-process secret and the block's
-// own address, so a use-after-free write cannot forge a link unnoticed, and
-// freeing a block that already carries its cookie is a double free.
+// cookie that seals it, both derived from per-process secrets, so a
+// use-after-free write cannot forge a link unnoticed, and freeing a block
+// whose words are sealed is a double free.
 #pragma once
 #include <atomic>
 #include <bit>
@@ -48,15 +48,17 @@ MAPALLOC_INLINE void bump_one(std::atomic<uint64_t>& c) {
 
 struct Block {
   uintptr_t link;    // encoded next free block
-  uintptr_t cookie;  // freed_cookie(this) while free, 0 while allocated
+  uintptr_t cookie;  // cookie_for(next) while free, 0 while allocated
 };
 
-constexpr uint64_t kFreedRecord = 2;  // a free block's record (freed_cookie)
+constexpr uint64_t kFreedRecord = 2;  // a free block's record (freed_mark)
 
 struct Keys {
   uintptr_t link = 0x5bd1e9955bd1e995ull;
-  // Its top 16 bits are kFreedRecord ^ record (see freed_cookie).
-  uintptr_t cookie = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x779b97f4a7c15ull;
+  // The top 16 bits of these two are kFreedRecord ^ record (see freed_mark).
+  uintptr_t seal = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x779b97f4a7c15ull;
+  uintptr_t mark = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x3c6ef372fe94ull;
+  uintptr_t cookie = 0x5bd1e9955bd1e995ull ^ ((uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x779b97f4a7c15ull);  // link ^ seal
   uintptr_t canary = 0xc2b2ae3d27d4eb4full;
   uintptr_t record = 0x27d4;  // 16 bits: the canaries' slack records are xored with it
 };
@@ -66,21 +68,38 @@ extern Keys keys;  // set once at start-up, before the first block exists
 // (or the list head) is loaded, and a malloc/free pair's critical path runs
 // through these links, so every extra operation here is a cycle per pair.
 // A bit flipped in a link flips the same bit of the next pointer (as with
-// any linear encoding); what such a redirected pop hands out is checked by
-// malloc (inside this page, carrying its freed cookie).
+// any linear encoding); the cookie below catches it.
 MAPALLOC_INLINE uintptr_t link_key(const Block* self) { return reinterpret_cast<uintptr_t>(self) ^ keys.link; }
 MAPALLOC_INLINE uintptr_t encode_link(const Block* self, const Block* next) {
   return reinterpret_cast<uintptr_t>(next) ^ link_key(self);
 }
 MAPALLOC_INLINE Block* decode_link(const Block* self) { return reinterpret_cast<Block*>(self->link ^ link_key(self)); }
 
+// A free block's cookie is its next pointer xored with a secret: it seals
+// the link, so that malloc, which decodes the link anyway, checks both words
+// with one compare and can trust the next pointer that passes (a write
+// after free into either word, or a link copied from another block, breaks
+// the seal; no test of where the link leads is needed). Its top 16 bits are
+// the secret's (user addresses have 47 bits): a valid record, for the block
+// after a 16-byte block (tail_before_intact).
+MAPALLOC_INLINE uintptr_t cookie_for(const Block* next) { return reinterpret_cast<uintptr_t>(next) ^ keys.seal; }
+// Whether b's words are those of a free block (link ^ b ^ link key is next).
+MAPALLOC_INLINE bool is_freed(const Block* b) {
+  return b->cookie == (b->link ^ reinterpret_cast<uintptr_t>(b) ^ keys.cookie);
+}
+// Makes b a free block whose next is next.
+MAPALLOC_INLINE void set_free_link(Block* b, const Block* next) {
+  b->link = encode_link(b, next);
+  b->cookie = cookie_for(next);
+}
+
 // A block's last two bytes hold a record that decodes (xored with
 // keys.record) to a slack in kMinSlack .. block size - 1: its canary's
-// record while it is live (below), kFreedRecord while it is free, where the
-// freed cookie, whose top 16 bits are kFreedRecord ^ keys.record (user
-// addresses have 47 bits), is written at its end too (a 16-byte block's is
-// there anyway). See tail_before_intact.
-MAPALLOC_INLINE uintptr_t freed_cookie(const Block* b) { return reinterpret_cast<uintptr_t>(b) ^ keys.cookie; }
+// record while it is live (below), kFreedRecord while it is free, where a
+// mark derived from its address, whose top 16 bits are kFreedRecord ^
+// keys.record, is written at its end (a 16-byte block's cookie is there,
+// with the same top bits). See tail_before_intact.
+MAPALLOC_INLINE uintptr_t freed_mark(const Block* b) { return reinterpret_cast<uintptr_t>(b) ^ keys.mark; }
 
 // Page::free_wait of the current page: it is looked at once per 65535 frees.
 constexpr uint16_t kNoWait = 0xFFFF;
@@ -174,7 +193,7 @@ MAPALLOC_INLINE uint32_t block_index(const Page* page, const void* p) {
 //   is caught when the block is freed or reallocated;
 // - the block's last two bytes (the word's top two when the slack is 8 or
 //   less) record the slack, xored with keys.record (so that a free block's
-//   record, freed_cookie, decodes the same way). A slack above 0xFFFF (a
+//   record, freed_mark, decodes the same way). A slack above 0xFFFF (a
 //   block of more than 64 KiB asked for much less: aligned, or shrunk in
 //   place) records kSlackEscape, 1, which is no slack: "exact value, xored
 //   with 32 bits of the word, in the 4 bytes before it". Being out of the
@@ -290,19 +309,23 @@ MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
 }
 
 // Underflows (secure builds). The owner's free of a block checks the record
-// in the last two bytes of the block before it (freed_cookie), which
+// in the last two bytes of the block before it (freed_mark), which
 // catches a write below a block that reaches the byte right below it, when
 // that block is freed: the block before may be live and never freed again,
 // or free and not handed out for a long time. One load, three ALU
 // operations and a branch; no address-derived word, so that it decodes the
 // same whether that block is live or free. Other threads' frees skip it:
 // the owner may be rewriting that block's end meanwhile.
-MAPALLOC_INLINE void mark_tail_free(const Page* page, Block* b, uintptr_t cookie) {
-  __builtin_memcpy(reinterpret_cast<char*>(b) + page->block_size - 8, &cookie, 8);
+//
+// mark_tail_free is written before the cookie, which for a 16-byte block
+// takes its place.
+MAPALLOC_INLINE void mark_tail_free(const Page* page, Block* b) {
+  uintptr_t mark = freed_mark(b);
+  __builtin_memcpy(reinterpret_cast<char*>(b) + page->block_size - 8, &mark, 8);
 }
 
 // p is not its run's first block. The load races, by design, with other
-// threads' stores to those bytes (a remote free's copy of the cookie, a
+// threads' stores to those bytes (a remote free's mark or cookie, a
 // realloc in place, a release from a quarantine): each of them is one
 // aligned store of a valid record, or rewrites the record's bytes with
 // their own values, so the two bytes read are an old valid record or a new

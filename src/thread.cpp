@@ -56,7 +56,10 @@ void ensure_init() {
       keys.link = os::random_u64();
       keys.canary = os::random_u64();
       keys.record = os::random_u64() & 0xFFFF;
-      keys.cookie = (os::random_u64() & ((uintptr_t(1) << 48) - 1)) | ((kFreedRecord ^ keys.record) << 48);
+      uintptr_t freed_top = (kFreedRecord ^ keys.record) << 48;
+      keys.seal = (os::random_u64() & ((uintptr_t(1) << 48) - 1)) | freed_top;
+      keys.mark = (os::random_u64() & ((uintptr_t(1) << 48) - 1)) | freed_top;
+      keys.cookie = keys.link ^ keys.seal;
       if (pthread_key_create(&exit_key, thread_exit) != 0) fatal("cannot create the thread-exit key");
       init_state.store(2, std::memory_order_release);
     }
