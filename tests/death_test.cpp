@@ -854,6 +854,33 @@ TEST(Misuse, ForgedLinkOfFreeBlockCaught) {
       "mapalloc: heap corruption");
 }
 
+// A free block's link changed to lead to another free block of the same
+// page (a low bit flipped, say: the encoding is linear, so xoring the link
+// with two blocks' addresses moves its target from one to the other): the
+// cookie seals the link, so the first malloc that takes the block reports
+// it. A test of where the link leads would pass it, and the block skipped
+// would be lost.
+TEST(Misuse, LinkRedirectedToAnotherFreeBlockCaught) {
+  SKIP_UNLESS_SECURE();
+  EXPECT_DEATH(
+      {
+        char* a = static_cast<char*>(mapalloc_malloc(40));
+        char* c = static_cast<char*>(mapalloc_malloc(40));
+        char* b = static_cast<char*>(mapalloc_malloc(40));
+        mapalloc_free(a);
+        mapalloc_free(c);
+        mapalloc_free(b);  // the list: b, c, a
+        uintptr_t link;
+        memcpy(&link, b, sizeof link);
+        link ^= reinterpret_cast<uintptr_t>(a) ^ reinterpret_cast<uintptr_t>(c);  // b's next: a, not c
+        memcpy(b, &link, sizeof link);
+        (void)mapalloc_malloc(40);
+        (void)mapalloc_malloc(40);
+        fprintf(stderr, "not caught\n");
+      },
+      "^mapalloc: heap corruption: free block overwritten");
+}
+
 // ------------------------------------------------ options: quarantine, random
 // Options are read when a process first allocates; a death test's child is a
 // fresh process (threadsafe style), so it sees the environment set here.
