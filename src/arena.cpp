@@ -105,6 +105,17 @@ constexpr size_t kDescriptorBytes = align_up(sizeof(Chunk), os::kPageSize);
 // of its wholly free chunk, a double free, could still be reading it.)
 static void unmap_descriptor(Chunk* c) { os::unmap(c, kDescriptorBytes); }
 
+constexpr unsigned kFreshRunSlots = kSmallPageBytes / kSlotSize;
+constexpr size_t kFreshRunBytes = kSmallPageBytes;
+// Bit i set when slot i ends a group, but for the chunk's last slot.
+constexpr uint64_t fresh_guard_ends() {
+  uint64_t ends = 0;
+  for (unsigned i = kFreshRunSlots - 1; i + 1 < kSlotsPerChunk; i += kFreshRunSlots) ends |= uint64_t(1) << i;
+  return ends;
+}
+constexpr uint64_t kFreshGuardEnds = fresh_guard_ends();
+static_assert(kFreshGuardEnds == 0x0888888888888888ull);
+
 static Chunk* new_chunk() {
   char* base = map_chunk();
   if (!base) return nullptr;
@@ -130,12 +141,22 @@ static Chunk* new_chunk() {
       return nullptr;
     }
   }
-  // Free slots of a fresh chunk are guard markers, as purged ones are: a
-  // stray write into arena space that no run holds (below the first block of
-  // a run carved above free slots, say) faults. Carving a run removes them
-  // (one call, where installing its end guard would have been one; its last
-  // page stays a marker, its end guard: arrange_guards).
-  if (options.guard && os::guard_markers() && os::guard_marker(base, kChunkSize)) c->purge_marked = ~uint64_t(0);
+  // A fresh chunk gets a guard page at the end of every group of
+  // kFreshRunSlots slots (but the last, which the chunk's own guard page
+  // follows), all in one call: a run of that many slots, the most common
+  // (blocks up to 1 KiB), carved at a group has its end guard in place, and
+  // one below it (an underflow below its first block faults), with no call
+  // of its own; other runs install their end guard or remove the markers
+  // inside them (one call). Where the kernel cannot set them in one call,
+  // the whole chunk becomes markers instead, as purged slots are, and each
+  // run carved there removes them (one call).
+  if (options.guard && os::guard_markers()) {
+    if (os::guard_pages(base + kFreshRunBytes - kRunGuard, kFreshRunBytes, kSlotsPerChunk / kFreshRunSlots - 1)) {
+      c->guard_ends = kFreshGuardEnds;
+    } else if (os::guard_marker(base, kChunkSize)) {
+      c->purge_marked = ~uint64_t(0);
+    }
+  }
   c->next = chunks;
   chunks = c;
   rebin(c);

@@ -3,19 +3,25 @@
 // new in 6.13, fails with EINVAL, and every mremap with EFAULT (before 6.17
 // a move of a range spanning several mappings does; refusing them all is
 // stricter). A seccomp filter, inherited by every child and exec.
+// old_kernel --no-process-madvise PROGRAM [ARGS...]: only process_madvise
+// fails (ENOSYS), as before 6.15 gave it PIDFD_SELF: guard markers one range
+// per call.
 #include <errno.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 int main(int argc, char** argv) {
+  bool only_process_madvise = argc > 1 && strcmp(argv[1], "--no-process-madvise") == 0;
+  if (only_process_madvise) argv++, argc--;
   if (argc < 2) {
-    fprintf(stderr, "usage: old_kernel PROGRAM [ARGS...]\n");
+    fprintf(stderr, "usage: old_kernel [--no-process-madvise] PROGRAM [ARGS...]\n");
     return 2;
   }
   constexpr unsigned kGuardInstall = 102, kGuardRemove = 103;
@@ -33,7 +39,19 @@ int main(int argc, char** argv) {
       /* 10 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
       /* 11 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EINVAL),
   };
+  sock_filter process_madvise_only[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_madvise, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
   sock_fprog program = {static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+  if (only_process_madvise)
+    program = {static_cast<unsigned short>(sizeof process_madvise_only / sizeof process_madvise_only[0]),
+               process_madvise_only};
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0) {
     perror("old_kernel: seccomp");
     return 2;

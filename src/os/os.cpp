@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -109,6 +111,27 @@ bool guard_markers() {
 static std::atomic<bool> protect_guards{false};
 
 bool guard_marker(void* p, size_t size) { return advise(p, size, MADV_GUARD_INSTALL); }
+
+#ifndef SYS_process_madvise
+#define SYS_process_madvise 440
+#endif
+constexpr int kPidfdSelfThreadGroup = -10001;  // PIDFD_SELF_THREAD_GROUP (Linux 6.15)
+static std::atomic<bool> batch_refused{false};
+
+bool guard_pages(char* first, size_t stride, unsigned n) {
+  if (n > kMaxGuardPages || batch_refused.load(std::memory_order_relaxed)) return false;
+  struct iovec pages[kMaxGuardPages];
+  for (unsigned i = 0; i < n; i++) pages[i] = {first + i * stride, kPageSize};
+  ErrnoGuard guard;
+  count(counters.madvise_calls);
+  long done = syscall(SYS_process_madvise, kPidfdSelfThreadGroup, pages, n, MADV_GUARD_INSTALL, 0);
+  if (done == long(n * kPageSize)) return true;
+  // ENOSYS, EBADF (no PIDFD_SELF), EINVAL (an advice not taken for the
+  // calling process before 6.13), EPERM (a seccomp filter): not again.
+  if (done < 0) batch_refused.store(true, std::memory_order_relaxed);
+  return false;
+}
+
 bool unguard_markers(void* p, size_t size) { return advise(p, size, MADV_GUARD_REMOVE); }
 
 bool guard(void* p, size_t size) {
