@@ -42,6 +42,7 @@ static bool setup_failed = false;
 static Slot slots[kSlots];
 static unsigned fresh = 0;    // slots below this have been used
 static unsigned guarded = 0;  // slots below this are guard pages but where live
+static bool preopened = false;  // slots in [fresh, guarded) have their last data page open
 // Freed slots, oldest first: reused oldest first, so that a freed block's
 // pages stay guard pages as long as the ring allows.
 static uint32_t freed_ring[kSlots];
@@ -108,18 +109,37 @@ static void check_fills(unsigned i) {
   if (!holds_fill(data_begin(i), p)) fatal("heap underflow (or overflow of the block before it) at block", p);
 }
 
+// Makes kChunkSlots slots from first guard pages. Where the kernel takes it
+// in one call (os::guard_ranges), each slot's last data page stays open:
+// a sample of up to a page there (most are) costs no call at malloc, and
+// every process that samples makes 16 calls fewer. True if so.
+static bool guard_chunk(unsigned first, bool* open) {
+  os::Range ranges[kChunkSlots + 1];
+  ranges[0] = {slot_base(first), kSlotBytes - 2 * kPage};
+  for (unsigned k = 0; k < kChunkSlots; k++) {
+    // A slot's trailing guard page and, but for the last, the next slot's
+    // pages up to its last data page.
+    bool last = k + 1 == kChunkSlots;
+    ranges[k + 1] = {data_end(first + k), last ? kPage : kSlotBytes - kPage};
+  }
+  *open = os::guard_markers() && os::guard_ranges(ranges, kChunkSlots + 1);
+  return *open || os::guard(slot_base(first), kChunkSlots * kSlotBytes);
+}
+
 void* alloc(size_t size, unsigned c, void* shadow) {
   size_t alignment = class_alignment(c);
   if (size == 0 || !fits(size, c)) return nullptr;
   LockGuard guard(lock);
   if (!setup()) return nullptr;
   unsigned i;
+  bool page_open = false;  // the slot's last data page
   if (fresh < kSlots) {
     i = fresh;
     if (i == guarded) {
-      if (!os::guard(slot_base(i), kChunkSlots * kSlotBytes)) return nullptr;
+      if (!guard_chunk(i, &preopened)) return nullptr;
       guarded += kChunkSlots;
     }
+    page_open = preopened;
   } else if (freed_count) {
     i = freed_ring[freed_head];
   } else {
@@ -128,8 +148,9 @@ void* alloc(size_t size, unsigned c, void* shadow) {
   char* end = data_end(i);
   char* p = reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(end - size), alignment));
   char* begin = reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(p), kPage));
-  if (!os::unguard(begin, size_t(end - begin))) {
-    os::guard(begin, size_t(end - begin));  // whatever part it opened
+  char* closed_end = page_open ? end - kPage : end;
+  if (begin < closed_end && !os::unguard(begin, size_t(closed_end - begin))) {
+    os::guard(begin, size_t(closed_end - begin));  // whatever part it opened
     return nullptr;
   }
   if (i == fresh) {

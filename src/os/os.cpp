@@ -118,18 +118,28 @@ bool guard_marker(void* p, size_t size) { return advise(p, size, MADV_GUARD_INST
 constexpr int kPidfdSelfThreadGroup = -10001;  // PIDFD_SELF_THREAD_GROUP (Linux 6.15)
 static std::atomic<bool> batch_refused{false};
 
-bool guard_pages(char* first, size_t stride, unsigned n) {
-  if (n > kMaxGuardPages || batch_refused.load(std::memory_order_relaxed)) return false;
-  struct iovec pages[kMaxGuardPages];
-  for (unsigned i = 0; i < n; i++) pages[i] = {first + i * stride, kPageSize};
+static_assert(sizeof(Range) == sizeof(iovec) && offsetof(Range, base) == offsetof(iovec, iov_base) &&
+              offsetof(Range, size) == offsetof(iovec, iov_len));
+
+bool guard_ranges(const Range* ranges, unsigned n) {
+  if (n > kMaxGuardRanges || batch_refused.load(std::memory_order_relaxed)) return false;
+  size_t total = 0;
+  for (unsigned i = 0; i < n; i++) total += ranges[i].size;
   ErrnoGuard guard;
   count(counters.madvise_calls);
-  long done = syscall(SYS_process_madvise, kPidfdSelfThreadGroup, pages, n, MADV_GUARD_INSTALL, 0);
-  if (done == long(n * kPageSize)) return true;
+  long done = syscall(SYS_process_madvise, kPidfdSelfThreadGroup, ranges, n, MADV_GUARD_INSTALL, 0);
+  if (done == long(total)) return true;
   // ENOSYS, EBADF (no PIDFD_SELF), EINVAL (an advice not taken for the
   // calling process before 6.13), EPERM (a seccomp filter): not again.
   if (done < 0) batch_refused.store(true, std::memory_order_relaxed);
   return false;
+}
+
+bool guard_pages(char* first, size_t stride, unsigned n) {
+  if (n > kMaxGuardRanges) return false;
+  Range pages[kMaxGuardRanges];
+  for (unsigned i = 0; i < n; i++) pages[i] = {first + i * stride, kPageSize};
+  return guard_ranges(pages, n);
 }
 
 bool unguard_markers(void* p, size_t size) { return advise(p, size, MADV_GUARD_REMOVE); }

@@ -31,11 +31,18 @@ bool unguard(void* p, size_t size);
 bool guard_markers();
 // Markers only, no fallback (the arena's run guards: see arena.cpp).
 bool guard_marker(void* p, size_t size);
-// Markers on n pages (at most kMaxGuardPages), one every stride bytes
-// from first, in one call: process_madvise on the calling process (Linux
-// 6.15, for its PIDFD_SELF). False if the kernel would not; then some of
-// the pages may have their marker, and later calls return false at once.
-constexpr unsigned kMaxGuardPages = 64;
+// Markers on n ranges (at most kMaxGuardRanges) in one call:
+// process_madvise on the calling process (Linux 6.15, for its PIDFD_SELF).
+// False if the kernel would not; then some of the ranges may have their
+// markers, and later calls return false at once. Range is struct iovec's
+// layout.
+struct Range {
+  void* base;
+  size_t size;
+};
+constexpr unsigned kMaxGuardRanges = 64;
+bool guard_ranges(const Range* ranges, unsigned n);
+// The same for n pages, one every stride bytes from first.
 bool guard_pages(char* first, size_t stride, unsigned n);
 bool unguard_markers(void* p, size_t size);
 // Releases the pages' contents; they read back as zero (MADV_DONTNEED) or
