@@ -172,7 +172,11 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
     if (kCanaries) {
-      if (offset != 0 && MAPALLOC_UNLIKELY(!tail_before_intact(page, p))) return report_underflow(p);
+      // (Two tests: written as one unlikely condition, GCC moved the common
+      // case, a block that is not its run's first, out of line.)
+      if (MAPALLOC_LIKELY(offset != 0)) {
+        if (MAPALLOC_UNLIKELY(!tail_before_intact(page, p))) return report_underflow(p);
+      }
       size_t slack = decoded_record(page, p);
       if (MAPALLOC_UNLIKELY(!slack_in_range(page, slack))) return heap_free_odd_record(heap, page, b);
       if (MAPALLOC_UNLIKELY(!canary_intact(page, p, canary_word(p), slack))) return report_overflow(p);
