@@ -155,6 +155,10 @@ static Chunk* new_chunk() {
       c->guard_ends = kFreshGuardEnds;
     } else if (os::guard_marker(base, kChunkSize)) {
       c->purge_marked = ~uint64_t(0);
+    } else {
+      // Neither (a locked chunk refuses markers): what a short count of the
+      // first call left would be unrecorded guard pages inside runs.
+      os::unguard_markers(base, kChunkSize);
     }
   }
   c->next = chunks;

@@ -80,6 +80,7 @@ void heap_page_wait_over(Heap* heap, Page* page) noexcept {
 }
 
 void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept {
+  if (freed_tail(page, b)) return report_double_free(b);
   if (canary_check(page, b) == SIZE_MAX) return report_overflow(b);
   heap_push_owned(heap, page, b);
 }
@@ -94,6 +95,7 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   // Checked here, where the block is still this thread's alone: its canary
   // is in the block, and the free list's words are about to overwrite a
   // 16-byte block's.
+  if (MAPALLOC_UNLIKELY(freed_tail(page, b))) return report_double_free(b);
   if (kCanaries && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
   // Aligned stores: the owner may read the record in the top two bytes of
   // the block's last word meanwhile (tail_before_intact), and sees the old
@@ -283,7 +285,7 @@ void quarantine_free(Page* page, void* p) noexcept {
   uint32_t index = block_index(page, p);
   if (index == UINT32_MAX) return report_invalid_free(p);
   Block* b = static_cast<Block*>(p);
-  if (is_freed(b)) return report_double_free(p);
+  if (looks_freed(page, b)) return report_double_free(p);
   size_t used = requested_bytes(page, p);
   if (used == SIZE_MAX) return report_overflow(p);
   // The owner's frees only, as in heap_free: the owner may be writing the

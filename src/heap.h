@@ -120,11 +120,18 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
   Block* next = reinterpret_cast<Block*>(relative ^ reinterpret_cast<uintptr_t>(b));
 #if MAPALLOC_SECURE
   // A use-after-free write into a free block breaks the seal of its link
-  // (cookie_for), and a link that passes leads where free put it. (Not the
-  // mark at the block's end: loading that line, which was only written
-  // before, made bench server 3-10 % slower in three interleaved runs; the
-  // check at exit looks at it.)
+  // (cookie_for). (Not the mark at the block's end: loading that line,
+  // which was only written before, made bench server 3-10 % slower in three
+  // interleaved runs; the check at exit looks at it.)
   if (MAPALLOC_UNLIKELY(b->cookie != cookie_for(next))) return report_corrupted(page, b);
+  // And the link stays in the run, or ends the list: a program that read the
+  // keys out of freed blocks (a read after free of a list's last block shows
+  // both) could forge a sealed link, but only to another place in this run.
+  // Computed without branches and tested by one: lists end often, and
+  // left to itself GCC compiles the two tests to two branches.
+  uint64_t outside = relative > page->run_mask;
+  asm("" : "+r"(outside));  // keeps it a value, not a branch
+  if (MAPALLOC_UNLIKELY(outside & uint64_t(next != nullptr))) return report_corrupted(page, b);
 #endif
   page->free = next;
   bump_one(page->allocated);
@@ -148,8 +155,8 @@ MAPALLOC_INLINE void heap_push_owned(Heap* heap, Page* page, Block* b) noexcept 
   if (MAPALLOC_UNLIKELY(--page->free_wait == 0)) return heap_page_wait_over(heap, page);
 }
 
-// heap_free's path for a block whose record is not a slack in the fast
-// path's range (the escape, or broken): out of line, so that free's fast
+// heap_free's path for a block whose record is not in the fast path's range
+// (a slack of 2, the escape, or broken): out of line, so that free's fast
 // path needs no stack frame.
 void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept;
 
@@ -168,7 +175,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   // (A block-aligned pointer into the guard page that ends a run faults
   // here, SIGSEGV rather than a report.)
   Block* b = static_cast<Block*>(p);
-  if (MAPALLOC_UNLIKELY(is_freed(b))) return report_double_free(p);
+  if (MAPALLOC_UNLIKELY(is_freed(b))) return report_double_free(p);  // (and freed_tail, out of line)
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
     if (kCanaries) {
@@ -178,7 +185,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
         if (MAPALLOC_UNLIKELY(!tail_before_intact(page, p))) return report_underflow(p);
       }
       size_t slack = decoded_record(page, p);
-      if (MAPALLOC_UNLIKELY(!slack_in_range(page, slack))) return heap_free_odd_record(heap, page, b);
+      if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack))) return heap_free_odd_record(heap, page, b);
       if (MAPALLOC_UNLIKELY(!canary_intact(page, p, canary_word(p), slack))) return report_overflow(p);
     }
     return heap_push_owned(heap, page, b);

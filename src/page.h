@@ -269,6 +269,14 @@ MAPALLOC_INLINE void canary_set(const Page* page, void* block, size_t size) {
   word ^= (word ^ w) & canary_mask(slack);
   __builtin_memcpy(at, &word, 8);
   canary_record_slack(static_cast<char*>(block), block_size, slack, w);
+  // Grown to 2 bytes of slack, its last word may be the mark of an earlier
+  // free (bytes the program never wrote: indeterminate), which would make
+  // its next free look like a double free (freed_tail): break it.
+  if (slack == 2 && block_size > 16) {
+    uintptr_t last;
+    __builtin_memcpy(&last, static_cast<char*>(block) + block_size - 8, 8);
+    if (last == (reinterpret_cast<uintptr_t>(block) ^ keys.mark)) static_cast<char*>(block)[block_size - 8] ^= 1;
+  }
 }
 
 // For a record out of the slacks' range: the exact slack if it is the
@@ -284,6 +292,32 @@ MAPALLOC_INLINE size_t decoded_record(const Page* page, const void* block) {
 MAPALLOC_INLINE bool slack_in_range(const Page* page, size_t slack) {
   return slack - kMinSlack < page->block_size - kMinSlack;
 }
+
+// Free's fast path takes the slacks above kFreedRecord; the rest (a slack
+// of 2, which a free block's record also decodes to; the escape; a broken
+// record) go out of line, at no cost to the test: a slack of exactly 2 is
+// the request of a class's size less 2.
+MAPALLOC_INLINE bool slack_in_fast_range(const Page* page, size_t slack) {
+  return slack - (kFreedRecord + 1) < page->block_size - (kFreedRecord + 1);
+}
+static_assert(kFreedRecord == kMinSlack || !kCanaries);
+
+// Whether a block whose words are not sealed (is_freed: a write after free
+// changed its first word, say) still shows that it is free (secure builds):
+// its record decodes to kFreedRecord and its last word is its mark; a
+// 16-byte block's cookie, its last word, still decodes to a next pointer in
+// its run or the list's end. A live block shows neither: malloc writes its
+// canary's word over its end, and canary_set (a realloc in place) breaks a
+// stale mark. So a double free after such a write is still reported.
+MAPALLOC_INLINE bool freed_tail(const Page* page, const Block* b) {
+  if (!kCanaries || decoded_record(page, b) != kFreedRecord) return false;
+  uintptr_t last;
+  __builtin_memcpy(&last, reinterpret_cast<const char*>(b) + page->block_size - 8, 8);
+  if (page->block_size > sizeof(Block)) return last == freed_mark(b);
+  uintptr_t next = last ^ keys.seal;
+  return next == 0 || (((next ^ reinterpret_cast<uintptr_t>(b)) & ~uintptr_t(page->run_mask)) == 0 && next % 16 == 0);
+}
+MAPALLOC_INLINE bool looks_freed(const Page* page, const Block* b) { return is_freed(b) || freed_tail(page, b); }
 
 // The slack a block records (SIZE_MAX if the record is
 // broken: it must lie in kMinSlack .. block size - 1).

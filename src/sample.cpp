@@ -123,7 +123,11 @@ static bool guard_chunk(unsigned first, bool* open) {
     ranges[k + 1] = {data_end(first + k), last ? kPage : kSlotBytes - kPage};
   }
   *open = os::guard_markers() && os::guard_ranges(ranges, kChunkSlots + 1);
-  return *open || os::guard(slot_base(first), kChunkSlots * kSlotBytes);
+  if (*open || os::guard(slot_base(first), kChunkSlots * kSlotBytes)) return true;
+  // Neither: markers a short count left on the pages a later call would
+  // leave open must go.
+  if (os::guard_markers()) os::unguard_markers(slot_base(first), kChunkSlots * kSlotBytes);
+  return false;
 }
 
 void* alloc(size_t size, unsigned c, void* shadow) {

@@ -881,6 +881,66 @@ TEST(Misuse, LinkRedirectedToAnotherFreeBlockCaught) {
       "^mapalloc: heap corruption: free block overwritten");
 }
 
+// A program that reads the keys out of a freed block (a read after free of a
+// list's last block shows both: its link is its address xored with the
+// link key, its cookie the seal) can forge a sealed link; malloc still
+// keeps it inside the block's run, so the forged target (here a global
+// dressed as a free block) is never handed out.
+TEST(Misuse, SealedLinkForgedOutOfTheRunCaught) {
+  SKIP_UNLESS_SECURE();
+  alignas(64) static uintptr_t target[8];
+  EXPECT_DEATH(
+      {
+        // Blocks of 4 KiB and more are carved one at a time: freed, this one
+        // is its list's only block, its next null.
+        uintptr_t* x = static_cast<uintptr_t*>(mapalloc_malloc(5000));
+        mapalloc_free(x);
+        uintptr_t link_key = x[0] ^ reinterpret_cast<uintptr_t>(x);
+        uintptr_t seal = x[1];
+        uintptr_t t = reinterpret_cast<uintptr_t>(target);
+        target[0] = t ^ link_key;  // target's next: null
+        target[1] = seal;
+        x[0] ^= t;  // x's next: target, sealed
+        x[1] ^= t;
+        void* first = mapalloc_malloc(5000);
+        void* second = mapalloc_malloc(5000);
+        fprintf(stderr, "not caught: %p %p\n", first, second);
+      },
+      "^mapalloc: heap corruption: free block overwritten");
+}
+
+// A double free after a write into the freed block's first word (a
+// reference count decremented, a list node unlinked): the write breaks the
+// seal, and the block's end still shows it was freed (freed_tail), so the
+// second free is still a double free, and realloc and malloc_usable_size of
+// it are still uses of a freed block. Sizes of 2 bytes of slack (16: the
+// cookie is the last word) and more.
+TEST(Misuse, DoubleFreeAfterWriteIntoTheFirstWordCaught) {
+  SKIP_UNLESS_SECURE();
+  for (size_t n : {8, 14, 40, 46, 600, 1022}) {
+    EXPECT_DEATH(
+        {
+          long* p = static_cast<long*>(mapalloc_malloc(n));
+          void* keep = mapalloc_malloc(n);
+          mapalloc_free(p);
+          p[0]--;
+          mapalloc_free(p);
+          fprintf(stderr, "not caught %p\n", keep);
+        },
+        "^mapalloc: double free of 0x")
+        << "size " << n;
+    EXPECT_DEATH(
+        {
+          long* p = static_cast<long*>(mapalloc_malloc(n));
+          mapalloc_free(p);
+          p[0] = 0;
+          fprintf(stderr, "not caught %zu\n", mapalloc_usable_size(p));
+        },
+        "^mapalloc: use of freed block")
+        << "size " << n;
+  }
+}
+
 // ------------------------------------------------ options: quarantine, random
 // Options are read when a process first allocates; a death test's child is a
 // fresh process (threadsafe style), so it sees the environment set here.

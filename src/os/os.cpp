@@ -115,7 +115,10 @@ bool guard_marker(void* p, size_t size) { return advise(p, size, MADV_GUARD_INST
 #ifndef SYS_process_madvise
 #define SYS_process_madvise 440
 #endif
-constexpr int kPidfdSelfThreadGroup = -10001;  // PIDFD_SELF_THREAD_GROUP (Linux 6.15)
+// PIDFD_SELF_THREAD (Linux 6.15): the calling thread, whose memory is the
+// process's. (PIDFD_SELF_THREAD_GROUP fails with ESRCH once the main thread
+// has called pthread_exit.)
+constexpr int kPidfdSelf = -10000;
 static std::atomic<bool> batch_refused{false};
 
 static_assert(sizeof(Range) == sizeof(iovec) && offsetof(Range, base) == offsetof(iovec, iov_base) &&
@@ -127,10 +130,11 @@ bool guard_ranges(const Range* ranges, unsigned n) {
   for (unsigned i = 0; i < n; i++) total += ranges[i].size;
   ErrnoGuard guard;
   count(counters.madvise_calls);
-  long done = syscall(SYS_process_madvise, kPidfdSelfThreadGroup, ranges, n, MADV_GUARD_INSTALL, 0);
+  long done = syscall(SYS_process_madvise, kPidfdSelf, ranges, n, MADV_GUARD_INSTALL, 0);
   if (done == long(total)) return true;
   // ENOSYS, EBADF (no PIDFD_SELF), EINVAL (an advice not taken for the
-  // calling process before 6.13), EPERM (a seccomp filter): not again.
+  // calling process before 6.13), EPERM (a seccomp filter): not again. A
+  // short count (ENOMEM part of the way) may be tried again.
   if (done < 0) batch_refused.store(true, std::memory_order_relaxed);
   return false;
 }

@@ -34,7 +34,8 @@ bool guard_marker(void* p, size_t size);
 // Markers on n ranges (at most kMaxGuardRanges) in one call:
 // process_madvise on the calling process (Linux 6.15, for its PIDFD_SELF).
 // False if the kernel would not; then some of the ranges may have their
-// markers, and later calls return false at once. Range is struct iovec's
+// markers (the caller must clear them or cover them), and once the kernel
+// refused the call outright later calls return false at once. Range is struct iovec's
 // layout.
 struct Range {
   void* base;
