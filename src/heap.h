@@ -114,24 +114,23 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
   Page* page = heap->current[c];
   Block* b = page->free;
   if (MAPALLOC_UNLIKELY(!b)) return heap_malloc_slow(heap, c, size);
-  // next ^ b, the link without the block's address: what the range test
-  // below needs, one XOR short of next.
-  uintptr_t relative = b->link ^ keys.link;
-  Block* next = reinterpret_cast<Block*>(relative ^ reinterpret_cast<uintptr_t>(b));
+#if MAPALLOC_SECURE
+  // The block lies in this run: a program that read the keys out of freed
+  // blocks (a read after free of a list's last block shows both) could
+  // forge a sealed link to anywhere, and the block it leads to would be
+  // taken here before it is handed out. One compare on the block rather
+  // than on the link it holds, which would have to let the list's end
+  // through (nine instructions, branch-free, where lists end often).
+  if (MAPALLOC_UNLIKELY((reinterpret_cast<uintptr_t>(b) ^ reinterpret_cast<uintptr_t>(page->start)) > page->run_mask))
+    return report_corrupted(page, b);
+#endif
+  Block* next = decode_link(b);
 #if MAPALLOC_SECURE
   // A use-after-free write into a free block breaks the seal of its link
   // (cookie_for). (Not the mark at the block's end: loading that line,
   // which was only written before, made bench server 3-10 % slower in three
   // interleaved runs; the check at exit looks at it.)
   if (MAPALLOC_UNLIKELY(b->cookie != cookie_for(next))) return report_corrupted(page, b);
-  // And the link stays in the run, or ends the list: a program that read the
-  // keys out of freed blocks (a read after free of a list's last block shows
-  // both) could forge a sealed link, but only to another place in this run.
-  // Computed without branches and tested by one: lists end often, and
-  // left to itself GCC compiles the two tests to two branches.
-  uint64_t outside = relative > page->run_mask;
-  asm("" : "+r"(outside));  // keeps it a value, not a branch
-  if (MAPALLOC_UNLIKELY(outside & uint64_t(next != nullptr))) return report_corrupted(page, b);
 #endif
   page->free = next;
   bump_one(page->allocated);
