@@ -68,7 +68,7 @@ static Page* checked_page(const void* p, uintptr_t entry, const char* what, size
   uint32_t index = block_index(page, p);
   if (index == UINT32_MAX) fatal(what, p);
   const Block* b = static_cast<const Block*>(p);
-  if (looks_freed(page, b)) fatal("use of freed block", p);
+  if (looks_freed(page, b) || (options.quarantine && quarantine_words(p))) fatal("use of freed block", p);
   *usable = requested_bytes(page, p);
   if (*usable == SIZE_MAX) report_overflow(p);
   return page;

@@ -279,6 +279,11 @@ static void quarantine_release_oldest(Heap* heap) {
   heap_free(page, p);
 }
 
+bool quarantine_words(const void* p) {
+  const Block* b = static_cast<const Block*>(p);
+  return b->cookie == cookie_for(quarantine_next(p)) || decode_link(b) == quarantine_next(p);
+}
+
 void quarantine_free(Page* page, void* p) noexcept {
   Heap* heap = tls_heap;
   if (heap == &empty_heap) return heap_free(page, p);  // no heap, nowhere to hold it
@@ -286,6 +291,7 @@ void quarantine_free(Page* page, void* p) noexcept {
   if (index == UINT32_MAX) return report_invalid_free(p);
   Block* b = static_cast<Block*>(p);
   if (looks_freed(page, b)) return report_double_free(p);
+  if (quarantine_words(p)) return report_double_free(p);
   size_t used = requested_bytes(page, p);
   if (used == SIZE_MAX) return report_overflow(p);
   // The owner's frees only, as in heap_free: the owner may be writing the

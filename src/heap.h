@@ -194,6 +194,9 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
 
 // Frees through the quarantine (options.quarantine != 0).
 void quarantine_free(Page* page, void* p) noexcept;
+// Whether either of p's words is still that of a block held in a quarantine
+// (a write after free into the other broke its seal: looks_freed says no).
+bool quarantine_words(const void* p);
 
 // Whole-heap operations (heap.cpp).
 // Puts every current page back in its class queue, so that the next request

@@ -56,9 +56,9 @@ constexpr uint64_t kFreedRecord = 2;  // a free block's record (freed_mark)
 struct Keys {
   uintptr_t link = 0x5bd1e9955bd1e995ull;
   // The top 16 bits of these two are kFreedRecord ^ record (see freed_mark).
-  uintptr_t seal = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x779b97f4a7c15ull;
+  uintptr_t seal = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x79b97f4a7c15ull;
   uintptr_t mark = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x3c6ef372fe94ull;
-  uintptr_t cookie = 0x5bd1e9955bd1e995ull ^ ((uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x779b97f4a7c15ull);  // link ^ seal
+  uintptr_t cookie = 0x5bd1e9955bd1e995ull ^ ((uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x79b97f4a7c15ull);  // link ^ seal
   uintptr_t canary = 0xc2b2ae3d27d4eb4full;
   uintptr_t record = 0x27d4;  // 16 bits: the canaries' slack records are xored with it
 };
