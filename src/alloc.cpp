@@ -68,7 +68,7 @@ static Page* checked_page(const void* p, uintptr_t entry, const char* what, size
   uint32_t index = block_index(page, p);
   if (index == UINT32_MAX) fatal(what, p);
   const Block* b = static_cast<const Block*>(p);
-  if (looks_freed(page, b) || (options.quarantine && quarantine_words(p))) fatal("use of freed block", p);
+  if (block_is_free(page, p)) fatal("use of freed block", p);
   *usable = requested_bytes(page, p);
   if (*usable == SIZE_MAX) report_overflow(p);
   return page;
@@ -170,8 +170,7 @@ bool owns(const void* p) {
   }
   const Page* page = pagemap::as_page(entry);
   if (block_index(page, p) == UINT32_MAX) return false;
-  const Block* b = static_cast<const Block*>(p);
-  return !looks_freed(page, b) && !sample::holds(p);  // a sample's shadow was never handed out
+  return !block_is_free(page, p) && !sample::holds(p);  // a sample's shadow was never handed out
 }
 
 void collect() {

@@ -106,7 +106,6 @@ constexpr size_t kDescriptorBytes = align_up(sizeof(Chunk), os::kPageSize);
 static void unmap_descriptor(Chunk* c) { os::unmap(c, kDescriptorBytes); }
 
 constexpr unsigned kFreshRunSlots = kSmallPageBytes / kSlotSize;
-constexpr size_t kFreshRunBytes = kSmallPageBytes;
 // Bit i set when slot i ends a group, but for the chunk's last slot.
 constexpr uint64_t fresh_guard_ends() {
   uint64_t ends = 0;
@@ -151,7 +150,7 @@ static Chunk* new_chunk() {
   // the whole chunk becomes markers instead, as purged slots are, and each
   // run carved there removes them (one call).
   if (options.guard && os::guard_markers()) {
-    if (os::guard_pages(base + kFreshRunBytes - kRunGuard, kFreshRunBytes, kSlotsPerChunk / kFreshRunSlots - 1)) {
+    if (os::guard_pages(base + kSmallPageBytes - kRunGuard, kSmallPageBytes, kSlotsPerChunk / kFreshRunSlots - 1)) {
       c->guard_ends = kFreshGuardEnds;
     } else if (os::guard_marker(base, kChunkSize)) {
       c->purge_marked = ~uint64_t(0);

@@ -279,9 +279,15 @@ static void quarantine_release_oldest(Heap* heap) {
   heap_free(page, p);
 }
 
-bool quarantine_words(const void* p) {
+// Whether either of p's words is still that of a block held in a
+// quarantine (a write after free into the other broke its seal).
+static bool quarantine_words(const void* p) {
   const Block* b = static_cast<const Block*>(p);
   return b->cookie == cookie_for(quarantine_next(p)) || decode_link(b) == quarantine_next(p);
+}
+
+bool block_is_free(const Page* page, const void* p) {
+  return looks_freed(page, static_cast<const Block*>(p)) || (options.quarantine && quarantine_words(p));
 }
 
 void quarantine_free(Page* page, void* p) noexcept {
@@ -290,8 +296,7 @@ void quarantine_free(Page* page, void* p) noexcept {
   uint32_t index = block_index(page, p);
   if (index == UINT32_MAX) return report_invalid_free(p);
   Block* b = static_cast<Block*>(p);
-  if (looks_freed(page, b)) return report_double_free(p);
-  if (quarantine_words(p)) return report_double_free(p);
+  if (block_is_free(page, p)) return report_double_free(p);
   size_t used = requested_bytes(page, p);
   if (used == SIZE_MAX) return report_overflow(p);
   // The owner's frees only, as in heap_free: the owner may be writing the

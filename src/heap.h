@@ -194,9 +194,10 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
 
 // Frees through the quarantine (options.quarantine != 0).
 void quarantine_free(Page* page, void* p) noexcept;
-// Whether either of p's words is still that of a block held in a quarantine
-// (a write after free into the other broke its seal: looks_freed says no).
-bool quarantine_words(const void* p);
+// Whether a carved block is free (or held in a quarantine), for the slow
+// paths: looks_freed, and a held block whose first word was written after
+// free.
+bool block_is_free(const Page* page, const void* p);
 
 // Whole-heap operations (heap.cpp).
 // Puts every current page back in its class queue, so that the next request

@@ -58,7 +58,7 @@ struct Keys {
   // The top 16 bits of these two are kFreedRecord ^ record (see freed_mark).
   uintptr_t seal = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x79b97f4a7c15ull;
   uintptr_t mark = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x3c6ef372fe94ull;
-  uintptr_t cookie = 0x5bd1e9955bd1e995ull ^ ((uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x79b97f4a7c15ull);  // link ^ seal
+  uintptr_t cookie = link ^ seal;  // is_freed's one load
   uintptr_t canary = 0xc2b2ae3d27d4eb4full;
   uintptr_t record = 0x27d4;  // 16 bits: the canaries' slack records are xored with it
 };
@@ -272,10 +272,10 @@ MAPALLOC_INLINE void canary_set(const Page* page, void* block, size_t size) {
   // Grown to 2 bytes of slack, its last word may be the mark of an earlier
   // free (bytes the program never wrote: indeterminate), which would make
   // its next free look like a double free (freed_tail): break it.
-  if (slack == 2 && block_size > 16) {
+  if (slack == kFreedRecord && block_size > sizeof(Block)) {
     uintptr_t last;
     __builtin_memcpy(&last, static_cast<char*>(block) + block_size - 8, 8);
-    if (last == (reinterpret_cast<uintptr_t>(block) ^ keys.mark)) static_cast<char*>(block)[block_size - 8] ^= 1;
+    if (last == freed_mark(static_cast<const Block*>(block))) static_cast<char*>(block)[block_size - 8] ^= 1;
   }
 }
 
