@@ -77,18 +77,12 @@ static bool setup() {
   if (region) return true;
   if (setup_failed) return false;
   // Aligned to its slots, so that no other mapping shares a page-map slot
-  // with it (whose entry the region's would overwrite, or take over).
-  char* r = static_cast<char*>(os::map_aligned(kRegionBytes, kSlotBytes, true));
-  if (r && pagemap::set(r, kRegionBytes, pagemap::kSampleEntry)) {
-    region = r;
-    return true;
-  }
-  if (r) {
-    pagemap::set(r, kRegionBytes, 0);  // entries set before a leaf was refused
-    os::unmap(r, kRegionBytes);
-  }
-  setup_failed = true;  // not tried again: sampling is best effort
-  return false;
+  // with it (whose entry the region's would overwrite, or take over). Its
+  // page-map entries are set a chunk of slots at a time (guard_chunk): all
+  // 1024 at once wrote two pages of the page map in every process.
+  region = static_cast<char*>(os::map_aligned(kRegionBytes, kSlotBytes, true));
+  setup_failed = !region;  // not tried again: sampling is best effort
+  return region;
 }
 
 static char* slot_base(unsigned i) { return region + size_t(i) * kSlotBytes; }
@@ -114,6 +108,9 @@ static void check_fills(unsigned i) {
 // a sample of up to a page there (most are) costs no call at malloc, and
 // every process that samples makes 16 calls fewer. True if so.
 static bool guard_chunk(unsigned first, bool* open) {
+  // (Entries set for slots that then fail stay: a pointer into an unused
+  // slot is reported as an invalid free, as outside the chunk.)
+  if (!pagemap::set(slot_base(first), kChunkSlots * kSlotBytes, pagemap::kSampleEntry)) return false;
   os::Range ranges[kChunkSlots + 1];
   ranges[0] = {slot_base(first), kSlotBytes - 2 * kPage};
   for (unsigned k = 0; k < kChunkSlots; k++) {
