@@ -500,11 +500,12 @@ static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bo
     // One read-write mapping (the kernel may merge it with its neighbours)
     // with guard markers at both ends, in one call where the kernel takes it.
     base = static_cast<char*>(os::map(map_size));
-    os::Range ends[2] = {{base, head}, {base + head + rw, map_size - head - rw}};
-    if (base && !os::guard_ranges(ends, 2) &&
-        (!os::guard(base, head) || !os::guard(base + head + rw, map_size - head - rw))) {
-      os::unmap(base, map_size);
-      base = nullptr;
+    if (base) {
+      os::Range ends[2] = {{base, head}, {base + head + rw, map_size - head - rw}};
+      if (!os::guard_ranges(ends, 2) && (!os::guard(base, head) || !os::guard(base + head + rw, map_size - head - rw))) {
+        os::unmap(base, map_size);
+        base = nullptr;
+      }
     }
   } else if (guarded) {
     base = static_cast<char*>(os::reserve(map_size));
