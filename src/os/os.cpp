@@ -85,12 +85,14 @@ static bool advise(void* p, size_t size, int advice) {
 #define MADV_GUARD_REMOVE 103
 #endif
 
-// 1: markers work, 0: they do not (older kernel, or a tool like Valgrind
-// that rejects the advice), -1: not tried yet. Settled by the first call;
-// a race between two first calls settles it the same way twice. The probe
-// is one call on an empty range: the kernel checks the advice before the
-// range, and returns 0 for an empty one (the earlier probe, a page mapped,
-// marked and unmapped, was three calls in every process).
+// 1: the kernel has markers, 0: it does not (older kernel, or a tool that
+// rejects the advice), -1: not asked yet. Settled by the first call; a race
+// between two first calls settles it the same way twice. The probe is one
+// call on an empty range: the kernel checks the advice before the range,
+// and returns 0 for an empty one (the earlier probe, a page mapped, marked
+// and unmapped, was three calls in every process). It does not tell whether
+// the kernel takes markers in this process's memory: it refuses them in
+// locked memory (protect_guards, below).
 static std::atomic<int> markers{-1};
 
 bool guard_markers() {
@@ -103,9 +105,11 @@ bool guard_markers() {
   return m;
 }
 
-// Set once guard() had to fall back to mprotect although markers work: the
-// kernel refuses markers in locked mappings (mlockall(MCL_FUTURE) after our
-// probe). From then on unguard() also makes its range read-write again.
+// Set once guard() had to fall back to mprotect although the kernel has
+// markers: it refuses them in locked mappings (mlockall(MCL_FUTURE)). From
+// then on guard() and guard_ranges() go straight to their fallbacks (not a
+// refused call before each), and unguard() also makes its range read-write
+// again.
 static std::atomic<bool> protect_guards{false};
 
 bool guard_marker(void* p, size_t size) { return advise(p, size, MADV_GUARD_INSTALL); }
@@ -123,17 +127,21 @@ static_assert(sizeof(Range) == sizeof(iovec) && offsetof(Range, base) == offseto
               offsetof(Range, size) == offsetof(iovec, iov_len));
 
 bool guard_ranges(const Range* ranges, unsigned n) {
-  if (n > kMaxGuardRanges || batch_refused.load(std::memory_order_relaxed)) return false;
+  if (n > kMaxGuardRanges || batch_refused.load(std::memory_order_relaxed) ||
+      protect_guards.load(std::memory_order_relaxed))
+    return false;
   size_t total = 0;
   for (unsigned i = 0; i < n; i++) total += ranges[i].size;
   ErrnoGuard guard;
   count(counters.madvise_calls);
   long done = syscall(SYS_process_madvise, kPidfdSelf, ranges, n, MADV_GUARD_INSTALL, 0);
   if (done == long(total)) return true;
-  // ENOSYS, EBADF (no PIDFD_SELF), EINVAL (an advice not taken for the
-  // calling process before 6.13), EPERM (a seccomp filter): not again. A
-  // short count (ENOMEM part of the way) may be tried again.
-  if (done < 0) batch_refused.store(true, std::memory_order_relaxed);
+  // Refused outright: ENOSYS, EBADF (no PIDFD_SELF), EINVAL (an advice not
+  // taken for the calling process before 6.13), EPERM (a seccomp filter):
+  // not again. But the kernel also refuses the first range itself (EINVAL
+  // in locked memory, ENOMEM), which madvise on it tells apart: then later
+  // batches may go through. (A short count is such a range further on.)
+  if (done < 0 && guard_marker(ranges[0].base, ranges[0].size)) batch_refused.store(true, std::memory_order_relaxed);
   return false;
 }
 
@@ -147,7 +155,7 @@ bool guard_pages(char* first, size_t stride, unsigned n) {
 bool unguard_markers(void* p, size_t size) { return advise(p, size, MADV_GUARD_REMOVE); }
 
 bool guard(void* p, size_t size) {
-  if (!guard_markers()) return protect_none(p, size);
+  if (!guard_markers() || protect_guards.load(std::memory_order_relaxed)) return protect_none(p, size);
   if (guard_marker(p, size)) return true;
   protect_guards.store(true, std::memory_order_relaxed);
   return protect_none(p, size);
