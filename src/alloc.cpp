@@ -67,7 +67,6 @@ static Page* checked_page(const void* p, uintptr_t entry, const char* what, size
   Page* page = pagemap::as_page(entry);
   uint32_t index = block_index(page, p);
   if (index == UINT32_MAX) fatal(what, p);
-  const Block* b = static_cast<const Block*>(p);
   if (block_is_free(page, p)) fatal("use of freed block", p);
   *usable = requested_bytes(page, p);
   if (*usable == SIZE_MAX) report_overflow(p);

@@ -60,7 +60,9 @@ struct Keys {
   uintptr_t mark = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x3c6ef372fe94ull;
   uintptr_t cookie = link ^ seal;  // is_freed's one load
   uintptr_t canary = 0xc2b2ae3d27d4eb4full;
-  uintptr_t record = 0x27d4;  // 16 bits: the canaries' slack records are xored with it
+  // The canaries' slack records are xored with it. Below 2^16, in 32 bits:
+  // a record loaded into 32 bits and xored with it needs no truncation.
+  uint32_t record = 0x27d4;
 };
 extern Keys keys;  // set once at start-up, before the first block exists
 
@@ -229,10 +231,24 @@ constexpr uint64_t canary_bytes(size_t slack) {
   uint64_t top = slack ? ~uint64_t(0) << (64 - 8 * slack) : 0;
   return top & (~uint64_t(0) >> 16);
 }
-inline constexpr uint64_t kCanaryBytes[11] = {canary_bytes(0), canary_bytes(1), canary_bytes(2), canary_bytes(3),
-                                              canary_bytes(4), canary_bytes(5), canary_bytes(6), canary_bytes(7),
-                                              canary_bytes(8), canary_bytes(9), canary_bytes(10)};
-MAPALLOC_INLINE uint64_t canary_mask(size_t slack) { return kCanaryBytes[slack < 10 ? slack : 10]; }
+// With the word's offset below the request, block_size - slack - back (8 -
+// slack up to 8, else 0): free's check indexes both with one clamp, in one
+// table (malloc, which needs no mask, computes the offset as canary_offset).
+struct CanaryShape {
+  uint64_t bytes[11];
+  uint64_t back[11];
+};
+constexpr CanaryShape make_canary_shape() {
+  CanaryShape t{};
+  for (size_t slack = 0; slack <= 10; slack++) {
+    t.bytes[slack] = canary_bytes(slack);
+    t.back[slack] = slack < 8 ? 8 - slack : 0;
+  }
+  return t;
+}
+inline constexpr CanaryShape kCanaryShape = make_canary_shape();
+MAPALLOC_INLINE size_t canary_shape_index(size_t slack) { return slack < 10 ? slack : 10; }
+MAPALLOC_INLINE uint64_t canary_mask(size_t slack) { return kCanaryShape.bytes[canary_shape_index(slack)]; }
 
 // The last two bytes (and with a large slack the 4 bytes before them),
 // written after the word: when the slack is 9 or less they replace the
@@ -287,7 +303,7 @@ size_t escaped_slack(const Page* page, const void* block, uint64_t word, size_t 
 MAPALLOC_INLINE size_t decoded_record(const Page* page, const void* block) {
   uint16_t record;
   __builtin_memcpy(&record, static_cast<const char*>(block) + page->block_size - 2, 2);
-  return uint16_t(record ^ keys.record);
+  return uint32_t(record) ^ keys.record;
 }
 MAPALLOC_INLINE bool slack_in_range(const Page* page, size_t slack) {
   return slack - kMinSlack < page->block_size - kMinSlack;
@@ -329,9 +345,11 @@ MAPALLOC_INLINE size_t recorded_slack(const Page* page, const void* block, uint6
 
 // Whether the canary bytes of a block with this (recorded) slack hold its word w.
 MAPALLOC_INLINE bool canary_intact(const Page* page, const void* block, uint64_t w, size_t slack) {
+  size_t i = canary_shape_index(slack);
+  size_t offset = page->block_size - slack - kCanaryShape.back[i];  // canary_offset
   uint64_t word;
-  __builtin_memcpy(&word, static_cast<const char*>(block) + canary_offset(page->block_size, slack), 8);
-  return ((word ^ w) & canary_mask(slack)) == 0;
+  __builtin_memcpy(&word, static_cast<const char*>(block) + offset, 8);
+  return ((word ^ w) & kCanaryShape.bytes[i]) == 0;
 }
 
 // The slack of a block, or SIZE_MAX when its canary is broken.
@@ -371,8 +389,9 @@ MAPALLOC_INLINE bool tail_before_intact(const Page* page, const void* p) {
 #else
   uint16_t record;
   __builtin_memcpy(&record, static_cast<const char*>(p) - 2, 2);
-  size_t slack = uint16_t(record ^ keys.record);
-  return slack - kSlackEscape < page->block_size - kSlackEscape;  // a slack, or the escape
+  // A slack, the escape, or 0, which no record holds (one value in 65536
+  // more passes, for one compare less).
+  return (uint32_t(record) ^ keys.record) < page->block_size;
 #endif
 }
 

@@ -55,7 +55,7 @@ void ensure_init() {
       sample::start_allowances(options.sample);
       keys.link = os::random_u64();
       keys.canary = os::random_u64();
-      keys.record = os::random_u64() & 0xFFFF;
+      keys.record = uint16_t(os::random_u64());
       uintptr_t freed_top = (kFreedRecord ^ keys.record) << 48, low48 = (uintptr_t(1) << 48) - 1;
       // Drawn again in the rare process where a live block's untouched canary
       // bytes would read as a free block's (freed_tail): a 16-byte block's
