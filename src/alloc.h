@@ -21,9 +21,8 @@ bool owns(const void* p);
 void collect();
 
 MAPALLOC_INLINE void* alloc(size_t size) noexcept {
-  if (MAPALLOC_LIKELY(size <= kLookupMax) || size <= options.mmap_threshold.load(std::memory_order_relaxed)) {
-    return heap_malloc(tls_heap, size);
-  }
+  if (MAPALLOC_LIKELY(size <= kLookupMax)) return heap_malloc_small(tls_heap, size);
+  if (size <= options.mmap_threshold.load(std::memory_order_relaxed)) return heap_malloc(tls_heap, size);
   return alloc_large(size);
 }
 

@@ -109,7 +109,8 @@ void report_double_free(const void* p) noexcept;
 void* report_corrupted(const Page* page, const void* block) noexcept;
 
 // A block of class c for a request of size bytes (class_takes(c, size): the
-// canary goes right after size).
+// canary goes right after size). kSmallRequest: size is at most kLookupMax.
+template <bool kSmallRequest = false>
 MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noexcept {
   Page* page = heap->current[c];
   Block* b = page->free;
@@ -136,13 +137,16 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
   bump_one(page->allocated);
   b->cookie = 0;
 #if MAPALLOC_SECURE
-  canary_set_fresh(page, b, size);
+  canary_set_fresh<kSmallRequest>(page, b, size);
 #endif
   return b;
 }
 
 MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
   return heap_malloc_class(heap, request_class(size), size);
+}
+MAPALLOC_INLINE void* heap_malloc_small(Heap* heap, size_t size) noexcept {
+  return heap_malloc_class<true>(heap, kRequestLookup[size], size);
 }
 
 // The owner's free of b, checked: onto its page's free list.

@@ -253,8 +253,11 @@ MAPALLOC_INLINE uint64_t canary_mask(size_t slack) { return kCanaryShape.bytes[c
 // The last two bytes (and with a large slack the 4 bytes before them),
 // written after the word: when the slack is 9 or less they replace the
 // word's top one or two bytes.
+// kSmallRequest: the caller knows the request is at most kLookupMax bytes,
+// so its slack is below the escape's (no test).
+template <bool kSmallRequest = false>
 MAPALLOC_INLINE void canary_record_slack(char* block, size_t block_size, size_t slack, uint64_t word) {
-  if (MAPALLOC_UNLIKELY(slack > kMaxRecordedSlack)) {
+  if (!kSmallRequest && MAPALLOC_UNLIKELY(slack > kMaxRecordedSlack)) {
     uint32_t exact = uint32_t(slack) ^ uint32_t(word >> 16);
     __builtin_memcpy(block + block_size - 6, &exact, 4);
     slack = kSlackEscape;
@@ -265,13 +268,14 @@ MAPALLOC_INLINE void canary_record_slack(char* block, size_t block_size, size_t 
 
 // For a block being handed out: its bytes are not the caller's yet, so the
 // whole word is written, one store and no load.
+template <bool kSmallRequest = false>
 MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size) {
   if (!kCanaries) return;
   size_t block_size = page->block_size;
   size_t slack = block_size - size;
   uint64_t w = canary_word(block);
   __builtin_memcpy(static_cast<char*>(block) + canary_offset(block_size, slack), &w, 8);
-  canary_record_slack(static_cast<char*>(block), block_size, slack, w);
+  canary_record_slack<kSmallRequest>(static_cast<char*>(block), block_size, slack, w);
 }
 
 // For a live block (realloc in place, size + kMinSlack <= block size): only
