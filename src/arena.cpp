@@ -149,7 +149,7 @@ static Chunk* new_chunk() {
   // inside them (one call). Where the kernel cannot set them in one call,
   // the whole chunk becomes markers instead, as purged slots are, and each
   // run carved there removes them (one call).
-  if (options.guard && os::guard_markers()) {
+  if (options.guard && os::markers_usable()) {
     if (os::guard_pages(base + kSmallPageBytes - kRunGuard, kSmallPageBytes, kSlotsPerChunk / kFreshRunSlots - 1)) {
       c->guard_ends = kFreshGuardEnds;
     } else if (os::guard_marker(base, kChunkSize)) {
@@ -197,13 +197,13 @@ static void maybe_purge_locked(uint64_t now);
 // for a run that ends the chunk (the chunk's own guard page follows it), nor
 // where the guard would cost more than a quarter of the run's blocks (the
 // 512 KiB and 1 MiB classes, used only with a raised mmap_threshold). Not
-// again once the kernel refused a marker (a locked mapping, say).
-static bool run_guards_refused = false;  // under the arena lock
+// again once the kernel refused a marker (a locked mapping, say:
+// os::markers_usable).
 
 static_assert(kRunGuard == os::kPageSize);
 
 static bool run_gets_guard(unsigned index, const ClassInfo& info) {
-  return info.guarded_capacity && options.guard && os::guard_markers() && !run_guards_refused &&
+  return info.guarded_capacity && options.guard && os::markers_usable() &&
          index + info.page_slots < kSlotsPerChunk;
 }
 
@@ -230,10 +230,8 @@ static int arrange_guards(Chunk* c, unsigned index, unsigned slots, bool want_gu
     if (keep_end) c->guard_ends |= last;
   }
   if (want_guard && !(c->guard_ends & last)) {
-    if (!os::guard_marker(c->base + (index + slots) * kSlotSize - kRunGuard, kRunGuard)) {
-      run_guards_refused = true;  // the run goes without, as on kernels without markers
-      return 0;
-    }
+    // Refused: the run goes without, as on kernels without markers.
+    if (!os::guard_marker(c->base + (index + slots) * kSlotSize - kRunGuard, kRunGuard)) return 0;
     c->guard_ends |= last;
   }
   return want_guard;
@@ -309,7 +307,7 @@ static uint64_t purge_runs(char* base, size_t unit, uint64_t mask, bool to_guard
 // removes the markers (arrange_guards: one call, on a run that faults every
 // page in anyway).
 static void purge_chunk(Chunk* c, uint64_t which) {
-  bool to_guard = options.guard && !run_guards_refused;
+  bool to_guard = options.guard;  // (os::purge_to_guard declines where markers are not usable)
   uint64_t taken_back = 0;
   uint64_t marked = purge_runs(c->base, kSlotSize, which, to_guard, &taken_back);
   // A refused install (locked pages) took back every marker of its range

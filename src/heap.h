@@ -109,7 +109,8 @@ void report_double_free(const void* p) noexcept;
 void* report_corrupted(const Page* page, const void* block) noexcept;
 
 // A block of class c for a request of size bytes (class_takes(c, size): the
-// canary goes right after size). kSmallRequest: size is at most kLookupMax.
+// canary goes right after size). kSmallRequest: c is request_class(size)
+// for a size of at most kLookupMax (canary_record_slack).
 template <bool kSmallRequest = false>
 MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noexcept {
   Page* page = heap->current[c];
@@ -145,8 +146,10 @@ MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noe
 MAPALLOC_INLINE void* heap_malloc(Heap* heap, size_t size) noexcept {
   return heap_malloc_class(heap, request_class(size), size);
 }
+// size <= kLookupMax: its slack, below its block's size, is below the escape's.
+static_assert(kClasses[request_class_computed(kLookupMax)].block_size <= kMaxRecordedSlack);
 MAPALLOC_INLINE void* heap_malloc_small(Heap* heap, size_t size) noexcept {
-  return heap_malloc_class<true>(heap, kRequestLookup[size], size);
+  return heap_malloc_class<true>(heap, request_class(size), size);
 }
 
 // The owner's free of b, checked: onto its page's free list.

@@ -212,7 +212,7 @@ static_assert(kSlackEscape < kMinSlack || !kCanaries);
 
 // The canary's word sits at block_size - max(slack, 8): right after the
 // request, or at the block's end when there are 8 bytes of slack or fewer.
-MAPALLOC_INLINE size_t canary_offset(size_t block_size, size_t slack) {
+MAPALLOC_INLINE constexpr size_t canary_offset(size_t block_size, size_t slack) {
   size_t requested = block_size - slack;  // when the caller knows it, one instruction less
   return requested < block_size - 8 ? requested : block_size - 8;
 }
@@ -247,14 +247,23 @@ constexpr CanaryShape make_canary_shape() {
   return t;
 }
 inline constexpr CanaryShape kCanaryShape = make_canary_shape();
-MAPALLOC_INLINE size_t canary_shape_index(size_t slack) { return slack < 10 ? slack : 10; }
+MAPALLOC_INLINE constexpr size_t canary_shape_index(size_t slack) { return slack < 10 ? slack : 10; }
+// The table's offset is canary_offset's.
+constexpr bool canary_shape_matches_offset() {
+  for (size_t block_size : {size_t(16), size_t(48), size_t(4096)})
+    for (size_t slack = kMinSlack; slack < block_size; slack++)
+      if (block_size - slack - kCanaryShape.back[canary_shape_index(slack)] != canary_offset(block_size, slack))
+        return false;
+  return true;
+}
+static_assert(canary_shape_matches_offset());
 MAPALLOC_INLINE uint64_t canary_mask(size_t slack) { return kCanaryShape.bytes[canary_shape_index(slack)]; }
 
 // The last two bytes (and with a large slack the 4 bytes before them),
 // written after the word: when the slack is 9 or less they replace the
 // word's top one or two bytes.
-// kSmallRequest: the caller knows the request is at most kLookupMax bytes,
-// so its slack is below the escape's (no test).
+// kSmallRequest: the block is of the class of a request of at most
+// kLookupMax bytes, so its slack is below the escape's (no test).
 template <bool kSmallRequest = false>
 MAPALLOC_INLINE void canary_record_slack(char* block, size_t block_size, size_t slack, uint64_t word) {
   if (!kSmallRequest && MAPALLOC_UNLIKELY(slack > kMaxRecordedSlack)) {

@@ -92,7 +92,7 @@ static bool advise(void* p, size_t size, int advice) {
 // and returns 0 for an empty one (the earlier probe, a page mapped, marked
 // and unmapped, was three calls in every process). It does not tell whether
 // the kernel takes markers in this process's memory: it refuses them in
-// locked memory (protect_guards, below).
+// locked memory (markers_refused, below).
 static std::atomic<int> markers{-1};
 
 bool guard_markers() {
@@ -105,14 +105,21 @@ bool guard_markers() {
   return m;
 }
 
-// Set once guard() had to fall back to mprotect although the kernel has
-// markers: it refuses them in locked mappings (mlockall(MCL_FUTURE)). From
-// then on guard() and guard_ranges() go straight to their fallbacks (not a
-// refused call before each), and unguard() also makes its range read-write
-// again.
-static std::atomic<bool> protect_guards{false};
+// Set once the kernel refused a guard marker (guard_marker: a guard, or a
+// run's end guard) although it has them: it refuses them in locked mappings
+// (mlockall(MCL_FUTURE)). From then on guards take their fallbacks without a
+// refused call first (markers_usable), and unguard() also makes its range
+// read-write again (guard() may have used mprotect). A purge into markers
+// that a locked page refuses counts for its range only (purge_to_guard).
+static std::atomic<bool> markers_refused{false};
 
-bool guard_marker(void* p, size_t size) { return advise(p, size, MADV_GUARD_INSTALL); }
+bool markers_usable() { return guard_markers() && !markers_refused.load(std::memory_order_relaxed); }
+
+bool guard_marker(void* p, size_t size) {
+  if (advise(p, size, MADV_GUARD_INSTALL)) return true;
+  markers_refused.store(true, std::memory_order_relaxed);
+  return false;
+}
 
 #ifndef SYS_process_madvise
 #define SYS_process_madvise 440
@@ -127,9 +134,7 @@ static_assert(sizeof(Range) == sizeof(iovec) && offsetof(Range, base) == offseto
               offsetof(Range, size) == offsetof(iovec, iov_len));
 
 bool guard_ranges(const Range* ranges, unsigned n) {
-  if (n > kMaxGuardRanges || batch_refused.load(std::memory_order_relaxed) ||
-      protect_guards.load(std::memory_order_relaxed))
-    return false;
+  if (n > kMaxGuardRanges || batch_refused.load(std::memory_order_relaxed) || !markers_usable()) return false;
   size_t total = 0;
   for (unsigned i = 0; i < n; i++) total += ranges[i].size;
   ErrnoGuard guard;
@@ -139,9 +144,10 @@ bool guard_ranges(const Range* ranges, unsigned n) {
   // Refused outright: ENOSYS, EBADF (no PIDFD_SELF), EINVAL (an advice not
   // taken for the calling process before 6.13), EPERM (a seccomp filter):
   // not again. But the kernel also refuses the first range itself (EINVAL
-  // in locked memory, ENOMEM), which madvise on it tells apart: then later
-  // batches may go through. (A short count is such a range further on.)
-  if (done < 0 && guard_marker(ranges[0].base, ranges[0].size)) batch_refused.store(true, std::memory_order_relaxed);
+  // in locked memory, ENOMEM), which madvise on it tells apart; the caller's
+  // fallback records a refusal. (A short count is such a range further on.)
+  if (done < 0 && advise(ranges[0].base, ranges[0].size, MADV_GUARD_INSTALL))
+    batch_refused.store(true, std::memory_order_relaxed);
   return false;
 }
 
@@ -155,16 +161,14 @@ bool guard_pages(char* first, size_t stride, unsigned n) {
 bool unguard_markers(void* p, size_t size) { return advise(p, size, MADV_GUARD_REMOVE); }
 
 bool guard(void* p, size_t size) {
-  if (!guard_markers() || protect_guards.load(std::memory_order_relaxed)) return protect_none(p, size);
-  if (guard_marker(p, size)) return true;
-  protect_guards.store(true, std::memory_order_relaxed);
+  if (markers_usable() && guard_marker(p, size)) return true;
   return protect_none(p, size);
 }
 
 bool unguard(void* p, size_t size) {
   if (!guard_markers()) return protect_rw(p, size);
   bool ok = unguard_markers(p, size);
-  if (protect_guards.load(std::memory_order_relaxed)) ok = protect_rw(p, size) && ok;
+  if (markers_refused.load(std::memory_order_relaxed)) ok = protect_rw(p, size) && ok;
   return ok;
 }
 
@@ -181,8 +185,9 @@ bool purge(void* p, size_t size) {
 bool purge_to_guard(void* p, size_t size, bool* took_back) {
   if (took_back) *took_back = false;
   if (!size) return true;
-  if (!guard_markers() || protect_guards.load(std::memory_order_relaxed)) return false;
-  if (!guard_marker(p, size)) {
+  if (!markers_usable()) return false;
+  // (Not guard_marker: a page locked in the range refuses this range only.)
+  if (!advise(p, size, MADV_GUARD_INSTALL)) {
     // A locked part (mlock) stops the install partway, with markers already
     // on the pages before it: take them back, as the caller counts on none.
     unguard_markers(p, size);

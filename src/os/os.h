@@ -28,15 +28,21 @@ bool protect_rw(void* p, size_t size);
 // Where a marker is refused (a locked mapping), guard falls back to mprotect.
 bool guard(void* p, size_t size);
 bool unguard(void* p, size_t size);
+// Whether the kernel has markers (pages may hold some from earlier calls:
+// unguard and unguard_markers take them off).
 bool guard_markers();
-// Markers only, no fallback (the arena's run guards: see arena.cpp).
+// Whether to install markers now: the kernel has them and has not refused
+// one in this process (a locked mapping; not tried again).
+bool markers_usable();
+// Markers only, no fallback (the arena's run guards: see arena.cpp). A
+// refusal makes markers_usable() false.
 bool guard_marker(void* p, size_t size);
 // Markers on n ranges (at most kMaxGuardRanges) in one call:
 // process_madvise on the calling process (Linux 6.15, for its PIDFD_SELF).
 // False if the kernel would not; then some of the ranges may have their
-// markers (the caller must clear them or cover them), and once the kernel
-// refused the call outright later calls return false at once. Range is struct iovec's
-// layout.
+// markers (the caller must clear them or cover them). Once the kernel
+// refused the call outright, or a marker (markers_usable), later calls
+// return false at once. Range is struct iovec's layout.
 struct Range {
   void* base;
   size_t size;
