@@ -356,6 +356,33 @@ def workload_tables(args, s):
     return '\n\n'.join(parts)
 
 
+def protection_table(args, runs, s):
+    """The default build against mapalloc-unprotected, side by side: per workload the ratio of their medians,
+    and the median of the per-round ratios (each round's two runs are minutes or less apart, so drift of a
+    shared machine that lasts several rounds cancels in them). Empty unless both ran."""
+    a, b = 'mapalloc', 'mapalloc-unprotected'
+    if a not in args.allocators or b not in args.allocators:
+        return ''
+    rows, cols = [], {'median': [], 'paired': [], 'fastest': [], 'rss': []}
+    for w in args.workloads:
+        ea, eb = s[w, a], s[w, b]
+        if 'time' not in ea or 'time' not in eb:
+            rows.append([w, '–', '–', '–', '–'])
+            continue
+        paired = [ra.wall / rb.wall for ra, rb in zip(runs[w, a], runs[w, b])
+                  if ra.status == 'ok' and rb.status == 'ok' and rb.wall > 0]
+        vals = {'median': ea['time'][0] / eb['time'][0], 'paired': statistics.median(paired),
+                'fastest': ea['time'][1] / eb['time'][1], 'rss': ea['rss'][0] / eb['rss'][0]}
+        for k, v in vals.items():
+            cols[k].append(v)
+        rows.append([w] + [f'{(vals[k] - 1) * 100:+.1f} %' for k in cols])
+    if all(cols.values()):
+        rows.append(['*geomean*'] + [f'**{(geomean(cols[k]) - 1) * 100:+.1f} %**' for k in cols])
+    return (f'### What the protections cost: {a} against {b}\n\n'
+            + md_table(['workload', 'time, medians', 'time, median of per-round ratios', 'time, fastest rounds',
+                        'peak RSS, medians'], rows))
+
+
 def micro_table(args, ns, failures):
     names = list(dict.fromkeys(b for b, _ in ns))
     rows = []
@@ -467,6 +494,9 @@ def main():
                 f.write(f'{w}\t{x}\t{i + 1}\t{r.status}\t{r.wall:.4f}\t{r.rss_kib}\t{r.minflt}\t{r.checksum}\n')
     write_tsv(os.path.join(outdir, 'results.tsv'), args, s, ns)
     body = workload_tables(args, s)
+    cost = protection_table(args, runs, s)
+    if cost:
+        body += '\n\n' + cost
     if ns or failures:
         body += '\n\n' + micro_table(args, ns, failures)
     plot(outdir, args, s, ns)
