@@ -207,6 +207,20 @@ static bool run_gets_guard(unsigned index, const ClassInfo& info) {
          index + info.page_slots < kSlotsPerChunk;
 }
 
+// A guard page below a run: free's underflow check cannot look below a
+// run's first block (the bytes there may be a guard page), so a write
+// there must fault. Below the chunk's first slot is the chunk's guard page,
+// below a live run its end guard (but for the classes without one); a
+// free slot below gets a marker in its last page, which a run taking that
+// slot later treats as any other run's end guard (stale unless it ends
+// there). Best effort, as the end guards are.
+static void guard_below(Chunk* c, unsigned index) {
+  if (index == 0 || !options.guard || !os::markers_usable()) return;
+  uint64_t below = uint64_t(1) << (index - 1);
+  if (!(c->free_slots & below) || ((c->guard_ends | c->purge_marked) & below)) return;
+  if (os::guard_marker(c->base + index * kSlotSize - kRunGuard, kRunGuard)) c->guard_ends |= below;
+}
+
 // Puts the markers of [index, index + slots) in order for a run with or
 // without an end guard. Returns whether the run has its end guard; -1 when
 // the kernel refused to remove markers inside the run (which would leave
@@ -234,6 +248,7 @@ static int arrange_guards(Chunk* c, unsigned index, unsigned slots, bool want_gu
     if (!os::guard_marker(c->base + (index + slots) * kSlotSize - kRunGuard, kRunGuard)) return 0;
     c->guard_ends |= last;
   }
+  guard_below(c, index);
   return want_guard;
 }
 

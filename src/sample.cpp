@@ -86,7 +86,8 @@ static bool setup() {
 }
 
 static char* slot_base(unsigned i) { return region + size_t(i) * kSlotBytes; }
-static char* data_end(unsigned i) { return slot_base(i) + kSlotBytes - kPage; }
+static_assert(kSlotDataBegin == kPage && kSlotDataEnd == kSlotBytes - kPage);
+static char* data_end(unsigned i) { return slot_base(i) + kSlotDataEnd; }
 static char* block_of(unsigned i) { return slot_base(i) + slots[i].offset; }
 static char* data_begin(unsigned i) { return data_end(i) - size_t(slots[i].pages) * kPage; }
 

@@ -25,7 +25,10 @@
 namespace mapalloc::sample {
 
 constexpr bool kEnabled = MAPALLOC_SECURE;
-constexpr size_t kMaxSize = 14 * 4096;  // a slot's read-write pages at most
+// A slot's data lies between its first and its last page (guard pages), at
+// these offsets in the slot (sample.cpp; slots are aligned to 64 KiB).
+constexpr size_t kSlotDataBegin = 4096, kSlotDataEnd = 15 * 4096;
+constexpr size_t kMaxSize = kSlotDataEnd - kSlotDataBegin;  // 14 pages
 // The option's default. A sample costs about 6 us (a syscall at malloc and
 // free, and a page fault), and a process starting under the shim paid them
 // all: with 64, `cat` started in 1.47 ms against 1.06 ms without samples;
@@ -61,8 +64,12 @@ inline size_t class_alignment(unsigned c) {
   size_t a = b & (~b + 1);
   return a < 16 ? 16 : a;
 }
-// Whether a request of size bytes in class c can be a sample.
-inline bool fits(size_t size, unsigned c) { return size <= kMaxSize && class_alignment(c) <= 4096; }
+// Whether a request of size bytes in class c can be a sample: its block,
+// aligned as the class's are and ending as near the last guard page as that
+// allows, starts above the first (up to 32 KiB alignments).
+inline bool fits(size_t size, unsigned c) {
+  return size <= kMaxSize && ((kSlotDataEnd - size) & ~(class_alignment(c) - 1)) >= kSlotDataBegin;
+}
 // Whether the caller may sample now, a small request or a freed large block
 // of `bytes`: from the start allowance, else at most once per interval.
 bool take_small();

@@ -323,6 +323,33 @@ TEST(GuardPage, WritePastTheLastBlockOfASmallRunFaults) {
   }
 }
 
+// Free's underflow check cannot look below a run's first block, so a guard
+// page is there (arena.cpp, guard_below): the chunk's own, the end guard of
+// the run below, or a marker in a free slot below. Runs of 32, 64 and 128
+// KiB, each the first of its class here.
+TEST(GuardPage, WriteBelowTheFirstBlockOfASmallRunFaults) {
+  if (!kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers in this kernel: runs have no guard page";
+  struct Case {
+    size_t size, run;
+  };
+  for (Case c : {Case{4000, 32 * KiB}, Case{9000, 64 * KiB}, Case{20000, 128 * KiB}}) {
+    EXPECT_EXIT(
+        {
+          for (int i = 0; i < 40; i++) mapalloc_malloc(8 + (i % 5) * 24);  // other runs first
+          char* p = nullptr;
+          for (int i = 0; i < 64 && !p; i++) {
+            auto* q = static_cast<char*>(mapalloc_malloc(c.size));
+            if (reinterpret_cast<uintptr_t>(q) % c.run == 0) p = q;
+          }
+          if (!p) std::_Exit(3);
+          poke(p - 1);
+          std::_Exit(0);
+        },
+        ::testing::KilledBySignal(SIGSEGV), "")
+        << "size " << c.size;
+  }
+}
+
 // A purged page's slots are guard markers (arena.cpp, purge_chunk). A run
 // that takes them again gets every block back, and its end guard: the last
 // slot's last page stays a marker rather than being cleared and installed
@@ -1178,6 +1205,19 @@ TEST(AtExit, MisuseNoLaterCallReachesIsReported) {
         poke(p + 3);
       },
       "^mapalloc: write after free into large block 0x");
+}
+
+// The heaps that exited threads left are checked too (the main thread's,
+// say, when it ended with pthread_exit and another thread's return ended
+// the process: shim_misuse.cpp). Here a worker's.
+TEST(AtExit, MisuseInTheHeapOfAnExitedThreadIsReported) {
+  SKIP_UNLESS_SECURE();
+  EXPECT_DEATH(
+      {
+        std::thread([] { poke(static_cast<char*>(mapalloc_malloc(40)) + 40); }).join();
+        exit(0);
+      },
+      "^mapalloc: heap overflow: canary after the end of block broken, block 0x");
 }
 
 namespace {

@@ -4,6 +4,7 @@
 // that it dies the expected way. A case that survives prints "not caught".
 // Built with -O0 -fno-builtin so that the compiler keeps every misuse.
 #include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -63,6 +64,16 @@ int main(int argc, char** argv) {
     p[-1] = 1;
     std::free(p);
   }
+  else if (is("small-underflow-first-block-after-others")) {
+    // As a program that has made other small blocks first: the 4096-byte
+    // class's first run goes into free slots above the runs those took, where
+    // the slot below it held no run.
+    for (int i = 0; i < 40; i++) alloc(8 + (i % 5) * 24);
+    p = alloc(4000);
+    if (reinterpret_cast<unsigned long>(p) % 32768 != 0) return 3;  // not a run's first block
+    poke(p - 1);
+    std::free(p);
+  }
   else if (is("small-underflow-1") || is("small-underflow-word") || is("small-underflow-freed-neighbour")) {
     // Not a run's first block (its run's guard page lies below that one).
     char* before = alloc(40);
@@ -96,6 +107,15 @@ int main(int argc, char** argv) {
   else if (is("write-after-free-small-at-exit")) { p = alloc(40); std::free(p); std::strcpy(p, "dangling"); }
   else if (is("write-after-free-large-at-exit")) { p = alloc(400000); std::free(p); poke(p); }
   else if (is("large-underflow-1-at-exit")) { p = alloc(200000); poke(p - 1); }
+  else if (is("small-overflow-1-at-exit-after-pthread-exit")) {
+    // The main thread ends first (its heap is abandoned); the process exits
+    // when the other thread returns, and the exit check looks at that heap.
+    p = alloc(24);
+    poke(p + 24);
+    pthread_t t;
+    pthread_create(&t, nullptr, [](void*) -> void* { usleep(20000); return nullptr; }, nullptr);
+    pthread_exit(nullptr);
+  }
   else if (is("write-after-free-small-last-byte")) { p = alloc(46); std::free(p); poke(p + 45); }  // at exit
   else if (is("write-after-free-small-first-byte")) { p = alloc(128); std::free(p); poke(p); std::free(alloc(128)); }
   else if (is("write-after-free-large")) { p = alloc(400000); std::free(p); poke(p); sink = *alloc(400000); }
@@ -109,6 +129,9 @@ int main(int argc, char** argv) {
   else if (is("read-after-free-medium")) { p = alloc(20000); std::free(p); sink = p[10000]; }
   else if (is("read-after-free-large")) { p = alloc(1 << 20); std::memset(p, 1, 1 << 20); std::free(p); sink = p[100]; }
   else if (is("write-after-free-large-middle")) { p = alloc(1 << 20); std::free(p); p[5000] = 1; std::free(alloc(1 << 20)); }
+  // Over-aligned blocks are samples too (alignments up to 32 KiB).
+  else if (is("read-after-free-aligned-8k")) { p = static_cast<char*>(aligned_alloc(8192, 100)); std::free(p); sink = p[0]; }
+  else if (is("read-after-free-aligned-32k")) { p = static_cast<char*>(aligned_alloc(32768, 4096)); std::free(p); sink = p[4000]; }
   else if (is("small-overflow-1-faults")) { p = alloc(64); std::memset(p, 1, 64); sink = p[64]; }
   else if (is("read-after-free-small-forked-child")) {  // the parent used up its samples; a child starts over
     for (int i = 0; i < 200; i++) std::free(alloc(32));

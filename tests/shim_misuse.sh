@@ -33,6 +33,7 @@ if "$prog" probe-guard-markers; then
     "read-after-free-large-purged:SIGSEGV"
     "read-after-free-small-purged:SIGSEGV"
     "small-underflow-first-block:SIGSEGV"
+    "small-underflow-first-block-after-others:SIGSEGV"
   )
 else
   echo "skip read-after-free-*-purged: the kernel has no guard markers"
@@ -54,6 +55,7 @@ if [ "$secure" = true ]; then
     "write-after-free-small-at-exit:^mapalloc: heap corruption: free block overwritten"
     "write-after-free-large-at-exit:^mapalloc: write after free into large block 0x"
     "large-underflow-1-at-exit:^mapalloc: heap underflow before the start of large block 0x"
+    "small-overflow-1-at-exit-after-pthread-exit:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
   )
 fi
 # check <MAPALLOC_OPTIONS> <case:expected>...: "caught" expects either way of
@@ -92,7 +94,7 @@ check sample=0 "${cases[@]}"
 default_cases=()
 for entry in "${cases[@]}"; do
   name=${entry%%:*}
-  [[ $name == small-underflow-first-block || $name == read-after-free-small-purged ]] && continue
+  [[ $name == small-underflow-first-block* || $name == read-after-free-small-purged ]] && continue
   default_cases+=("$name:caught")
 done
 if [ "$secure" = true ]; then
@@ -104,6 +106,8 @@ if [ "$secure" = true ]; then
     "read-after-free-large:SIGSEGV"
     "write-after-free-large-middle:SIGSEGV"
     "read-after-free-small-forked-child:SIGSEGV"
+    "read-after-free-aligned-8k:SIGSEGV"
+    "read-after-free-aligned-32k:SIGSEGV"
   )
 fi
 check "" "${default_cases[@]}"
