@@ -427,7 +427,6 @@ static bool check_list_within(const Page* page, size_t* budget) {
 // budget: the bytes of pages left to check, shared by the heaps.
 static void check_heap_within(Heap* heap, void* budget_arg) {
   size_t* budget = static_cast<size_t*>(budget_arg);
-  if (heap->left_by_fork) return;
   bool more = true;
   for (unsigned c = 0; c < kNumClasses && more; c++)
     if (heap->current[c] != &empty_page) more = check_page_within(heap->current[c], budget);
@@ -446,7 +445,7 @@ __attribute__((destructor(101))) static void check_heap_at_exit() {
   // Then the heaps of threads that have exited: the main thread's, say,
   // when it ended with pthread_exit and the last other thread exits the
   // process. (Not those of threads still running, which may be changing
-  // their blocks meanwhile, nor those a fork left: Heap::left_by_fork.)
+  // their blocks meanwhile.)
   abandoned_heaps_visit(check_heap_within, &budget);
   large::check_at_exit();
   sample::check_at_exit();

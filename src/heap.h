@@ -79,10 +79,6 @@ struct Heap {
   Heap* next_all = nullptr;
   Heap* next_abandoned = nullptr;
   bool owned = false;
-  // Abandoned by a fork (a thread the child did not inherit): its owner may
-  // have been half-way through rewriting a block's canary, so the check at
-  // exit leaves it out.
-  bool left_by_fork = false;
 
   constexpr explicit Heap(Page* empty) : current() {
     for (auto& c : current) c = empty;

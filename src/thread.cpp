@@ -209,7 +209,6 @@ static void after_fork_child() {
   for (Heap* h = all_heaps; h; h = h->next_all) {
     if (h->owned && h != tls_heap) {
       h->owned = false;
-      h->left_by_fork = true;
       h->next_abandoned = abandoned;
       abandoned = h;
     }

@@ -15,7 +15,6 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -1219,29 +1218,6 @@ TEST(AtExit, MisuseInTheHeapOfAnExitedThreadIsReported) {
         exit(0);
       },
       "^mapalloc: heap overflow: canary after the end of block broken, block 0x");
-}
-
-// A forked child's check at exit leaves out the heaps of the threads the
-// fork did not copy: one may have stopped half-way through rewriting a
-// block's canary (here: a broken canary stands for it).
-TEST(AtExit, HeapsAForkLeftAreNotChecked) {
-  SKIP_UNLESS_SECURE();
-  EXPECT_EXIT(
-      {
-        std::atomic<bool> ready{false};
-        std::thread([&ready] {
-          poke(static_cast<char*>(mapalloc_malloc(40)) + 40);
-          ready = true;
-          for (;;) pause();
-        }).detach();
-        while (!ready) usleep(1000);
-        pid_t pid = fork();
-        if (pid == 0) exit(0);  // the check at exit runs here
-        int status = 0;
-        waitpid(pid, &status, 0);
-        std::_Exit(WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status));
-      },
-      ::testing::ExitedWithCode(0), "");
 }
 
 namespace {
