@@ -213,12 +213,14 @@ static bool run_gets_guard(unsigned index, const ClassInfo& info) {
 // below a live run its end guard (but for the classes without one); a
 // free slot below gets a marker in its last page, which a run taking that
 // slot later treats as any other run's end guard (stale unless it ends
-// there). Best effort, as the end guards are.
+// there). Best effort: a refusal (that page locked, say) leaves this guard
+// out only, as a purge's does (os::purge_to_guard), where a refused end
+// guard turns run guards off for the process (os::guard_marker).
 static void guard_below(Chunk* c, unsigned index) {
   if (index == 0 || !options.guard || !os::markers_usable()) return;
   uint64_t below = uint64_t(1) << (index - 1);
   if (!(c->free_slots & below) || ((c->guard_ends | c->purge_marked) & below)) return;
-  if (os::guard_marker(c->base + index * kSlotSize - kRunGuard, kRunGuard)) c->guard_ends |= below;
+  if (os::purge_to_guard(c->base + index * kSlotSize - kRunGuard, kRunGuard)) c->guard_ends |= below;
 }
 
 // Puts the markers of [index, index + slots) in order for a run with or

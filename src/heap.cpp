@@ -424,29 +424,18 @@ static bool check_list_within(const Page* page, size_t* budget) {
   return true;
 }
 
-// budget: the bytes of pages left to check, shared by the heaps.
-static void check_heap_within(Heap* heap, void* budget_arg) {
-  size_t* budget = static_cast<size_t*>(budget_arg);
-  bool more = true;
-  for (unsigned c = 0; c < kNumClasses && more; c++)
-    if (heap->current[c] != &empty_page) more = check_page_within(heap->current[c], budget);
-  for (unsigned c = 0; c < kNumClasses && more; c++) more = check_list_within(heap->avail[c].head, budget);
-  if (more) check_list_within(heap->full.head, budget);
-}
-
 __attribute__((destructor(101))) static void check_heap_at_exit() {
   if (!kCanaries) return;
-  size_t budget = kExitCheckBytes;
   Heap* heap = tls_heap;
   if (heap != &empty_heap) {
     quarantine_flush(heap);
-    check_heap_within(heap, &budget);
+    size_t budget = kExitCheckBytes;
+    bool more = true;
+    for (unsigned c = 0; c < kNumClasses && more; c++)
+      if (heap->current[c] != &empty_page) more = check_page_within(heap->current[c], &budget);
+    for (unsigned c = 0; c < kNumClasses && more; c++) more = check_list_within(heap->avail[c].head, &budget);
+    if (more) check_list_within(heap->full.head, &budget);
   }
-  // Then the heaps of threads that have exited: the main thread's, say,
-  // when it ended with pthread_exit and the last other thread exits the
-  // process. (Not those of threads still running, which may be changing
-  // their blocks meanwhile.)
-  abandoned_heaps_visit(check_heap_within, &budget);
   large::check_at_exit();
   sample::check_at_exit();
 }

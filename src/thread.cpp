@@ -110,11 +110,6 @@ static void abandon(Heap* heap) {
 
 void thread_heap_give_back(Heap* heap) { abandon(heap); }
 
-void abandoned_heaps_visit(void (*visit)(Heap*, void*), void* ctx) {
-  LockGuard guard(heaps_lock);
-  for (Heap* heap = abandoned; heap; heap = heap->next_abandoned) visit(heap, ctx);
-}
-
 static void thread_exit(void* arg) {
   Heap* heap = static_cast<Heap*>(arg);
   if (!heap || heap == &empty_heap) return;

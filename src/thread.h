@@ -26,9 +26,6 @@ void thread_maybe_reclaim_abandoned();
 void thread_reclaim_all_abandoned();
 
 void heaps_visit(void (*visit)(const Heap*, void*), void* ctx);
-// Visits the abandoned heaps, which no thread adopts meanwhile (the check
-// at exit).
-void abandoned_heaps_visit(void (*visit)(Heap*, void*), void* ctx);
 unsigned long long threads_seen();
 unsigned long long heaps_created();
 

@@ -1207,19 +1207,6 @@ TEST(AtExit, MisuseNoLaterCallReachesIsReported) {
       "^mapalloc: write after free into large block 0x");
 }
 
-// The heaps that exited threads left are checked too (the main thread's,
-// say, when it ended with pthread_exit and another thread's return ended
-// the process: shim_misuse.cpp). Here a worker's.
-TEST(AtExit, MisuseInTheHeapOfAnExitedThreadIsReported) {
-  SKIP_UNLESS_SECURE();
-  EXPECT_DEATH(
-      {
-        std::thread([] { poke(static_cast<char*>(mapalloc_malloc(40)) + 40); }).join();
-        exit(0);
-      },
-      "^mapalloc: heap overflow: canary after the end of block broken, block 0x");
-}
-
 namespace {
 
 // Two detached threads free, allocate and reallocate (in place, mostly) the

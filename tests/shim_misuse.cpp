@@ -4,7 +4,6 @@
 // that it dies the expected way. A case that survives prints "not caught".
 // Built with -O0 -fno-builtin so that the compiler keeps every misuse.
 #include <malloc.h>
-#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -107,15 +106,6 @@ int main(int argc, char** argv) {
   else if (is("write-after-free-small-at-exit")) { p = alloc(40); std::free(p); std::strcpy(p, "dangling"); }
   else if (is("write-after-free-large-at-exit")) { p = alloc(400000); std::free(p); poke(p); }
   else if (is("large-underflow-1-at-exit")) { p = alloc(200000); poke(p - 1); }
-  else if (is("small-overflow-1-at-exit-after-pthread-exit")) {
-    // The main thread ends first (its heap is abandoned); the process exits
-    // when the other thread returns, and the exit check looks at that heap.
-    p = alloc(24);
-    poke(p + 24);
-    pthread_t t;
-    pthread_create(&t, nullptr, [](void*) -> void* { usleep(20000); return nullptr; }, nullptr);
-    pthread_exit(nullptr);
-  }
   else if (is("write-after-free-small-last-byte")) { p = alloc(46); std::free(p); poke(p + 45); }  // at exit
   else if (is("write-after-free-small-first-byte")) { p = alloc(128); std::free(p); poke(p); std::free(alloc(128)); }
   else if (is("write-after-free-large")) { p = alloc(400000); std::free(p); poke(p); sink = *alloc(400000); }

@@ -55,7 +55,6 @@ if [ "$secure" = true ]; then
     "write-after-free-small-at-exit:^mapalloc: heap corruption: free block overwritten"
     "write-after-free-large-at-exit:^mapalloc: write after free into large block 0x"
     "large-underflow-1-at-exit:^mapalloc: heap underflow before the start of large block 0x"
-    "small-overflow-1-at-exit-after-pthread-exit:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
   )
 fi
 # check <MAPALLOC_OPTIONS> <case:expected>...: "caught" expects either way of
