@@ -369,8 +369,8 @@ def protection_table(args, runs, s):
         if 'time' not in ea or 'time' not in eb:
             rows.append([w, '–', '–', '–', '–'])
             continue
-        paired = [ra.wall / rb.wall for ra, rb in zip(runs[w, a], runs[w, b])
-                  if ra.status == 'ok' and rb.status == 'ok' and rb.wall > 0]
+        # (Both have times only when every round of theirs succeeded: summarize.)
+        paired = [ra.wall / rb.wall for ra, rb in zip(runs[w, a], runs[w, b])]
         vals = {'median': ea['time'][0] / eb['time'][0], 'paired': statistics.median(paired),
                 'fastest': ea['time'][1] / eb['time'][1], 'rss': ea['rss'][0] / eb['rss'][0]}
         for k, v in vals.items():

@@ -217,7 +217,7 @@ static bool run_gets_guard(unsigned index, const ClassInfo& info) {
 // out only, as a purge's does (os::purge_to_guard), where a refused end
 // guard turns run guards off for the process (os::guard_marker).
 static void guard_below(Chunk* c, unsigned index) {
-  if (index == 0 || !options.guard || !os::markers_usable()) return;
+  if (index == 0 || !options.guard) return;  // (purge_to_guard declines where markers are not usable)
   uint64_t below = uint64_t(1) << (index - 1);
   if (!(c->free_slots & below) || ((c->guard_ends | c->purge_marked) & below)) return;
   if (os::purge_to_guard(c->base + index * kSlotSize - kRunGuard, kRunGuard)) c->guard_ends |= below;

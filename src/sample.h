@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "base/bits.h"
 #include "size_classes.h"
 
 namespace mapalloc::sample {
@@ -68,7 +69,7 @@ inline size_t class_alignment(unsigned c) {
 // aligned as the class's are and ending as near the last guard page as that
 // allows, starts above the first (up to 32 KiB alignments).
 inline bool fits(size_t size, unsigned c) {
-  return size <= kMaxSize && ((kSlotDataEnd - size) & ~(class_alignment(c) - 1)) >= kSlotDataBegin;
+  return size <= kMaxSize && align_down(kSlotDataEnd - size, class_alignment(c)) >= kSlotDataBegin;
 }
 // Whether the caller may sample now, a small request or a freed large block
 // of `bytes`: from the start allowance, else at most once per interval.

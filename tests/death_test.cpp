@@ -25,6 +25,7 @@
 #ifndef MAPALLOC_TEST_SECURE
 #define MAPALLOC_TEST_SECURE 1
 #endif
+#include "test_util.h"
 
 namespace {
 
@@ -36,14 +37,7 @@ constexpr const char* kFreeMisuse = "mapalloc.*free";
 
 int global_int = 1;
 
-// A write the compiler cannot drop or move, and that always changes the
-// byte: a canary derived from a random secret may hold any value, and a write
-// of the value already there cannot be seen. (The read faults as the write
-// would on a guard page.)
-void poke(char* p) {
-  volatile char* v = p;
-  *v = char(~*v);
-}
+using mapalloc_test::poke;
 
 // A request of n bytes, filled, then one byte written past it: caught when
 // the block is freed.

@@ -1607,16 +1607,6 @@ TEST(MemoryRealloc, FourThreadsGrowAtOnce) {
 
 namespace {
 
-// A write the compiler cannot drop or move.
-// Changes the byte at p whatever it held (a fixed value would leave a byte
-// that already held it unchanged: a canary or a freed block's mark derived
-// from a random secret holds any value, so 1 run in 256 saw no write).
-// (The read faults as the write would on a guard page.)
-void poke(unsigned char* p) {
-  volatile unsigned char* v = p;
-  *v = static_cast<unsigned char>(~*v);
-}
-
 // A block grown by realloc from a small one to `size`.
 unsigned char* grown_block(size_t size) {
   void* p = mapalloc_malloc(100);

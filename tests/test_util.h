@@ -10,6 +10,16 @@
 
 namespace mapalloc_test {
 
+// A write the compiler cannot drop or move, and that changes the byte at p
+// whatever it held: a canary, or a freed block's mark, is derived from a
+// random secret and may hold any value, so a fixed value would leave it
+// unchanged 1 time in 256. (The read faults as the write would on a guard
+// page.)
+inline void poke(void* p) {
+  volatile unsigned char* v = static_cast<unsigned char*>(p);
+  *v = static_cast<unsigned char>(~*v);
+}
+
 // What mapalloc_mmap_threshold() reads after setting t: secure builds serve
 // at most 1 MiB less the 2 bytes of the canary's record from the classes.
 inline size_t threshold_in_effect(size_t t) {
