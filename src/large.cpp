@@ -106,6 +106,48 @@ static void check_front_canary(const LargeBlock* b) {
     fatal("heap underflow before the start of large block", b->user);
 }
 
+// The bytes after a block's requested end: up to kTailCanary of them (fewer
+// where its read-write part ends sooner) hold kCanary, set when the block is
+// handed out or resized and checked on free, realloc and
+// malloc_usable_size. A block ends at its trailing guard only up to its
+// rounding to 16 (malloc's alignment), its alignment, or a shrink in place:
+// without them, p[n] of a 200001-byte block went unseen. So the block's
+// usable size is its requested size, as a small block's is.
+constexpr size_t kTailCanary = 256;
+
+// From a block's end to the end of its read-write part, at most kTailCanary.
+static size_t tail_canary_bytes(const char* from, const char* rw_end) {
+  size_t room = size_t(rw_end - from);
+  return room < kTailCanary ? room : kTailCanary;
+}
+
+// Set before the block is published, or resized in place (set_size): the
+// check at exit, which holds the lock, never sees a size whose canary is
+// not there yet.
+static void set_tail_canary(char* block_end, const char* rw_end) {
+  __builtin_memset(block_end, kCanary, tail_canary_bytes(block_end, rw_end));
+}
+
+// Byte by byte (the block's end has any alignment); no early exit, so the
+// compiler vectorises it.
+static bool tail_canary_intact(const LargeBlock* b) {
+  const unsigned char* from = reinterpret_cast<const unsigned char*>(b->user + b->size);
+  size_t n = tail_canary_bytes(b->user + b->size, b->end);
+  unsigned char diff = 0;
+  for (size_t i = 0; i < n; i++) diff |= from[i] ^ kCanary;
+  return diff == 0;
+}
+
+static void check_tail_canary(const LargeBlock* b) {
+  if (MAPALLOC_UNLIKELY(!tail_canary_intact(b))) fatal("heap overflow past the end of large block", b->user);
+}
+
+// Both canaries: for free, realloc and malloc_usable_size.
+static void check_canaries(const LargeBlock* b) {
+  check_front_canary(b);
+  check_tail_canary(b);
+}
+
 // Whether a guarded cached block serves a request of `inner` bytes with its
 // guard left in place: open at least that wide and at most twice as wide,
 // and resident (a purged one faults every page in again anyway: its guard
@@ -642,6 +684,7 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   // The block's first page is resident from here on (the canary is in it
   // or below it), as far as purging and gap_fits are concerned.
   if (page_down(canary) < b->dirty_from) b->dirty_from = page_down(canary);
+  set_tail_canary(user + size, b->end);
   if (!publish(b, user, size, now)) {
     errno = ENOMEM;
     return nullptr;
@@ -649,30 +692,10 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   return user;
 }
 
-// Growable blocks start at begin (user == begin); their canary is up to 16
-// bytes right after the usable end, as many as fit before the end of the
-// read-write part (which a guard follows).
+// Growable blocks start at begin (user == begin), their guard right below;
+// their read-write part ends at the page after their size rounded to 16
+// (the headroom above is PROT_NONE), their tail canary before it.
 static size_t growable_usable(size_t size) { return align_up(size, 16); }
-
-constexpr size_t kGrowableCanary = 16;
-
-static char* canary_span(const LargeBlock* b, size_t* n) {
-  char* from = b->user + growable_usable(b->size);
-  *n = size_t(b->end - from) < kGrowableCanary ? size_t(b->end - from) : kGrowableCanary;
-  return from;
-}
-
-static void set_canary(const LargeBlock* b) {
-  size_t n;
-  char* from = canary_span(b, &n);
-  __builtin_memset(from, kCanary, n);
-}
-
-static void check_canary(const LargeBlock* b) {
-  size_t n;  // 0 or 16: the block's end is 16-aligned, the read-write part's a page
-  const char* from = canary_span(b, &n);
-  if (MAPALLOC_UNLIKELY(!holds_canary(from, from + n))) fatal("heap overflow past the end of large block", b->user);
-}
 
 // Address space for a block of `size` growing: twice its pages. Only the
 // pages in use are read-write; the rest is PROT_NONE, costing nothing.
@@ -736,19 +759,18 @@ void* alloc_growable(size_t size) {
     }
   }
   b->growable = true;
+  set_tail_canary(b->begin + size, b->end);
   if (!publish(b, b->begin, size, now)) {
     errno = ENOMEM;
     return nullptr;
   }
-  set_canary(b);
   return b->user;
 }
 
 void free(LargeBlock* b, void* p) {
   if (MAPALLOC_UNLIKELY(!b->live)) fatal("double free of large block", p);
   if (MAPALLOC_UNLIKELY(p != b->user)) fatal("invalid free (interior pointer into large block)", p);
-  check_front_canary(b);
-  if (b->growable) check_canary(b);
+  check_canaries(b);
   uint64_t now = os::now_ms();
   LockGuard guard(lock);
   live_count--;
@@ -775,8 +797,8 @@ void free(LargeBlock* b, void* p) {
 }
 
 size_t usable_size(const LargeBlock* b) {
-  check_front_canary(b);
-  return b->growable ? growable_usable(b->size) : size_t(b->end - b->user);
+  check_canaries(b);
+  return b->size;
 }
 
 static void set_size(LargeBlock* b, size_t new_size) {
@@ -855,34 +877,35 @@ static bool resize_growable(LargeBlock* b, size_t new_size) {
     // pages then stay read-write, and the part with them.
     if (os::protect_none(new_end, size_t(b->end - new_end))) b->end = new_end;
   }
+  set_tail_canary(b->user + new_size, b->end);
   set_size(b, new_size);
-  set_canary(b);
   return true;
 }
 
 void* reallocate(LargeBlock* b, size_t new_size, bool* out_of_memory) {
   *out_of_memory = false;
+  check_canaries(b);
   if (b->growable) {
-    check_canary(b);
     if (resize_growable(b, new_size)) return b->user;
     *out_of_memory = true;
     return nullptr;
   }
-  check_front_canary(b);
-  // Shrinking a little or growing into the alignment slack keeps the block.
-  size_t have = usable_size(b);
-  if (new_size <= have && new_size >= have / 2) {
+  // Shrinking a little or growing into the rounding or alignment slack keeps
+  // the block.
+  size_t room = size_t(b->end - b->user);
+  if (new_size <= room && new_size >= room / 2) {
+    set_tail_canary(b->user + new_size, b->end);
     set_size(b, new_size);
     return b->user;
   }
-  if (new_size > have) {
+  if (new_size > room) {
     // Growing: copy once into the growable layout; later growth is cheap.
     void* q = alloc_growable(new_size);
     if (!q) {
       *out_of_memory = true;
       return nullptr;
     }
-    __builtin_memcpy(q, b->user, have);  // every usable byte, as glibc keeps them
+    __builtin_memcpy(q, b->user, b->size);
     free(b, b->user);
     return q;
   }
@@ -895,10 +918,12 @@ void check_at_exit() {
   struct Unlock {
     ~Unlock() { lock.unlock(); }
   } unlock_at_return;
-  // Front canaries only: a growable block's canary moves with its end, which
-  // a realloc by another thread may be changing without the lock.
-  for (LargeBlock* b = live_head; b; b = b->next)
-    if (!b->growable) check_front_canary(b);
+  // Not a growable block's tail: its end moves, and a realloc by another
+  // thread may be moving it without the lock.
+  for (LargeBlock* b = live_head; b; b = b->next) {
+    check_front_canary(b);
+    if (!b->growable) check_tail_canary(b);
+  }
   for (LargeBlock* b = cache_head; b; b = b->next) check_freed(b);
   for (LargeBlock* b = growable_head; b; b = b->next) check_freed(b);
 }

@@ -13,8 +13,13 @@
 // page and its read-write part ends at or a little past its end. Growth opens
 // a quarter more headroom at a time with one mprotect, and past the headroom
 // the pages move to a bigger reservation with mremap: no copy and no page
-// fault, as glibc's realloc. Up to 16 bytes after the block's end hold a
-// canary checked on realloc and free.
+// fault, as glibc's realloc.
+//
+// Up to 256 bytes after every block's requested end (fewer where its
+// read-write part ends sooner) hold a canary checked on free, realloc and
+// malloc_usable_size: a block ends at its guard only up to its rounding to
+// 16, its alignment, or a shrink in place, so its usable size is its
+// requested size.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -67,16 +67,17 @@ void expect_one_past_caught(size_t n) {
 // ---------------------------------------------------------------- guard pages
 
 // A large block is placed to end at its trailing guard page, its size
-// rounded up to 16: the byte at that rounded size is the guard's first.
+// rounded up to 16: the byte at that rounded size is the guard's first (the
+// bytes before it, past the requested size, are canary: below).
 TEST(GuardPage, WriteOneBytePastLargeBlockEndFaults) {
   size_t t = mapalloc_mmap_threshold();
   for (size_t size : {t + 1, t + 16, t + 4096, 256 * KiB + 48, 256 * KiB + 40, 1 * MiB + 16, 3 * MiB}) {
     auto* p = static_cast<char*>(mapalloc_malloc(size));
     ASSERT_NE(p, nullptr) << "size " << size;
     size_t end = (size + 15) / 16 * 16;
-    EXPECT_EQ(mapalloc_usable_size(p), end) << "size " << size << " ptr " << static_cast<void*>(p);
+    EXPECT_EQ(mapalloc_usable_size(p), size) << "size " << size << " ptr " << static_cast<void*>(p);
     poke(p);
-    poke(p + end - 1);  // the last usable byte is fine
+    poke(p + size - 1);  // the last usable byte is fine
     EXPECT_EXIT(poke(p + end), ::testing::KilledBySignal(SIGSEGV), "")
         << "size " << size << " ptr " << static_cast<void*>(p) << " end " << end;
     mapalloc_free(p);
@@ -92,8 +93,8 @@ TEST(GuardPage, WriteOneBytePastReusedLargeBlockEndFaults) {
     auto* p = static_cast<char*>(mapalloc_malloc(size));
     ASSERT_NE(p, nullptr) << "size " << size;
     size_t end = (size + 15) / 16 * 16;
-    EXPECT_EQ(mapalloc_usable_size(p), end) << "size " << size << " ptr " << static_cast<void*>(p);
-    poke(p + end - 1);
+    EXPECT_EQ(mapalloc_usable_size(p), size) << "size " << size << " ptr " << static_cast<void*>(p);
+    poke(p + size - 1);
     EXPECT_EXIT(poke(p + end), ::testing::KilledBySignal(SIGSEGV), "")
         << "size " << size << " ptr " << static_cast<void*>(p) << " end " << end;
     mapalloc_free(p);
@@ -211,7 +212,7 @@ TEST(GuardPage, UnderflowIntoTheGapBelowAReusedLargeBlockIsCaught) {
     ASSERT_NE(p, nullptr);
     EXPECT_TRUE(p >= q && p < q + c.big) << "small " << c.small;
     memset(p, 0x5a, c.small);
-    EXPECT_EQ(mapalloc_usable_size(p), (c.small + 15) / 16 * 16);
+    EXPECT_EQ(mapalloc_usable_size(p), c.small);
     mapalloc_free(p);
   }
 }
@@ -245,10 +246,61 @@ TEST(GuardPage, UnderflowIntoTheFirstPageOfALargeBlockIsCaught) {
     // Without an underflow, the same sequence goes through.
     auto* p = static_cast<char*>(mapalloc_malloc(size));
     memset(p, 0x5a, size);
-    EXPECT_EQ(mapalloc_usable_size(p), (size + 15) / 16 * 16);
+    EXPECT_EQ(mapalloc_usable_size(p), size);
     p = static_cast<char*>(mapalloc_realloc(p, size + 100000));
     ASSERT_NE(p, nullptr);
     EXPECT_EQ(p[size - 1], 0x5a);
+    mapalloc_free(p);
+  }
+}
+
+// A large block ends at its guard only up to its rounding to 16, its
+// alignment, or a shrink in place: the bytes from its requested size on (up
+// to 256 of them) are canary, caught on free, realloc and
+// malloc_usable_size. Poked: the byte right after the block, and the last
+// canary byte. Kinds: plain (odd sizes), over-aligned, shrunk in place,
+// grown (the growable layout).
+TEST(GuardPage, OverflowIntoALargeBlocksSlackIsCaught) {
+  const size_t t = mapalloc_mmap_threshold();
+  struct Case { int kind; size_t size, align; };
+  for (Case c : {Case{0, t + 1, 0}, Case{0, 200001, 0}, Case{0, 1 * MiB + 7, 0}, Case{1, 300000, 4096},
+                 Case{1, 300000, 64 * KiB}, Case{2, 400000, 0}, Case{3, 700001, 0}}) {
+    auto make = [&c]() -> char* {
+      void* v = nullptr;
+      if (c.kind == 0) v = mapalloc_malloc(c.size);
+      if (c.kind == 1 && mapalloc_posix_memalign(&v, c.align, c.size) != 0) v = nullptr;
+      if (c.kind == 2) {  // shrunk in place from 3/2 of its size
+        void* w = mapalloc_malloc(c.size + c.size / 2);
+        v = mapalloc_realloc(w, c.size);
+        if (v != w) _exit(3);
+      }
+      if (c.kind == 3) v = mapalloc_realloc(mapalloc_malloc(c.size / 2), c.size);  // grown
+      if (!v) _exit(2);
+      memset(v, 0x5a, c.size);
+      return static_cast<char*>(v);
+    };
+    for (int use : {0, 1, 2}) {
+      for (bool last : {false, true}) {
+        EXPECT_DEATH(
+            {
+              char* p = make();
+              // A plain block's canary ends at its rounding to 16, where its guard begins.
+              size_t past = !last ? 0 : c.kind == 0 ? (c.size + 15) / 16 * 16 - c.size - 1 : 255;
+              poke(p + c.size + past);
+              if (use == 0) mapalloc_free(p);
+              if (use == 1) mapalloc_realloc(p, c.size + 100000);
+              if (use == 2) (void)mapalloc_usable_size(p);
+            },
+            "mapalloc: heap overflow past the end of large block 0x")
+            << "kind " << c.kind << " size " << c.size << " use " << use << " last " << last;
+      }
+    }
+    // Without the overflow the same goes through, the usable size the request.
+    char* p = make();
+    EXPECT_EQ(mapalloc_usable_size(p), c.size) << "kind " << c.kind << " size " << c.size;
+    p = static_cast<char*>(mapalloc_realloc(p, c.size + 100000));
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(p[c.size - 1], 0x5a);
     mapalloc_free(p);
   }
 }

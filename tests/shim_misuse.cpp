@@ -37,6 +37,14 @@ int main(int argc, char** argv) {
   else if (is("small-overflow-20")) { p = alloc(100); std::memset(p, 1, 120); std::free(p); }
   else if (is("small-overflow-realloc")) { p = alloc(40); poke(p + 40); p = static_cast<char*>(std::realloc(p, 44)); }
   else if (is("large-overflow-1")) { p = alloc(200000); p[200000] = 1; std::free(p); }
+  else if (is("large-overflow-odd")) { p = alloc(200001); p[200001] = 1; std::free(p); }
+  else if (is("large-overflow-aligned")) {
+    void* v = nullptr;
+    if (posix_memalign(&v, 4096, 300000) != 0) return 2;
+    p = static_cast<char*>(v);
+    p[300000] = 1;
+    std::free(p);
+  }
   else if (is("large-overflow-linear")) { p = alloc(300000); std::memset(p, 1, 300000 + 8192); std::free(p); }
   else if (is("large-underflow-1")) { p = alloc(200000); p[-1] = 1; std::free(p); }
   else if (is("large-underflow-page")) { p = alloc(256 * 1024); p[-1] = 1; std::free(p); }

@@ -9,6 +9,8 @@ fail=0
 cases=(
   "large-overflow-1:SIGSEGV"
   "large-overflow-linear:SIGSEGV"
+  "large-overflow-odd:^mapalloc: heap overflow past the end of large block 0x"
+  "large-overflow-aligned:^mapalloc: heap overflow past the end of large block 0x"
   "large-underflow-1:^mapalloc: heap underflow before the start of large block 0x"
   "large-underflow-page:SIGSEGV"
   "large-underflow-gap:^mapalloc: heap underflow before the start of large block 0x"
