@@ -566,6 +566,7 @@ static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bo
   b->dirty_from = b->end;  // fresh pages read as zero
   b->open_from = b->begin;
   b->spans_mappings = false;
+  b->resizing = false;
   b->guarded = guarded;
   b->freed_marked = false;
   b->lazily_purged = false;
@@ -812,6 +813,17 @@ static void set_size(LargeBlock* b, size_t new_size) {
 static bool resize_growable(LargeBlock* b, size_t new_size) {
   size_t rw, map_size;
   if (!growable_reservation(new_size, &rw, &map_size)) return false;
+  {
+    LockGuard guard(lock);
+    b->resizing = true;
+  }
+  struct Resized {
+    LargeBlock* b;
+    ~Resized() {
+      LockGuard guard(lock);
+      b->resizing = false;
+    }
+  } resized{b};
   size_t have = size_t(b->end - b->begin);
   if (b->begin + rw > b->map_end() - kGuard) {
     char* base = static_cast<char*>(os::reserve(map_size));
@@ -918,11 +930,12 @@ void check_at_exit() {
   struct Unlock {
     ~Unlock() { lock.unlock(); }
   } unlock_at_return;
-  // Not a growable block's tail: its end moves, and a realloc by another
-  // thread may be moving it without the lock.
+  // Not a growable block that a realloc by another thread is moving (its
+  // pages, its end) without the lock.
   for (LargeBlock* b = live_head; b; b = b->next) {
+    if (b->resizing) continue;
     check_front_canary(b);
-    if (!b->growable) check_tail_canary(b);
+    check_tail_canary(b);
   }
   for (LargeBlock* b = cache_head; b; b = b->next) check_freed(b);
   for (LargeBlock* b = growable_head; b; b = b->next) check_freed(b);

@@ -57,6 +57,9 @@ struct LargeBlock {
   // merge with the part opened next to them at the destination, before the
   // move or after it.
   bool spans_mappings;
+  // Growable blocks, under the lock: a realloc is moving its pages or its
+  // end (without the lock), so the check at exit leaves it out.
+  bool resizing;
 
   char* map_end() const { return map_base + map_size; }
 };
