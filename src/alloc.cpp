@@ -43,7 +43,7 @@ void* alloc_aligned(size_t alignment, size_t size) noexcept {
     size_t asked = size ? size : 1;  // a block as for one byte (it has a canary)
     unsigned c = size_class(want);
     while (c < kNumClasses && (kClasses[c].block_size % alignment != 0 || !class_takes(c, asked))) c++;
-    if (c < kNumClasses && kClasses[c].block_size <= threshold) return heap_malloc_class(tls_heap, c, asked);
+    if (c < kNumClasses && kClasses[c].block_size <= threshold) return heap_malloc_class(tls_heap, c, asked, alignment);
   }
   ensure_init();
   return large::alloc(size ? size : 1, alignment, false);  // as for one byte, as above

@@ -195,7 +195,7 @@ static Page* find_page(Heap* heap, unsigned c) {
   return page;
 }
 
-void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
+void* heap_malloc_slow(Heap* heap, unsigned c, size_t size, size_t alignment) noexcept {
   if (c == kZeroClass) {
     if (void* p = zero::alloc()) return p;
     c = request_class(1);  // the zero-size region is used up: a real block will do
@@ -211,16 +211,26 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size) noexcept {
     if (heap != tls_heap) lent = heap;  // the thread has exited (thread.cpp)
   }
   void* p = nullptr;
-  if (sample::kEnabled && sample::fits(size, c) && (sample::starting() || heap->slow_until_sample_check-- == 0)) {
+  if (sample::kEnabled && (sample::starting() || heap->slow_until_sample_check-- == 0)) {
     heap->slow_until_sample_check = 15;
-    if (sample::take_small()) {
+    if (!sample::fits(size, alignment)) {
+      // Too big for a sample's slot (over 56 KiB), or too aligned: a
+      // mapping of its own between guard pages, as a large block's, whose
+      // pages become guard pages when it is freed. Reads and writes after
+      // free of a program's first 100000-byte blocks went unseen.
+      if (sample::take_small()) {
+        int saved = errno;  // the arena may still serve it
+        p = large::alloc(size, alignment, false, true);
+        if (!p) errno = saved;
+      }
+    } else if (sample::take_small()) {
       // A guarded sample (sample.h). The block the request would have had is
       // taken all the same and held while the sample lives, so that the
       // heap's layout stays as it would be without samples (bench
       // falseshare ran 0.85 s against 0.49 s when it changed: two blocks
       // handed to two threads came to share a cache line).
       void* shadow = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
-      p = sample::alloc(size, c, shadow);
+      p = sample::alloc(size, alignment, shadow);
       if (!p) {
         p = shadow;  // no sample: the page stays current
       } else if (shadow && sample::starting()) {

@@ -99,7 +99,8 @@ struct alignas(64) OrphanShard {
 };
 extern OrphanShard orphan_frees[kOrphanShards];
 
-void* heap_malloc_slow(Heap* heap, unsigned size_class, size_t size) noexcept;
+// alignment: 16, or an aligned request's (for a guarded sample, sample.h).
+void* heap_malloc_slow(Heap* heap, unsigned size_class, size_t size, size_t alignment) noexcept;
 void heap_page_wait_over(Heap* heap, Page* page) noexcept;
 void heap_free_remote(Heap* heap, Page* page, Block* block) noexcept;
 // These abort. They are not marked noreturn so that the fast paths can reach
@@ -112,10 +113,10 @@ void* report_corrupted(const Page* page, const void* block) noexcept;
 // canary goes right after size). kSmallRequest: c is request_class(size)
 // for a size of at most kLookupMax (canary_record_slack).
 template <bool kSmallRequest = false>
-MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size) noexcept {
+MAPALLOC_INLINE void* heap_malloc_class(Heap* heap, unsigned c, size_t size, size_t alignment = 16) noexcept {
   Page* page = heap->current[c];
   Block* b = page->free;
-  if (MAPALLOC_UNLIKELY(!b)) return heap_malloc_slow(heap, c, size);
+  if (MAPALLOC_UNLIKELY(!b)) return heap_malloc_slow(heap, c, size, alignment);
 #if MAPALLOC_SECURE
   // The block lies in this run: a program that read the keys out of freed
   // blocks (a read after free of a list's last block shows both) could

@@ -612,7 +612,7 @@ static bool map_fresh(LargeBlock* b, size_t head, size_t rw, size_t map_size, bo
   return map_block(b, head, rw, map_size, guarded, growable);
 }
 
-void* alloc(size_t size, size_t alignment, bool zero) {
+void* alloc(size_t size, size_t alignment, bool zero, bool sampled) {
   size_t usable = align_up(size, 16);
   size_t extra = alignment > kGuard ? alignment : 0;
   size_t inner;
@@ -686,6 +686,7 @@ void* alloc(size_t size, size_t alignment, bool zero) {
   // or below it), as far as purging and gap_fits are concerned.
   if (page_down(canary) < b->dirty_from) b->dirty_from = page_down(canary);
   set_tail_canary(user + size, b->end);
+  b->sampled = sampled;
   if (!publish(b, user, size, now)) {
     errno = ENOMEM;
     return nullptr;
@@ -760,6 +761,7 @@ void* alloc_growable(size_t size) {
     }
   }
   b->growable = true;
+  b->sampled = false;
   set_tail_canary(b->begin + size, b->end);
   if (!publish(b, b->begin, size, now)) {
     errno = ENOMEM;
@@ -792,7 +794,7 @@ void free(LargeBlock* b, void* p) {
     mark_freed(b);
     b->cached_at_ms = now;
     cache_keep(b);  // (b, the most recent, stays cached: it is at most a quarter of the bound)
-    if (b->guarded && sample::take_large(size_t(b->end - b->user))) guard_freed(b);
+    if (b->guarded && (b->sampled || sample::take_large(size_t(b->end - b->user)))) guard_freed(b);
   }
   maybe_purge_locked(now);
 }

@@ -60,13 +60,16 @@ struct LargeBlock {
   // Growable blocks, under the lock: a realloc is moving its pages or its
   // end (without the lock), so the check at exit leaves it out.
   bool resizing;
+  // A small request's guarded sample (heap.cpp): its pages become guard
+  // pages when it is freed, outside the large samples' budget.
+  bool sampled;
 
   char* map_end() const { return map_base + map_size; }
 };
 
 namespace large {
 
-void* alloc(size_t size, size_t alignment, bool zero);
+void* alloc(size_t size, size_t alignment, bool zero, bool sampled = false);
 // A block in the growable layout, for realloc growing a block past the
 // threshold.
 void* alloc_growable(size_t size);

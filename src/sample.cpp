@@ -128,9 +128,8 @@ static bool guard_chunk(unsigned first, bool* open) {
   return false;
 }
 
-void* alloc(size_t size, unsigned c, void* shadow) {
-  size_t alignment = class_alignment(c);
-  if (size == 0 || !fits(size, c)) return nullptr;
+void* alloc(size_t size, size_t alignment, void* shadow) {
+  if (size == 0 || !fits(size, alignment)) return nullptr;
   LockGuard guard(lock);
   if (!setup()) return nullptr;
   unsigned i;

@@ -8,8 +8,10 @@
 // at each malloc and free (a few microseconds), so only a budget's worth of
 // blocks are sampled: every small request (up to 56 KiB) of the first
 // kStartAllowance, then one at most every kIntervalMs at a malloc slow path.
-// Freed large blocks are sampled from a budget of their own (below;
-// large.cpp).
+// A sampled request too big for a slot (over 56 KiB), or too aligned, gets a
+// mapping of its own instead, as a large block's (heap.cpp): guard pages
+// around it, which its pages become when it is freed. Freed large blocks
+// are sampled from a budget of their own (below; large.cpp).
 //
 // While the start allowance lasts, a heap keeps no current page (heap.cpp:
 // the page a sample's request would have used is put back), so that every
@@ -58,31 +60,27 @@ void start_allowances(size_t small);
 
 // Whether the start allowance lasts: one relaxed load, for malloc's slow path.
 inline bool starting() { return kEnabled && allowance.load(std::memory_order_relaxed) > 0; }
-// The alignment a sample of class c gets: its block size's largest
-// power-of-two factor (at least 16), as the class's blocks have.
-inline size_t class_alignment(unsigned c) {
-  size_t b = kClasses[c].block_size;
-  size_t a = b & (~b + 1);
-  return a < 16 ? 16 : a;
-}
-// Whether a request of size bytes in class c can be a sample: its block,
-// aligned as the class's are and ending as near the last guard page as that
-// allows, starts above the first (up to 32 KiB alignments).
-inline bool fits(size_t size, unsigned c) {
-  return size <= kMaxSize && align_down(kSlotDataEnd - size, class_alignment(c)) >= kSlotDataBegin;
+// Whether a request of size bytes with this alignment (16, or an aligned
+// request's) can be a sample: its block, ending as near the last guard page
+// as its alignment allows, starts above the first (up to 32 KiB alignments).
+// A sample is aligned as its request asks, not as its class's blocks are:
+// with the class's alignment (its block size's largest power-of-two
+// factor), a 40000-byte block ended 5440 bytes short of the guard page, and
+// a read past its end went unseen.
+inline bool fits(size_t size, size_t alignment) {
+  return size <= kMaxSize && align_down(kSlotDataEnd - size, alignment) >= kSlotDataBegin;
 }
 // Whether the caller may sample now, a small request or a freed large block
 // of `bytes`: from the start allowance, else at most once per interval.
 bool take_small();
 bool take_large(size_t bytes);
 
-// A sampled block of `size` bytes (1 .. kMaxSize) for class c, aligned as
-// the class's blocks are (its size's largest power-of-two factor, up to a
-// page); nullptr if every slot is live or the kernel refused. `shadow`, the
+// A sampled block of `size` bytes (1 .. kMaxSize) with that alignment
+// (fits); nullptr if every slot is live or the kernel refused. `shadow`, the
 // block the request would have had otherwise (or nullptr), is held while
 // the sample lives: the heap's layout, and its statistics, stay as they
 // would be without samples.
-void* alloc(size_t size, unsigned c, void* shadow);
+void* alloc(size_t size, size_t alignment, void* shadow);
 // These abort with a one-line report on misuse: double or invalid free, a
 // broken fill below or after the block. `what` names the caller's misuse
 // for a pointer that is not a live block's start. free returns the

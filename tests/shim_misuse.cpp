@@ -130,6 +130,14 @@ int main(int argc, char** argv) {
   // Over-aligned blocks are samples too (alignments up to 32 KiB).
   else if (is("read-after-free-aligned-8k")) { p = static_cast<char*>(aligned_alloc(8192, 100)); std::free(p); sink = p[0]; }
   else if (is("read-after-free-aligned-32k")) { p = static_cast<char*>(aligned_alloc(32768, 4096)); std::free(p); sink = p[4000]; }
+  // Too big or too aligned for a sample's slot: a sample of its own mapping.
+  else if (is("read-after-free-small-100k")) { p = alloc(100000); std::free(p); sink = p[50000]; }
+  else if (is("write-after-free-small-100k")) { p = alloc(100000); std::free(p); p[99999] = 1; std::free(alloc(100000)); }
+  else if (is("read-after-free-aligned-64k")) { p = static_cast<char*>(aligned_alloc(65536, 100)); std::free(p); sink = p[0]; }
+  else if (is("small-overflow-100k-faults")) { p = alloc(100000); sink = p[100008]; }
+  // A sample ends as near its guard page as its request's alignment (16)
+  // allows, not its class's (8 KiB for the 40 KiB class).
+  else if (is("small-overread-40000-faults")) { p = alloc(40000); sink = p[40000]; }
   else if (is("small-overflow-1-faults")) { p = alloc(64); std::memset(p, 1, 64); sink = p[64]; }
   else if (is("read-after-free-small-forked-child")) {  // the parent used up its samples; a child starts over
     for (int i = 0; i < 200; i++) std::free(alloc(32));
