@@ -7,6 +7,8 @@ want=(malloc free calloc realloc reallocarray aligned_alloc posix_memalign memal
       malloc_usable_size free_sized free_aligned_sized
       __libc_malloc __libc_free __libc_calloc __libc_realloc __libc_memalign __libc_valloc __libc_pvalloc cfree
       malloc_trim malloc_stats mallinfo mallinfo2 mallopt malloc_info
+      # dlopen without RTLD_DEEPBIND (preload/dlopen.cpp)
+      dlopen
       # operator new / delete: plain, array, nothrow, sized, aligned, and their combinations
       _Znwm _Znam _ZnwmRKSt9nothrow_t _ZnamRKSt9nothrow_t
       _ZnwmSt11align_val_t _ZnamSt11align_val_t _ZnwmSt11align_val_tRKSt9nothrow_t _ZnamSt11align_val_tRKSt9nothrow_t
