@@ -205,6 +205,31 @@ static void guard_freed(LargeBlock* b) {
   b->freed_marked = false;  // unreadable now: its words are checked no more
 }
 
+// Freed mapped samples (a small request's, heap.cpp), oldest first. Not
+// cached: the next request of that size would take the mapping back at once,
+// its guard off, and a read through the dangling pointer would go unseen.
+// Their pages are guard pages until kRetiredSamples later ones are freed,
+// then they are unmapped, as the slot samples' reuse waits (sample.cpp).
+constexpr unsigned kRetiredSamples = 16;
+static LargeBlock* retired_samples[kRetiredSamples];
+static unsigned retired_next = 0;
+
+static void release(LargeBlock* b);
+
+// Lock held; b is off every list.
+static void retire_sample(LargeBlock* b) {
+  size_t bytes = size_t(b->end - b->begin);
+  if (!os::purge_to_guard(b->begin, bytes)) {
+    os::purge(b->begin, bytes);
+    os::guard(b->begin, bytes);
+  }
+  b->freed_marked = false;
+  LargeBlock* oldest = retired_samples[retired_next];
+  retired_samples[retired_next] = b;
+  retired_next = (retired_next + 1) % kRetiredSamples;
+  if (oldest) release(oldest);
+}
+
 static unsigned cache_bin(size_t bytes) {
   size_t pages = bytes / kGuard;
   if (pages < 4) return unsigned(pages);
@@ -782,7 +807,9 @@ void free(LargeBlock* b, void* p) {
   if (b->next) b->next->prev = b->prev;
   b->next = b->prev = nullptr;
   b->live = false;  // b->user and its page-map entry stay: see forget_user
-  if (b->map_size > options.large_cache / 4) {
+  if (b->sampled) {
+    retire_sample(b);
+  } else if (b->map_size > options.large_cache / 4) {
     release(b);  // not worth caching
   } else if (b->growable) {
     mark_freed(b);
@@ -794,7 +821,7 @@ void free(LargeBlock* b, void* p) {
     mark_freed(b);
     b->cached_at_ms = now;
     cache_keep(b);  // (b, the most recent, stays cached: it is at most a quarter of the bound)
-    if (b->guarded && (b->sampled || sample::take_large(size_t(b->end - b->user)))) guard_freed(b);
+    if (b->guarded && sample::take_large(size_t(b->end - b->user))) guard_freed(b);
   }
   maybe_purge_locked(now);
 }

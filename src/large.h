@@ -80,8 +80,9 @@ size_t usable_size(const LargeBlock* block);
 // untouched) or when memory ran out (errno ENOMEM, block intact).
 void* reallocate(LargeBlock* block, size_t new_size, bool* out_of_memory);
 void purge(bool force);
-// At exit: checks the front canaries of the live blocks (but growable ones)
-// and the write-after-free marks of the cached ones.
+// At exit: checks the front and tail canaries of the live blocks (but one
+// another thread is resizing) and the write-after-free marks of the cached
+// ones.
 void check_at_exit();
 // For a request the kernel refused: unmaps every cached mapping and the
 // arena's wholly free chunks, and purges its free pages. No lock held.

@@ -10,7 +10,10 @@
 // kStartAllowance, then one at most every kIntervalMs at a malloc slow path.
 // A sampled request too big for a slot (over 56 KiB), or too aligned, gets a
 // mapping of its own instead, as a large block's (heap.cpp): guard pages
-// around it, which its pages become when it is freed. Freed large blocks
+// around it, which its pages become when it is freed, until 16 later ones
+// are freed (large.cpp, retire_sample). It counts as a large block in the
+// statistics, and takes no shadow block (below): at that size the layout of
+// the program's other blocks hardly depends on it. Freed large blocks
 // are sampled from a budget of their own (below; large.cpp).
 //
 // While the start allowance lasts, a heap keeps no current page (heap.cpp:
@@ -65,7 +68,7 @@ inline bool starting() { return kEnabled && allowance.load(std::memory_order_rel
 // as its alignment allows, starts above the first (up to 32 KiB alignments).
 // A sample is aligned as its request asks, not as its class's blocks are:
 // with the class's alignment (its block size's largest power-of-two
-// factor), a 40000-byte block ended 5440 bytes short of the guard page, and
+// factor), a 40000-byte block ended 5056 bytes short of the guard page, and
 // a read past its end went unseen.
 inline bool fits(size_t size, size_t alignment) {
   return size <= kMaxSize && align_down(kSlotDataEnd - size, alignment) >= kSlotDataBegin;

@@ -133,6 +133,13 @@ int main(int argc, char** argv) {
   // Too big or too aligned for a sample's slot: a sample of its own mapping.
   else if (is("read-after-free-small-100k")) { p = alloc(100000); std::free(p); sink = p[50000]; }
   else if (is("write-after-free-small-100k")) { p = alloc(100000); std::free(p); p[99999] = 1; std::free(alloc(100000)); }
+  else if (is("read-after-free-small-100k-size-reused")) {  // the next request of the size gets another mapping
+    p = alloc(100000);
+    std::free(p);
+    char* q = alloc(100000);
+    q[0] = 1;
+    sink = p[50000];
+  }
   else if (is("read-after-free-aligned-64k")) { p = static_cast<char*>(aligned_alloc(65536, 100)); std::free(p); sink = p[0]; }
   else if (is("small-overflow-100k-faults")) { p = alloc(100000); sink = p[100008]; }
   // A sample ends as near its guard page as its request's alignment (16)

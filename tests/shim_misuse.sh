@@ -111,6 +111,7 @@ if [ "$secure" = true ]; then
     "read-after-free-aligned-32k:SIGSEGV"
     "read-after-free-small-100k:SIGSEGV"
     "write-after-free-small-100k:SIGSEGV"
+    "read-after-free-small-100k-size-reused:SIGSEGV"
     "read-after-free-aligned-64k:SIGSEGV"
     "small-overflow-100k-faults:SIGSEGV"
     "small-overread-40000-faults:SIGSEGV"
