@@ -9,7 +9,8 @@
 // The real dlopen finds the caller's DT_RPATH/DT_RUNPATH (and its namespace)
 // by its return address, so this must reach it by a tail jump, never a call:
 // meson.build compiles this file with sibling calls on and no sanitizer
-// (tests/deepbind.cpp checks a library found through the program's rpath).
+// (test shim-deepbind: a library found only through the calling library's
+// DT_RUNPATH).
 #include <dlfcn.h>
 
 #include <atomic>

@@ -211,19 +211,21 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size, size_t alignment) no
     if (heap != tls_heap) lent = heap;  // the thread has exited (thread.cpp)
   }
   void* p = nullptr;
+  bool sample_now = false;
   if (sample::kEnabled && (sample::starting() || heap->slow_until_sample_check-- == 0)) {
     heap->slow_until_sample_check = 15;
+    sample_now = sample::take_small();
+  }
+  if (sample_now) {
     if (!sample::fits(size, alignment)) {
       // Too big for a sample's slot (over 56 KiB), or too aligned: a
       // mapping of its own between guard pages, as a large block's, whose
       // pages become guard pages when it is freed. Reads and writes after
       // free of a program's first 100000-byte blocks went unseen.
-      if (sample::take_small()) {
-        int saved = errno;  // the arena may still serve it
-        p = large::alloc(size, alignment, false, true);
-        if (!p) errno = saved;
-      }
-    } else if (sample::take_small()) {
+      int saved = errno;  // the arena may still serve it
+      p = large::alloc(size, alignment, false, true);
+      if (!p) errno = saved;
+    } else {
       // A guarded sample (sample.h). The block the request would have had is
       // taken all the same and held while the sample lives, so that the
       // heap's layout stays as it would be without samples (bench

@@ -190,12 +190,7 @@ void* free(void* p) {
   check_fills(i);
   char* begin = data_begin(i);
   size_t bytes = size_t(data_end(i) - begin);
-  // Guard pages from now on: their contents go (markers), or are purged
-  // before the pages are closed (mprotect, on kernels without markers).
-  if (!os::purge_to_guard(begin, bytes)) {
-    os::purge(begin, bytes);
-    os::guard(begin, bytes);
-  }
+  os::purge_and_close(begin, bytes);  // guard pages from now on
   slots[i].state = State::kFreed;
   freed_ring[(freed_head + freed_count) % kSlots] = i;
   freed_count++;

@@ -6,8 +6,8 @@
 // instruction, which no check on the arena's blocks can do for reads and for
 // writes into the middle of a freed block. The pages change with a syscall
 // at each malloc and free (a few microseconds), so only a budget's worth of
-// blocks are sampled: every small request (up to 56 KiB) of the first
-// kStartAllowance, then one at most every kIntervalMs at a malloc slow path.
+// blocks are sampled: every small request of the first kStartAllowance,
+// then one at most every kIntervalMs at a malloc slow path.
 // A sampled request too big for a slot (over 56 KiB), or too aligned, gets a
 // mapping of its own instead, as a large block's (heap.cpp): guard pages
 // around it, which its pages become when it is freed, until 16 later ones

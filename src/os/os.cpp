@@ -199,6 +199,12 @@ bool purge_to_guard(void* p, size_t size, bool* took_back) {
   return true;
 }
 
+void purge_and_close(void* p, size_t size) {
+  if (purge_to_guard(p, size)) return;
+  purge(p, size);
+  guard(p, size);
+}
+
 // mremap moves a range that spans several mappings since Linux 6.17; before,
 // it refuses, and only after unmapping the destination.
 bool moves_across_mappings() {

@@ -64,6 +64,10 @@ bool purge(void* p, size_t size);
 // even one it held before the call.
 // *took_back (if given) says whether it tried and took its markers back.
 bool purge_to_guard(void* p, size_t size, bool* took_back = nullptr);
+// Releases the pages and makes them fault on any access, for memory freed
+// for good (a freed sample): markers where the kernel takes them, else a
+// purge and mprotect (guard).
+void purge_and_close(void* p, size_t size);
 // Whether mremap moves a range spanning several mappings (Linux 6.17+).
 bool moves_across_mappings();
 // Moves the pages of [old_p, old_p + size) to dest, replacing what was mapped
