@@ -154,15 +154,18 @@ def build(args):
 
 # ---------------------------------------------------------------- running
 
-Run = collections.namedtuple('Run', 'status wall rss_kib minflt checksum')
+Run = collections.namedtuple('Run', 'status wall cpu rss_kib minflt checksum')
 
 
 def run_one(cmd, preload, timeout, log_base, want_checksum=True):
-    """Run cmd under preload: wall time (s), peak RSS (KiB), status and the checksum line.
+    """Run cmd under preload: wall and CPU time (s), peak RSS (KiB), status and the checksum line.
 
     The peak RSS comes from GNU time: a child forked straight from this Python
     process would report Python's own RSS as its floor (Linux counts the
-    pre-exec memory in ru_maxrss)."""
+    pre-exec memory in ru_maxrss). The CPU time (user + system, to the
+    microsecond: GNU time prints hundredths) is wait4's for GNU time, which
+    includes the command it waited for. Time the guest's CPU was taken by the
+    host is not in it, which is why it varies less than wall time here."""
     env = dict(os.environ)
     env.pop('LD_PRELOAD', None)
     timefile = log_base + '.time'
@@ -181,8 +184,10 @@ def run_one(cmd, preload, timeout, log_base, want_checksum=True):
                 pass
         timer = threading.Timer(timeout, kill)
         timer.start()
-        proc.wait()
+        _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        cpu = usage.ru_utime + usage.ru_stime
         timer.cancel()
         timer.join()
 
@@ -209,7 +214,7 @@ def run_one(cmd, preload, timeout, log_base, want_checksum=True):
         st = 'no checksum'
     else:
         st = 'ok'
-    return Run(st, wall, rss, minflt, checksum)
+    return Run(st, wall, cpu, rss, minflt, checksum)
 
 
 def rotated(allocs, rnd):
@@ -239,7 +244,7 @@ def run_workloads(args, logdir):
                     if r.checksum != first_sum[w]:
                         note = f'  !!! CHECKSUM MISMATCH {r.checksum} != {first_sum[w]}'
                 log(f'[{n:3}/{total}] round {rnd + 1}/{args.rounds}  {w:<10} {x:<9} '
-                    f'{r.wall:8.3f} s {r.rss_kib / 1024:9.1f} MiB {r.minflt:9} faults{note}')
+                    f'{r.wall:8.3f} s {r.cpu:8.3f} s CPU {r.rss_kib / 1024:9.1f} MiB {r.minflt:9} faults{note}')
     return runs
 
 
@@ -301,13 +306,14 @@ def summarize(args, runs):
             e['status'] = ' '.join(problems) or 'ok'
             ok = [r for r in rs if r.status == 'ok']
             if e['status'] == 'ok' and ok:
-                for key, vals in (('time', [r.wall for r in ok]), ('rss', [r.rss_kib / 1024 for r in ok])):
+                for key, vals in (('time', [r.wall for r in ok]), ('cpu', [r.cpu for r in ok]),
+                                  ('rss', [r.rss_kib / 1024 for r in ok])):
                     e[key] = (statistics.median(vals), min(vals), max(vals))
             s[w, x] = e
         ref = s[w, args.ref]
         for x in args.allocators:
             e = s[w, x]
-            for key in ('time', 'rss'):
+            for key in ('time', 'cpu', 'rss'):
                 if key in e and key in ref:
                     e[key + '_ratio'] = e[key][0] / ref[key][0]
     return s
@@ -358,21 +364,27 @@ def workload_tables(args, s):
 
 def protection_table(args, runs, s):
     """The default build against mapalloc-unprotected, side by side: per workload the ratio of their medians,
-    and the median of the per-round ratios (each round's two runs are minutes or less apart, so drift of a
-    shared machine that lasts several rounds cancels in them). Empty unless both ran."""
+    the median of the per-round ratios (each round's two runs are minutes or less apart, so drift of a
+    shared machine that lasts several rounds cancels in them) and the ratio of their fastest rounds, in wall
+    time; the first two again in CPU time; peak RSS. Empty unless both ran."""
     a, b = 'mapalloc', 'mapalloc-unprotected'
     if a not in args.allocators or b not in args.allocators:
         return ''
-    rows, cols = [], {'median': [], 'paired': [], 'fastest': [], 'rss': []}
+    cols = {'median': [], 'paired': [], 'fastest': [], 'cpu': [], 'cpu_paired': [], 'rss': []}
+    rows = []
     for w in args.workloads:
         ea, eb = s[w, a], s[w, b]
         if 'time' not in ea or 'time' not in eb:
-            rows.append([w, '–', '–', '–', '–'])
+            rows.append([w] + ['–'] * len(cols))
             continue
         # (Both have times only when every round of theirs succeeded: summarize.)
-        paired = [ra.wall / rb.wall for ra, rb in zip(runs[w, a], runs[w, b])]
-        vals = {'median': ea['time'][0] / eb['time'][0], 'paired': statistics.median(paired),
-                'fastest': ea['time'][1] / eb['time'][1], 'rss': ea['rss'][0] / eb['rss'][0]}
+        pairs = list(zip(runs[w, a], runs[w, b]))
+        vals = {'median': ea['time'][0] / eb['time'][0],
+                'paired': statistics.median(ra.wall / rb.wall for ra, rb in pairs),
+                'fastest': ea['time'][1] / eb['time'][1],
+                'cpu': ea['cpu'][0] / eb['cpu'][0],
+                'cpu_paired': statistics.median(ra.cpu / rb.cpu for ra, rb in pairs),
+                'rss': ea['rss'][0] / eb['rss'][0]}
         for k, v in vals.items():
             cols[k].append(v)
         rows.append([w] + [f'{(vals[k] - 1) * 100:+.1f} %' for k in cols])
@@ -380,7 +392,7 @@ def protection_table(args, runs, s):
         rows.append(['*geomean*'] + [f'**{(geomean(cols[k]) - 1) * 100:+.1f} %**' for k in cols])
     return (f'### What the protections cost: {a} against {b}\n\n'
             + md_table(['workload', 'time, medians', 'time, median of per-round ratios', 'time, fastest rounds',
-                        'peak RSS, medians'], rows))
+                        'CPU time, medians', 'CPU time, median of per-round ratios', 'peak RSS, medians'], rows))
 
 
 def micro_table(args, ns, failures):
@@ -407,7 +419,7 @@ def write_tsv(path, args, s, ns):
     with open(path, 'w') as f:
         f.write('kind\tbenchmark\tallocator\tstatus\tmetric\tmedian\tmin\tmax\tratio_to_ref\n')
         for (w, x), e in s.items():
-            for key, metric in (('time', 'wall_s'), ('rss', 'peak_rss_mib')):
+            for key, metric in (('time', 'wall_s'), ('cpu', 'cpu_s'), ('rss', 'peak_rss_mib')):
                 med, lo, hi = e.get(key, ('', '', ''))
                 f.write(f'workload\t{w}\t{x}\t{e["status"]}\t{metric}\t{med}\t{lo}\t{hi}\t{e.get(key + "_ratio", "")}\n')
         for (b, x), v in ns.items():
@@ -488,10 +500,11 @@ def main():
         ns, failures = run_micro(args, logdir)
 
     with open(os.path.join(outdir, 'runs.tsv'), 'w') as f:
-        f.write('workload\tallocator\tround\tstatus\twall_s\tpeak_rss_kib\tminor_faults\tchecksum\n')
+        f.write('workload\tallocator\tround\tstatus\twall_s\tcpu_s\tpeak_rss_kib\tminor_faults\tchecksum\n')
         for (w, x), rs in runs.items():
             for i, r in enumerate(rs):
-                f.write(f'{w}\t{x}\t{i + 1}\t{r.status}\t{r.wall:.4f}\t{r.rss_kib}\t{r.minflt}\t{r.checksum}\n')
+                f.write(f'{w}\t{x}\t{i + 1}\t{r.status}\t{r.wall:.4f}\t{r.cpu:.4f}\t{r.rss_kib}\t{r.minflt}\t'
+                        f'{r.checksum}\n')
     write_tsv(os.path.join(outdir, 'results.tsv'), args, s, ns)
     body = workload_tables(args, s)
     cost = protection_table(args, runs, s)
