@@ -18,8 +18,12 @@ constexpr unsigned kSlots = 256;  // 16 MiB of address space
 constexpr size_t kRegionBytes = kSlots * kSlotBytes;
 // The region's pages become guard pages a chunk of slots at a time, as slots
 // are first used: all at once (4096 markers) took 96 us, as long as 30
-// samples, a cost every short process that samples would pay.
-constexpr unsigned kChunkSlots = 16;
+// samples, a cost every short process that samples would pay. A chunk is as
+// many slots as the start allowance has samples left, within these bounds:
+// the kernel's time goes by the range (about 0.45 us each, one per slot) more
+// than by the page, and a forked child, with 4 samples, would otherwise pay
+// for 16 slots (about 15 us) before it execs (a shell's pipeline does).
+constexpr unsigned kMinChunkSlots = 4, kMaxChunkSlots = 16;
 constexpr unsigned char kFill = 0xCB;  // around the block, checked on free and at exit
 
 std::atomic<int64_t> allowance{kStartAllowance};
@@ -104,27 +108,35 @@ static void check_fills(unsigned i) {
   if (!holds_fill(data_begin(i), p)) fatal("heap underflow (or overflow of the block before it) at block", p);
 }
 
-// Makes kChunkSlots slots from first guard pages. Where the kernel takes it
-// in one call (os::guard_ranges), each slot's last data page stays open:
-// a sample of up to a page there (most are) costs no call at malloc, and
-// every process that samples makes 16 calls fewer. True if so.
-static bool guard_chunk(unsigned first, bool* open) {
+// The slots of the next chunk, from first (its first slot).
+static unsigned chunk_slots(unsigned first) {
+  int64_t left = allowance.load(std::memory_order_relaxed) + 1;  // (this sample's is taken)
+  unsigned n = left < kMinChunkSlots ? kMinChunkSlots : left > kMaxChunkSlots ? kMaxChunkSlots : unsigned(left);
+  return n < kSlots - first ? n : kSlots - first;
+}
+
+// Makes n slots from first guard pages. Where the kernel takes it in one
+// call (os::guard_ranges), each slot's last data page stays open: a sample
+// of up to a page there (most are) costs no call at malloc, and every
+// process that samples makes 16 calls fewer. True if so.
+static bool guard_chunk(unsigned first, unsigned n, bool* open) {
+  size_t bytes = n * kSlotBytes;
   // (Entries set for slots that then fail stay: a pointer into an unused
   // slot is reported as an invalid free, as outside the chunk.)
-  if (!pagemap::set(slot_base(first), kChunkSlots * kSlotBytes, pagemap::kSampleEntry)) return false;
-  os::Range ranges[kChunkSlots + 1];
+  if (!pagemap::set(slot_base(first), bytes, pagemap::kSampleEntry)) return false;
+  os::Range ranges[kMaxChunkSlots + 1];
   ranges[0] = {slot_base(first), kSlotBytes - 2 * kPage};
-  for (unsigned k = 0; k < kChunkSlots; k++) {
+  for (unsigned k = 0; k < n; k++) {
     // A slot's trailing guard page and, but for the last, the next slot's
     // pages up to its last data page.
-    bool last = k + 1 == kChunkSlots;
+    bool last = k + 1 == n;
     ranges[k + 1] = {data_end(first + k), last ? kPage : kSlotBytes - kPage};
   }
-  *open = os::guard_markers() && os::guard_ranges(ranges, kChunkSlots + 1);
-  if (*open || os::guard(slot_base(first), kChunkSlots * kSlotBytes)) return true;
+  *open = os::guard_markers() && os::guard_ranges(ranges, n + 1);
+  if (*open || os::guard(slot_base(first), bytes)) return true;
   // Neither: markers a short count left on the pages a later call would
   // leave open must go.
-  if (os::guard_markers()) os::unguard_markers(slot_base(first), kChunkSlots * kSlotBytes);
+  if (os::guard_markers()) os::unguard_markers(slot_base(first), bytes);
   return false;
 }
 
@@ -137,8 +149,9 @@ void* alloc(size_t size, size_t alignment, void* shadow) {
   if (fresh < kSlots) {
     i = fresh;
     if (i == guarded) {
-      if (!guard_chunk(i, &preopened)) return nullptr;
-      guarded += kChunkSlots;
+      unsigned n = chunk_slots(i);
+      if (!guard_chunk(i, n, &preopened)) return nullptr;
+      guarded += n;
     }
     page_open = preopened;
   } else if (freed_count) {

@@ -153,6 +153,12 @@ int main(int argc, char** argv) {
     wait(&status);
     if (WIFSIGNALED(status)) raise(WTERMSIG(status));  // dies as the child did
   }
+  else if (is("read-after-free-small-after-18")) {  // run with sample=20: slots 17-20 are a second, smaller chunk
+    for (int i = 0; i < 18; i++) sink = alloc(32)[0];
+    p = alloc(32);
+    std::free(p);
+    sink = p[0];
+  }
   else if (is("zero-size-read")) { p = alloc(0); sink = p[0]; }
   else if (is("zero-size-write")) { p = alloc(0); p[0] = 1; }
   else return 2;
