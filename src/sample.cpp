@@ -22,7 +22,7 @@ constexpr size_t kRegionBytes = kSlots * kSlotBytes;
 // many slots as the start allowance has samples left, within these bounds:
 // the kernel's time goes by the range (about 0.45 us each, one per slot) more
 // than by the page, and a forked child, with 4 samples, would otherwise pay
-// for 16 slots (about 15 us) before it execs (a shell's pipeline does).
+// for 16 slots (12 to 16 us) before it execs (a shell's pipeline does).
 constexpr unsigned kMinChunkSlots = 4, kMaxChunkSlots = 16;
 constexpr unsigned char kFill = 0xCB;  // around the block, checked on free and at exit
 
@@ -117,8 +117,8 @@ static unsigned chunk_slots(unsigned first) {
 
 // Makes n slots from first guard pages. Where the kernel takes it in one
 // call (os::guard_ranges), each slot's last data page stays open: a sample
-// of up to a page there (most are) costs no call at malloc, and every
-// process that samples makes 16 calls fewer. True if so.
+// of up to a page there (most are) costs no call at malloc: a call fewer
+// per slot. True if so.
 static bool guard_chunk(unsigned first, unsigned n, bool* open) {
   size_t bytes = n * kSlotBytes;
   // (Entries set for slots that then fail stay: a pointer into an unused

@@ -153,11 +153,19 @@ int main(int argc, char** argv) {
     wait(&status);
     if (WIFSIGNALED(status)) raise(WTERMSIG(status));  // dies as the child did
   }
-  else if (is("read-after-free-small-after-18")) {  // run with sample=20: slots 17-20 are a second, smaller chunk
-    for (int i = 0; i < 18; i++) sink = alloc(32)[0];
+  // Run with sample=20: the program's 17th to 20th blocks are samples in the
+  // region's second chunk, of 4 slots (slots 16-19), whose guard pages must
+  // be in place: past the end of its first slot's block, and the page below
+  // its last slot's.
+  else if (is("small-overflow-sample-17")) {
+    for (int i = 0; i < 16; i++) sink = alloc(32)[0];
     p = alloc(32);
-    std::free(p);
-    sink = p[0];
+    p[32] = 1;
+  }
+  else if (is("small-underflow-sample-20")) {
+    for (int i = 0; i < 19; i++) sink = alloc(32)[0];
+    p = alloc(32);
+    sink = p[-4096];
   }
   else if (is("zero-size-read")) { p = alloc(0); sink = p[0]; }
   else if (is("zero-size-write")) { p = alloc(0); p[0] = 1; }

@@ -120,7 +120,8 @@ fi
 check "" "${default_cases[@]}"
 if [ "$secure" = true ]; then
   # The region's slots are guarded a chunk at a time, sized by the samples
-  # left (sample.cpp): the 19th sample is in the second chunk, of 4 slots.
-  check sample=20 "read-after-free-small-after-18:SIGSEGV"
+  # left (sample.cpp): the 17th to 20th samples are in the second chunk, of 4
+  # slots.
+  check sample=20 "small-overflow-sample-17:SIGSEGV" "small-underflow-sample-20:SIGSEGV"
 fi
 exit $fail
