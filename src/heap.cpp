@@ -270,10 +270,9 @@ static void quarantine_release_oldest(Heap* heap) {
   size_t used = check_canary_past_header(page, p);
   const Block* b = static_cast<const Block*>(p);
   if (decode_link(b) != quarantine_next(p) || !is_freed(b)) fatal("write after free (into a quarantined block) at", p);
-  const unsigned char* c = static_cast<const unsigned char*>(p);
-  for (size_t i = sizeof(Block); i < used; i++) {
-    if (c[i] != kQuarantineFill) fatal("write after free (into a quarantined block) at", p);
-  }
+  const char* c = static_cast<const char*>(p);
+  if (!holds_byte(c + sizeof(Block), c + used, kQuarantineFill))  // (empty when used <= 16)
+    fatal("write after free (into a quarantined block) at", p);
   // Whole again for heap_free's check. The page may be another thread's,
   // whose free of the block above reads this block's record meanwhile
   // (tail_before_intact): every store here leaves it valid. The cookie's

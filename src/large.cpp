@@ -79,14 +79,7 @@ static char* page_down(char* p) { return reinterpret_cast<char*>(align_down(rein
 // that writes its whole blocks 2.4 % longer.
 constexpr size_t kFrontCanary = 256;
 
-// Whether [from, to) still holds kCanary. Byte by byte (a tail canary
-// starts at any byte), with no early exit, so that the compiler vectorises
-// it (16 bytes a step, release builds).
-static bool holds_canary(const char* from, const char* to) {
-  unsigned char diff = 0;
-  for (const char* c = from; c < to; c++) diff |= static_cast<unsigned char>(*c) ^ kCanary;
-  return diff == 0;
-}
+static bool holds_canary(const char* from, const char* to) { return holds_byte(from, to, kCanary); }
 
 // Where the front canary of b's block at user starts: kFrontCanary bytes
 // below user, or the guard's end if nearer; at most down to user's first

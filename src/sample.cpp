@@ -1,5 +1,7 @@
 #include "sample.h"
 
+#include <algorithm>
+
 #include "base/bits.h"
 #include "base/lock.h"
 #include "base/log.h"
@@ -95,11 +97,7 @@ static char* data_end(unsigned i) { return slot_base(i) + kSlotDataEnd; }
 static char* block_of(unsigned i) { return slot_base(i) + slots[i].offset; }
 static char* data_begin(unsigned i) { return data_end(i) - size_t(slots[i].pages) * kPage; }
 
-static bool holds_fill(const char* from, const char* to) {
-  unsigned char diff = 0;
-  for (const char* c = from; c < to; c++) diff |= static_cast<unsigned char>(*c) ^ kFill;
-  return diff == 0;
-}
+static bool holds_fill(const char* from, const char* to) { return holds_byte(from, to, kFill); }
 
 // Reports a broken fill below or after slot i's live block.
 static void check_fills(unsigned i) {
@@ -111,8 +109,8 @@ static void check_fills(unsigned i) {
 // The slots of the next chunk, from first (its first slot).
 static unsigned chunk_slots(unsigned first) {
   int64_t left = allowance.load(std::memory_order_relaxed) + 1;  // (this sample's is taken)
-  unsigned n = left < kMinChunkSlots ? kMinChunkSlots : left > kMaxChunkSlots ? kMaxChunkSlots : unsigned(left);
-  return n < kSlots - first ? n : kSlots - first;
+  unsigned n = unsigned(std::clamp<int64_t>(left, kMinChunkSlots, kMaxChunkSlots));
+  return std::min(n, kSlots - first);
 }
 
 // Makes n slots from first guard pages. Where the kernel takes it in one
