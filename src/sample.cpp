@@ -16,8 +16,13 @@ constexpr size_t kPage = os::kPageSize;
 // A slot is four page-map slots: up to 14 read-write pages that end where
 // its last page begins; its first and last pages are always guard pages.
 constexpr size_t kSlotBytes = 4 * kSlotSize;
-constexpr unsigned kSlots = 256;  // 16 MiB of address space
-constexpr size_t kRegionBytes = kSlots * kSlotBytes;
+constexpr unsigned kSlots = 256;
+// The region is mapped a block of slots at a time, as slots are first used:
+// all 16 MiB at once was most of what a short process maps beyond glibc, and
+// ran it out of address space sooner under `ulimit -v`.
+constexpr unsigned kBlockSlots = 16;  // 1 MiB
+constexpr unsigned kBlocks = kSlots / kBlockSlots;
+constexpr size_t kBlockBytes = kBlockSlots * kSlotBytes;
 // The region's pages become guard pages a chunk of slots at a time, as slots
 // are first used: all at once (4096 markers) took 96 us, as long as 30
 // samples, a cost every short process that samples would pay. A chunk is as
@@ -43,8 +48,8 @@ struct Slot {
 
 static SpinLock lock;
 // All guarded by lock.
-static char* region = nullptr;
-static bool setup_failed = false;
+static char* blocks[kBlocks];
+static unsigned mapped_blocks = 0;
 static Slot slots[kSlots];
 static unsigned fresh = 0;    // slots below this have been used
 static unsigned guarded = 0;  // slots below this are guard pages but where live
@@ -79,19 +84,21 @@ bool take_large(size_t bytes) {
   return take(large_allowance, next_large_due_ms, units < 1 ? 1 : units < kMaxLargeUnits ? int64_t(units) : kMaxLargeUnits);
 }
 
-static bool setup() {
-  if (region) return true;
-  if (setup_failed) return false;
+// Maps the block of slot first (the first of a block) if it is not yet.
+static bool map_block(unsigned first) {
+  unsigned b = first / kBlockSlots;
+  if (b < mapped_blocks) return true;
   // Aligned to its slots, so that no other mapping shares a page-map slot
-  // with it (whose entry the region's would overwrite, or take over). Its
-  // page-map entries are set a chunk of slots at a time (guard_chunk): all
-  // 1024 at once wrote two pages of the page map in every process.
-  region = static_cast<char*>(os::map_aligned(kRegionBytes, kSlotBytes, true));
-  setup_failed = !region;  // not tried again: sampling is best effort
-  return region;
+  // with it (whose entry the block's would overwrite, or take over). Its
+  // page-map entries are set a chunk of slots at a time (guard_chunk). A
+  // refusal only skips this sample: sampling is best effort.
+  blocks[b] = static_cast<char*>(os::map_aligned(kBlockBytes, kSlotBytes, true));
+  if (!blocks[b]) return false;
+  mapped_blocks = b + 1;
+  return true;
 }
 
-static char* slot_base(unsigned i) { return region + size_t(i) * kSlotBytes; }
+static char* slot_base(unsigned i) { return blocks[i / kBlockSlots] + size_t(i % kBlockSlots) * kSlotBytes; }
 static_assert(kSlotDataBegin == kPage && kSlotDataEnd == kSlotBytes - kPage);
 static char* data_end(unsigned i) { return slot_base(i) + kSlotDataEnd; }
 static char* block_of(unsigned i) { return slot_base(i) + slots[i].offset; }
@@ -106,12 +113,14 @@ static void check_fills(unsigned i) {
   if (!holds_fill(data_begin(i), p)) fatal("heap underflow (or overflow of the block before it) at block", p);
 }
 
-// The slots of the next chunk, from first (its first slot).
+// The slots of the next chunk, from first (its first slot); a chunk never
+// spans two blocks.
 static unsigned chunk_slots(unsigned first) {
   int64_t left = allowance.load(std::memory_order_relaxed) + 1;  // (this sample's is taken)
   unsigned n = unsigned(std::clamp<int64_t>(left, kMinChunkSlots, kMaxChunkSlots));
-  return std::min(n, kSlots - first);
+  return std::min(n, kBlockSlots - first % kBlockSlots);
 }
+static_assert(kMaxChunkSlots <= kBlockSlots);
 
 // Makes n slots from first guard pages. Where the kernel takes it in one
 // call (os::guard_ranges), each slot's last data page stays open: a sample
@@ -141,14 +150,13 @@ static bool guard_chunk(unsigned first, unsigned n, bool* open) {
 void* alloc(size_t size, size_t alignment, void* shadow) {
   if (size == 0 || !fits(size, alignment)) return nullptr;
   LockGuard guard(lock);
-  if (!setup()) return nullptr;
   unsigned i;
   bool page_open = false;  // the slot's last data page
   if (fresh < kSlots) {
     i = fresh;
     if (i == guarded) {
       unsigned n = chunk_slots(i);
-      if (!guard_chunk(i, n, &preopened)) return nullptr;
+      if (!map_block(i) || !guard_chunk(i, n, &preopened)) return nullptr;
       guarded += n;
     }
     page_open = preopened;
@@ -179,11 +187,14 @@ void* alloc(size_t size, size_t alignment, void* shadow) {
 
 // The slot whose block (live or freed) starts at p, or kSlots. Lock held.
 static unsigned slot_of(const void* p) {
-  uintptr_t off = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(region);
-  unsigned i = unsigned(off / kSlotBytes);
-  if (!region || off >= kRegionBytes || slots[i].state == State::kUnused || off % kSlotBytes != slots[i].offset)
-    return kSlots;
-  return i;
+  for (unsigned b = 0; b < mapped_blocks; b++) {
+    uintptr_t off = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(blocks[b]);
+    if (off >= kBlockBytes) continue;
+    unsigned i = b * kBlockSlots + unsigned(off / kSlotBytes);
+    if (slots[i].state == State::kUnused || off % kSlotBytes != slots[i].offset) return kSlots;
+    return i;
+  }
+  return kSlots;
 }
 
 // The slot of the live block at p, or a report: `what` for a pointer that is

@@ -1,5 +1,6 @@
 #include "zero.h"
 
+#include <algorithm>
 #include <cstdint>
 
 #include "base/bits.h"
@@ -10,78 +11,96 @@
 
 namespace mapalloc::zero {
 
-constexpr size_t kSlots = size_t(1) << 24;  // 16 Mi blocks
-constexpr size_t kRegion = kSlots * 16;      // 256 MiB of address space
+constexpr size_t kSlots = size_t(1) << 24;  // 16 Mi blocks in all
+// The region is mapped a block at a time, as it fills: one reservation of
+// 256 MiB (and 66 MiB of bookkeeping) ran a program that called malloc(0)
+// out of address space under `ulimit -v` far sooner than glibc.
+constexpr size_t kBlockSlots = size_t(1) << 16;  // 1 MiB of address space
+constexpr size_t kBlocks = kSlots / kBlockSlots;
+constexpr size_t kBlockBytes = kBlockSlots * 16;
+
+// A block's bookkeeping, mapped with it and touched only as slots are used.
+struct Books {
+  uint64_t live_bits[kBlockSlots / 64];  // bit i: slot i handed out
+  uint16_t free_stack[kBlockSlots];
+};
+static_assert(kBlockSlots - 1 <= UINT16_MAX);
+struct Block {
+  char* base;
+  Books* books;
+  uint32_t free_count;
+  uint32_t bump;  // slots below it have been handed out
+};
 
 static SpinLock lock;
-// All guarded by lock. The bookkeeping is mapped lazily: pages are touched
-// only as blocks are used.
-static char* region = nullptr;
-static uint64_t* live_bits = nullptr;  // bit i: slot i handed out
-static uint32_t* free_stack = nullptr;
-static size_t free_count = 0;
-static size_t bump = 0;
+// All guarded by lock.
+static Block blocks[kBlocks];
+static size_t mapped_blocks = 0;
+static size_t first_with_room = 0;  // no block below it has a free slot
 
-// The region and its bookkeeping, all or nothing: a refusal (address space
-// or memory short) gives back what was mapped, and the next malloc(0) tries
-// again; until then malloc(0) gets an ordinary block (heap.cpp).
-static bool setup() {
+// Maps the next block, all or nothing: a refusal (address space or memory
+// short) gives back what was mapped, and the next malloc(0) tries again;
+// until then malloc(0) gets an ordinary block (heap.cpp).
+static bool map_block() {
+  if (mapped_blocks == kBlocks) return false;
   // Aligned to page-map slots, so that no other mapping shares a slot with
-  // it (whose entry the region's would overwrite, or take over).
-  char* r = static_cast<char*>(os::map_aligned(kRegion, kSlotSize, false));
-  live_bits = static_cast<uint64_t*>(os::map(kSlots / 8));
-  free_stack = static_cast<uint32_t*>(os::map(kSlots * sizeof(uint32_t)));
-  if (r && live_bits && free_stack && pagemap::set(r, kRegion, pagemap::kZeroEntry)) {
-    region = r;
+  // it (whose entry the block's would overwrite, or take over).
+  char* base = static_cast<char*>(os::map_aligned(kBlockBytes, kSlotSize, false));
+  Books* books = static_cast<Books*>(os::map(sizeof(Books)));
+  if (base && books && pagemap::set(base, kBlockBytes, pagemap::kZeroEntry)) {
+    blocks[mapped_blocks++] = Block{base, books, 0, 0};
     return true;
   }
-  if (r) {
-    pagemap::set(r, kRegion, 0);  // entries set before a leaf was refused
-    os::unmap(r, kRegion);
+  if (base) {
+    pagemap::set(base, kBlockBytes, 0);  // entries set before a leaf was refused
+    os::unmap(base, kBlockBytes);
   }
-  if (live_bits) os::unmap(live_bits, kSlots / 8);
-  if (free_stack) os::unmap(free_stack, kSlots * sizeof(uint32_t));
-  live_bits = nullptr;
-  free_stack = nullptr;
+  if (books) os::unmap(books, sizeof(Books));
   return false;
 }
 
+static bool has_room(const Block& b) { return b.free_count || b.bump < kBlockSlots; }
+
 void* alloc() {
   LockGuard guard(lock);
-  if (!region && !setup()) return nullptr;
-  size_t i;
-  if (free_count) {
-    i = free_stack[--free_count];
-  } else if (bump < kSlots) {
-    i = bump++;
-  } else {
-    return nullptr;
-  }
-  live_bits[i / 64] |= uint64_t(1) << (i % 64);
-  return region + i * 16;
+  while (first_with_room < mapped_blocks && !has_room(blocks[first_with_room])) first_with_room++;
+  if (first_with_room == mapped_blocks && !map_block()) return nullptr;
+  Block& b = blocks[first_with_room];
+  size_t i = b.free_count ? b.books->free_stack[--b.free_count] : b.bump++;
+  b.books->live_bits[i / 64] |= uint64_t(1) << (i % 64);
+  return b.base + i * 16;
 }
 
-// The slot index of p, or kSlots if p is not a slot start.
-static size_t slot_of(const void* p) {
-  uintptr_t off = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(region);
-  if (!region || off >= kRegion || off % 16) return kSlots;
-  return off / 16;
+// The block and slot of p, or false if p is not a handed-out slot's start.
+static bool find(const void* p, Block** block, size_t* slot) {
+  for (size_t k = 0; k < mapped_blocks; k++) {
+    uintptr_t off = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(blocks[k].base);
+    if (off >= kBlockBytes) continue;
+    if (off % 16 || off / 16 >= blocks[k].bump) return false;
+    *block = &blocks[k];
+    *slot = off / 16;
+    return true;
+  }
+  return false;
 }
 
 void free(void* p) {
   LockGuard guard(lock);
-  size_t i = slot_of(p);
-  if (i == kSlots || i >= bump) fatal("invalid free (pointer not allocated by mapalloc):", p);
+  Block* b;
+  size_t i;
+  if (!find(p, &b, &i)) fatal("invalid free (pointer not allocated by mapalloc):", p);
   uint64_t bit = uint64_t(1) << (i % 64);
-  if (!(live_bits[i / 64] & bit)) fatal("double free of zero-size block", p);
-  live_bits[i / 64] &= ~bit;
-  free_stack[free_count++] = uint32_t(i);
+  if (!(b->books->live_bits[i / 64] & bit)) fatal("double free of zero-size block", p);
+  b->books->live_bits[i / 64] &= ~bit;
+  b->books->free_stack[b->free_count++] = uint16_t(i);
+  first_with_room = std::min(first_with_room, size_t(b - blocks));
 }
 
 bool live(const void* p) {
   LockGuard guard(lock);
-  size_t i = slot_of(p);
-  return i < bump && (live_bits[i / 64] >> (i % 64) & 1);
+  Block* b;
+  size_t i;
+  return find(p, &b, &i) && (b->books->live_bits[i / 64] >> (i % 64) & 1);
 }
 
 void lock_for_fork() { lock.lock(); }

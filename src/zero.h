@@ -1,14 +1,14 @@
 // Layer 4: malloc(0). Each call gets a unique 16-byte-aligned address inside
-// one PROT_NONE reservation, so reading or writing a zero-size block faults at
-// once, and free, realloc and malloc_usable_size know it through the page map.
+// a PROT_NONE region (mapped 1 MiB at a time, up to 256 MiB), so reading or
+// writing a zero-size block faults at once, and free, realloc and malloc_usable_size know it through the page map.
 // Rare, so one lock guards it all.
 #pragma once
 #include <cstddef>
 
 namespace mapalloc::zero {
 
-// A fresh zero-size block; nullptr when the reservation is used up or cannot
-// be made (callers fall back to a 16-byte block).
+// A fresh zero-size block; nullptr when the region is used up or cannot
+// grow (callers fall back to a 16-byte block).
 void* alloc();
 // Aborts on a double or invalid free.
 void free(void* p);

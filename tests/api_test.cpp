@@ -128,6 +128,25 @@ TEST(Malloc, ZeroSizeReturnsUniqueFreeablePointers) {
   for (void* p : ps) mapalloc_free(p);
 }
 
+// More than one block of the malloc(0) region (65536 slots each), with slots
+// freed in each and handed out again: no address twice, each one known.
+TEST(Malloc, ZeroSizeBlocksAcrossTheRegionsBlocksAreUnique) {
+  const size_t n = 150000;
+  std::vector<void*> ps;
+  for (size_t i = 0; i < n; i++) ps.push_back(mapalloc_malloc(0));
+  for (size_t i = 0; i < n; i += 2) mapalloc_free(ps[i]);
+  for (size_t i = 0; i < n; i += 2) ps[i] = mapalloc_malloc(0);
+  for (size_t i = 0; i < n; i += 1000) {
+    ASSERT_NE(ps[i], nullptr) << i;
+    EXPECT_EQ(mapalloc_owns(ps[i]), 1) << ps[i];
+    EXPECT_EQ(mapalloc_usable_size(ps[i]), 0u) << ps[i];
+  }
+  std::vector<void*> sorted = ps;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end()) << "malloc(0) returned a pointer twice";
+  for (void* p : ps) mapalloc_free(p);
+}
+
 TEST(Malloc, FreeNullIsNoOp) {
   errno = 1234;
   mapalloc_free(nullptr);

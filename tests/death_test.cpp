@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <vector>
 #include <thread>
 
 #include "mapalloc.h"
@@ -705,6 +706,24 @@ TEST(ZeroSize, DoubleFreeAborts) {
         mapalloc_free(p);
       },
       "mapalloc: double free of zero-size block 0x");
+}
+
+// The region grows a block (65536 slots) at a time; a block past the first
+// knows its freed and its unused slots as the first does.
+TEST(ZeroSize, MisuseInALaterBlockOfTheRegionAborts) {
+  std::vector<void*> held;
+  for (int i = 0; i < 140000; i++) held.push_back(mapalloc_malloc(0));  // three blocks
+  EXPECT_DEATH(
+      {
+        mapalloc_free(held.back());
+        mapalloc_free(held.back());
+      },
+      "mapalloc: double free of zero-size block 0x");
+  EXPECT_DEATH(mapalloc_free(static_cast<char*>(held.back()) + 16),  // not yet handed out
+               "mapalloc: invalid free .*0x");
+  EXPECT_DEATH(mapalloc_free(static_cast<char*>(held.back()) + 8), "mapalloc: invalid free .*0x");
+  for (void* p : held) mapalloc_free(p);
+  held.clear();
 }
 
 TEST(ZeroSize, ReallocAndUsableSizeOfFreedAbort) {
@@ -1651,19 +1670,21 @@ TEST(OutOfMemory, FreeArenaChunksAreGivenBackForARequest) {
       ::testing::ExitedWithCode(0), "");
 }
 
-// malloc(0)'s region (256 MiB of address space and its bookkeeping) is all
-// or nothing: refused, it gives back what it got, malloc(0) returns an
-// ordinary block meanwhile, and a later malloc(0) tries again.
+// A block of malloc(0)'s region (1 MiB of address space, then 136 KiB of
+// bookkeeping) is all or nothing: refused, it gives back what it got,
+// malloc(0) returns an ordinary block meanwhile, and a later malloc(0) tries
+// again.
 TEST(OutOfMemory, ARefusedZeroSizeRegionIsTriedAgain) {
   EXPECT_EXIT(
       {
         mapalloc_free(mapalloc_malloc(64));  // the allocator started, before the limit
-        if (!limit_address_space(100 * MiB)) std::_Exit(3);
+        // Room for the block's 1 MiB (and its alignment) but not for both.
+        if (!limit_address_space(MiB + 64 * 1024)) std::_Exit(3);
         size_t before = address_space_bytes();
         void* p = mapalloc_malloc(0);
         // An ordinary block (of 16 bytes where there are no canaries).
         if (!p || mapalloc_usable_size(p) != (MAPALLOC_TEST_SECURE ? 1 : 16)) std::_Exit(4);
-        if (address_space_bytes() > before + 4 * MiB) std::_Exit(5);  // nothing kept
+        if (address_space_bytes() > before + 64 * 1024) std::_Exit(5);  // nothing kept
         if (!unlimit_address_space()) std::_Exit(6);
         void* q = mapalloc_malloc(0);
         if (!q || mapalloc_usable_size(q) != 0) std::_Exit(7);  // from the region now

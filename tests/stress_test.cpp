@@ -503,8 +503,8 @@ TEST(Stress, TwoThousandShortLivedThreadsKeepMemoryBounded) {
   RecordProperty("memory", numbers.str());
   EXPECT_GE(after.threads_seen - before.threads_seen, uint64_t(started)) << numbers.str();
   // Growth over the test, not the absolute figure: earlier tests in the same
-  // process may have reserved address space that stays (the 322 MiB malloc(0)
-  // region, page-map leaves).
+  // process may have reserved address space that stays (the malloc(0)
+  // region's blocks, page-map leaves).
   EXPECT_LT(after.bytes_mapped, before.bytes_mapped + 256 * MiB) << numbers.str();
   // At most 8 workers are alive at once; thread exit hands heaps on.
   EXPECT_LE(after.heaps, before.heaps + 4 * concurrent) << numbers.str();
