@@ -57,6 +57,7 @@ WORKLOADS = {
     'realloc':    ('appends=4000000', 'appends=400000'),
     'falseshare': ('rounds=2000 threads={t}', 'rounds=200 threads={t}'),
     'spawn':      ('procs=300', 'procs=30'),
+    'forkexit':   ('blocks=300000 procs=300', 'blocks=100000 procs=30'),
 }
 MICRO_FAMILIES = ['MallocFree', 'Batch', 'Calloc', 'ReallocGrow', 'Aligned', 'CrossThreadFree', 'ThreadScaling']
 

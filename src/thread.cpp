@@ -53,6 +53,7 @@ void ensure_init() {
       // Before the first page exists: every page's frees then take the slow path.
       if (options.quarantine) pagemap::page_tag = pagemap::kSlowPageTag;
       sample::start_allowances(options.sample);
+      exit_check_clock_start(false);
       keys.link = os::random_u64();
       keys.canary = os::random_u64();
       keys.record = uint16_t(os::random_u64());
@@ -197,6 +198,7 @@ static void after_fork_child() {
   arena::reset_after_fork();
   heaps_lock.reset_after_fork();
   stats_reset_after_fork();
+  exit_check_clock_start(true);
   // The child samples its first requests again (sample.cpp): they must reach
   // the slow path, as a new process's do.
   if (sample::starting()) heap_put_back_current_pages(tls_heap);

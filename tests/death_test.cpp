@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -1282,6 +1283,41 @@ TEST(AtExit, MisuseNoLaterCallReachesIsReported) {
         poke(static_cast<char*>(mapalloc_realloc(p, 200000)) + 200000);
       },
       "^mapalloc: heap overflow past the end of large block 0x");
+}
+
+// A forked child checks at its exit too, on a budget of its own (a small
+// floor: the heap is mostly its parent's): a heap of 8 MiB of full pages,
+// more than that floor, does not keep it from the pages of its own latest
+// blocks, which come first.
+TEST(AtExit, ForkedChildOfABigHeapReportsItsOwnMisuse) {
+  SKIP_UNLESS_SECURE();
+  auto in_child = [](void (*misuse)(), const char* want) {
+    EXPECT_DEATH(
+        {
+          static std::vector<void*> heap;  // filled in the death test's process
+          for (size_t i = 0; i < 8 * MiB / 48; i++) heap.push_back(mapalloc_malloc(40));
+          pid_t pid = fork();
+          if (pid == 0) {
+            misuse();
+            exit(0);
+          }
+          int status = 0;
+          if (pid < 0 || waitpid(pid, &status, 0) != pid) _exit(3);
+          _exit(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT ? 1 : 0);  // its report is on stderr
+        },
+        want);
+  };
+  in_child([] { poke(static_cast<char*>(mapalloc_malloc(40)) + 40); },
+           "^mapalloc: heap overflow: canary after the end of block broken, block 0x");
+  in_child([] { poke(static_cast<char*>(mapalloc_malloc(3000)) + 3000); },
+           "^mapalloc: heap overflow: canary after the end of block broken, block 0x");
+  in_child(
+      [] {
+        char* p = static_cast<char*>(mapalloc_malloc(40));
+        mapalloc_free(p);
+        poke(p);
+      },
+      "^mapalloc: heap corruption: free block overwritten");
 }
 
 namespace {
