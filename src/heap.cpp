@@ -363,17 +363,18 @@ void heap_collect(Heap* heap, bool release_current) {
 // malloc reached is still reported: an overflow past a block that is never
 // freed, a write after free into a block never handed out again. The current
 // page of each class first (where the latest frees went), then the class
-// queues, then the full pages, as long as a budget of page bytes lasts.
+// queues, then the full pages, as long as a budget lasts: the bytes of the
+// blocks carved in the pages checked (the work goes by the block; a page's
+// uncarved rest costs nothing), 16 MiB.
 //
-// The budget grows with the time the process has run, so that the check
-// stays a small share of it: full pages of small blocks check at 2-3 MiB a
-// millisecond, and a forked child, which runs the check on the heap it got
-// from its parent, paid for 16 MiB (5-9 ms) at each exit: a subshell of a
-// bash holding 200000 strings took 6-11 ms against 1-1.5 ms without it.
-// The floor is small in a forked child (its parent checks the heap again at
-// its own exit; the child's latest blocks are in the current pages, first),
-// and in a new process big enough that a short program's heap is checked
-// whole (a short program's pages are mostly not carved, which costs nothing).
+// A forked child runs the check on the heap it got from its parent, which
+// checks it again at its own exit: at 16 MiB (5-9 ms: full pages of small
+// blocks check at 2-3 MiB a millisecond), a subshell of a bash holding
+// 200000 strings took 6-11 ms against 1-1.5 ms without the check. So in a
+// child the budget grows with the time since the fork, 64 KiB a millisecond
+// (about 3 % of it), from 512 KiB. Its current pages, first, are those of
+// the classes it used, where its own latest blocks are: the fork put the
+// parent's back in their queues (thread.cpp).
 //
 // Other threads may still run. They only push their frees onto a page's
 // remote list, walked from a snapshot of its head (a pushed block's words
@@ -382,22 +383,22 @@ void heap_collect(Heap* heap, bool release_current) {
 // A realloc in place by one of them rewrites the canary in two stores, so a
 // broken canary is looked at twice more, a millisecond apart, before it is
 // reported: real damage stays.
-constexpr size_t kExitCheckMaxBytes = 16 * MiB;
-constexpr size_t kExitCheckMinBytes = 2 * MiB, kExitCheckChildMinBytes = 256 * KiB;
-constexpr size_t kExitCheckBytesPerMs = 64 * KiB;  // about 3 % of the time run
-static uint64_t exit_check_clock_ms;
-static bool exit_check_in_child;
+constexpr size_t kExitCheckBytes = 16 * MiB;
+constexpr size_t kExitCheckChildMinBytes = 512 * KiB;
+constexpr size_t kExitCheckChildBytesPerMs = 64 * KiB;
+static bool exit_check_in_child = false;
+static uint64_t exit_check_forked_ms = 0;
 
-void exit_check_clock_start(bool forked_child) {
-  exit_check_clock_ms = os::now_ms();
-  exit_check_in_child = forked_child;
+void exit_check_start_in_child() {
+  exit_check_forked_ms = os::now_ms();
+  exit_check_in_child = true;
 }
 
 static size_t exit_check_budget() {
-  size_t floor = exit_check_in_child ? kExitCheckChildMinBytes : kExitCheckMinBytes;
-  uint64_t ran_ms = os::now_ms() - exit_check_clock_ms;
-  if (ran_ms >= kExitCheckMaxBytes / kExitCheckBytesPerMs) return kExitCheckMaxBytes;
-  return std::max(floor, size_t(ran_ms) * kExitCheckBytesPerMs);
+  if (!exit_check_in_child) return kExitCheckBytes;
+  uint64_t ran_ms = os::now_ms() - exit_check_forked_ms;
+  if (ran_ms >= kExitCheckBytes / kExitCheckChildBytesPerMs) return kExitCheckBytes;
+  return std::max(kExitCheckChildMinBytes, size_t(ran_ms) * kExitCheckChildBytesPerMs);
 }
 
 // Marks the blocks of a free list in seen; aborts on a link out of the page
@@ -447,16 +448,16 @@ static void check_page_at_exit(const Page* page) {
   }
 }
 
-// Checks the page if the budget has room for it (a bigger page is left out,
-// and smaller ones after it still checked). False once the budget cannot
-// take even the smallest page.
+// Checks the page if what it has carved fits in the budget (a page that
+// does not is left out, and the pages after it still looked at). False once
+// the budget is spent.
 static bool check_page_within(const Page* page, size_t* budget) {
-  size_t bytes = size_t(page->capacity) * page->block_size;
+  size_t bytes = size_t(__atomic_load_n(&page->carved, __ATOMIC_RELAXED)) * page->block_size;
   if (bytes <= *budget) {
     *budget -= bytes;
     check_page_at_exit(page);
   }
-  return *budget >= kSmallPageBytes;
+  return *budget > 0;
 }
 
 static bool check_list_within(const Page* page, size_t* budget) {

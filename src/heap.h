@@ -211,9 +211,8 @@ bool block_is_free(const Page* page, const void* p);
 // Puts every current page back in its class queue, so that the next request
 // of each class takes the slow path (a forked child's samples, sample.h).
 void heap_put_back_current_pages(Heap* heap);
-// Starts the clock of the check at exit's budget: at start-up, and in a
-// forked child.
-void exit_check_clock_start(bool forked_child);
+// In a forked child: starts the clock of the check at exit's budget.
+void exit_check_start_in_child();
 // Collects every page's pending frees and gives empty pages back.
 void heap_collect(Heap* heap, bool release_current);
 

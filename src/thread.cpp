@@ -53,7 +53,6 @@ void ensure_init() {
       // Before the first page exists: every page's frees then take the slow path.
       if (options.quarantine) pagemap::page_tag = pagemap::kSlowPageTag;
       sample::start_allowances(options.sample);
-      exit_check_clock_start(false);
       keys.link = os::random_u64();
       keys.canary = os::random_u64();
       keys.record = uint16_t(os::random_u64());
@@ -198,10 +197,12 @@ static void after_fork_child() {
   arena::reset_after_fork();
   heaps_lock.reset_after_fork();
   stats_reset_after_fork();
-  exit_check_clock_start(true);
   // The child samples its first requests again (sample.cpp): they must reach
-  // the slow path, as a new process's do.
-  if (sample::starting()) heap_put_back_current_pages(tls_heap);
+  // the slow path, as a new process's do. And the check at its exit looks
+  // at current pages first (heap.cpp): they will be those of the classes it
+  // used, where its own latest blocks are.
+  if (sample::starting() || kCanaries) heap_put_back_current_pages(tls_heap);
+  exit_check_start_in_child();
   // Only the forking thread lives on: other threads' heaps are abandoned.
   for (Heap* h = all_heaps; h; h = h->next_all) {
     if (h->owned && h != tls_heap) {

@@ -36,6 +36,7 @@ static SpinLock lock;
 // All guarded by lock.
 static Block blocks[kBlocks];
 static size_t mapped_blocks = 0;
+static Block* by_address[kBlocks];  // the mapped blocks, lowest base first
 static size_t first_with_room = 0;  // no block below it has a free slot
 
 // Maps the next block, all or nothing: a refusal (address space or memory
@@ -46,15 +47,19 @@ static bool map_block() {
   // Aligned to page-map slots, so that no other mapping shares a slot with
   // it (whose entry the block's would overwrite, or take over).
   char* base = static_cast<char*>(os::map_aligned(kBlockBytes, kSlotSize, false));
+  if (!base) return false;
   Books* books = static_cast<Books*>(os::map(sizeof(Books)));
-  if (base && books && pagemap::set(base, kBlockBytes, pagemap::kZeroEntry)) {
-    blocks[mapped_blocks++] = Block{base, books, 0, 0};
+  if (books && pagemap::set(base, kBlockBytes, pagemap::kZeroEntry)) {
+    Block* b = &blocks[mapped_blocks];
+    *b = Block{base, books, 0, 0};
+    size_t k = mapped_blocks++;
+    for (; k && reinterpret_cast<uintptr_t>(by_address[k - 1]->base) > reinterpret_cast<uintptr_t>(base); k--)
+      by_address[k] = by_address[k - 1];
+    by_address[k] = b;
     return true;
   }
-  if (base) {
-    pagemap::set(base, kBlockBytes, 0);  // entries set before a leaf was refused
-    os::unmap(base, kBlockBytes);
-  }
+  pagemap::set(base, kBlockBytes, 0);  // entries set before a leaf was refused
+  os::unmap(base, kBlockBytes);
   if (books) os::unmap(books, sizeof(Books));
   return false;
 }
@@ -72,16 +77,25 @@ void* alloc() {
 }
 
 // The block and slot of p, or false if p is not a handed-out slot's start.
+// (A binary search: a free of each of 16 Mi blocks walking the blocks took
+// 2.8 s, against 0.17 s with one region.)
 static bool find(const void* p, Block** block, size_t* slot) {
-  for (size_t k = 0; k < mapped_blocks; k++) {
-    uintptr_t off = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(blocks[k].base);
-    if (off >= kBlockBytes) continue;
-    if (off % 16 || off / 16 >= blocks[k].bump) return false;
-    *block = &blocks[k];
-    *slot = off / 16;
-    return true;
+  size_t lo = 0, hi = mapped_blocks;  // the block is below hi, if any
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (reinterpret_cast<uintptr_t>(by_address[mid]->base) <= reinterpret_cast<uintptr_t>(p)) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
   }
-  return false;
+  if (lo == 0) return false;
+  Block* b = by_address[lo - 1];
+  uintptr_t off = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(b->base);
+  if (off >= kBlockBytes || off % 16 || off / 16 >= b->bump) return false;
+  *block = b;
+  *slot = off / 16;
+  return true;
 }
 
 void free(void* p) {

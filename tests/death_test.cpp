@@ -1285,17 +1285,21 @@ TEST(AtExit, MisuseNoLaterCallReachesIsReported) {
       "^mapalloc: heap overflow past the end of large block 0x");
 }
 
-// A forked child checks at its exit too, on a budget of its own (a small
-// floor: the heap is mostly its parent's): a heap of 8 MiB of full pages,
-// more than that floor, does not keep it from the pages of its own latest
-// blocks, which come first.
+// A forked child checks at its exit too, on a budget of its own (from
+// 512 KiB of carved blocks: the heap is mostly its parent's), current pages
+// first, which are those of the classes it used (the fork put the parent's
+// back in their queues). The parent's blocks carve 60 KiB of one page of
+// each of 40 classes (2.3 MiB), more than that budget in class order; the
+// child's own misuse in the 39th and 40th classes is still found (and fails
+// without the put-back), as is one in a class its parent never used.
 TEST(AtExit, ForkedChildOfABigHeapReportsItsOwnMisuse) {
   SKIP_UNLESS_SECURE();
   auto in_child = [](void (*misuse)(), const char* want) {
     EXPECT_DEATH(
         {
           static std::vector<void*> heap;  // filled in the death test's process
-          for (size_t i = 0; i < 8 * MiB / 48; i++) heap.push_back(mapalloc_malloc(40));
+          for (size_t size = 8; size <= 632; size += 16)
+            for (size_t n = 0; n < 60 * 1024 / (size + 8); n++) heap.push_back(mapalloc_malloc(size));
           pid_t pid = fork();
           if (pid == 0) {
             misuse();
@@ -1307,13 +1311,13 @@ TEST(AtExit, ForkedChildOfABigHeapReportsItsOwnMisuse) {
         },
         want);
   };
-  in_child([] { poke(static_cast<char*>(mapalloc_malloc(40)) + 40); },
+  in_child([] { poke(static_cast<char*>(mapalloc_malloc(632)) + 632); },
            "^mapalloc: heap overflow: canary after the end of block broken, block 0x");
   in_child([] { poke(static_cast<char*>(mapalloc_malloc(3000)) + 3000); },
            "^mapalloc: heap overflow: canary after the end of block broken, block 0x");
   in_child(
       [] {
-        char* p = static_cast<char*>(mapalloc_malloc(40));
+        char* p = static_cast<char*>(mapalloc_malloc(616));
         mapalloc_free(p);
         poke(p);
       },
