@@ -363,9 +363,9 @@ void heap_collect(Heap* heap, bool release_current) {
 // malloc reached is still reported: an overflow past a block that is never
 // freed, a write after free into a block never handed out again. The current
 // page of each class first (where the latest frees went), then the class
-// queues, then the full pages, as long as a budget lasts: the bytes of the
-// blocks carved in the pages checked (the work goes by the block; a page's
-// uncarved rest costs nothing), 16 MiB.
+// queues, then the full pages, as long as a budget lasts: 16 MiB of the
+// blocks carved in the pages checked, each charged its size up to a page
+// (check_page_within; a page's uncarved rest costs nothing).
 //
 // A forked child runs the check on the heap it got from its parent, which
 // checks it again at its own exit: at 16 MiB (full pages of small blocks
@@ -450,9 +450,12 @@ static void check_page_at_exit(const Page* page) {
 
 // Checks the page if what it has carved fits in the budget (a page that
 // does not is left out, and the pages after it still looked at). False once
-// the budget is spent.
+// the budget is spent. A block is charged its size up to a page: the work
+// goes by the block (a word or two read), and a big block's touches one page
+// of it (15 MiB of 32-byte blocks took 1.2 ms, of 120000-byte blocks 0.05).
 static bool check_page_within(const Page* page, size_t* budget) {
-  size_t bytes = size_t(__atomic_load_n(&page->carved, __ATOMIC_RELAXED)) * page->block_size;
+  size_t charge = std::min<size_t>(page->block_size, os::kPageSize);
+  size_t bytes = size_t(__atomic_load_n(&page->carved, __ATOMIC_RELAXED)) * charge;
   if (bytes <= *budget) {
     *budget -= bytes;
     check_page_at_exit(page);

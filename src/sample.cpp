@@ -43,7 +43,6 @@ struct Slot {
   uint32_t size;    // requested bytes
   uint8_t pages;    // read-write pages while live
   State state;
-  bool inherited;   // live at a fork, in the child: its parent checks it at exit
   void* shadow;     // see alloc
 };
 
@@ -180,7 +179,7 @@ void* alloc(size_t size, size_t alignment, void* shadow) {
     freed_head = (freed_head + 1) % kSlots;
     freed_count--;
   }
-  slots[i] = Slot{uint32_t(p - slot_base(i)), uint32_t(size), uint8_t((end - begin) / kPage), State::kLive, false, shadow};
+  slots[i] = Slot{uint32_t(p - slot_base(i)), uint32_t(size), uint8_t((end - begin) / kPage), State::kLive, shadow};
   __builtin_memset(begin, kFill, size_t(p - begin));
   __builtin_memset(p + size, kFill, size_t(end - (p + size)));
   return p;
@@ -241,13 +240,10 @@ bool holds(const void* p) {
   return false;
 }
 
-// A forked child leaves out the samples it inherited (its parent checks
-// them at its own exit): each is a page or more of fills to read at every
-// exit of every child (bench forkexit: 1.7 % of its time).
 void check_at_exit() {
   if (!lock.try_lock_for_ms(1000)) return;
   for (unsigned i = 0; i < fresh; i++)
-    if (slots[i].state == State::kLive && !slots[i].inherited) check_fills(i);
+    if (slots[i].state == State::kLive) check_fills(i);
   lock.unlock();
 }
 
@@ -255,7 +251,6 @@ void lock_for_fork() { lock.lock(); }
 void unlock_for_fork() { lock.unlock(); }
 void reset_after_fork() {
   lock.reset_after_fork();
-  for (unsigned i = 0; i < fresh; i++) slots[i].inherited = slots[i].state == State::kLive;
   // A forked child starts its sampling over, with fewer: a test harness that
   // runs each case in a forked child gets each case's first blocks guarded,
   // whatever the parent used up, and a shell's subshells pay little (bash,

@@ -197,12 +197,6 @@ static void after_fork_child() {
   arena::reset_after_fork();
   heaps_lock.reset_after_fork();
   stats_reset_after_fork();
-  // The child samples its first requests again (sample.cpp): they must reach
-  // the slow path, as a new process's do. And the check at its exit looks
-  // at current pages first (heap.cpp): they will be those of the classes it
-  // used, where its own latest blocks are.
-  if (sample::starting() || kCanaries) heap_put_back_current_pages(tls_heap);
-  exit_check_start_in_child();
   // Only the forking thread lives on: other threads' heaps are abandoned.
   for (Heap* h = all_heaps; h; h = h->next_all) {
     if (h->owned && h != tls_heap) {
@@ -211,6 +205,14 @@ static void after_fork_child() {
       abandoned = h;
     }
   }
+  // The child samples its first requests again (sample.cpp): they must reach
+  // the slow path, as a new process's do. And the check at its exit looks
+  // at current pages first (heap.cpp): they will be those of the classes it
+  // used, where its own latest blocks are. Every heap's, as a forking thread
+  // that had none adopts an abandoned one at its first malloc.
+  if (sample::starting() || kCanaries)
+    for (Heap* h = all_heaps; h; h = h->next_all) heap_put_back_current_pages(h);
+  exit_check_start_in_child();
 }
 
 }  // namespace mapalloc

@@ -1287,41 +1287,78 @@ TEST(AtExit, MisuseNoLaterCallReachesIsReported) {
 
 // A forked child checks at its exit too, on a budget of its own (from
 // 512 KiB of carved blocks: the heap is mostly its parent's), current pages
-// first, which are those of the classes it used (the fork put the parent's
-// back in their queues). The parent's blocks carve 60 KiB of one page of
-// each of 40 classes (2.3 MiB), more than that budget in class order; the
-// child's own misuse in the 39th and 40th classes is still found (and fails
-// without the put-back), as is one in a class its parent never used.
+// first, which are those of the classes it used (the fork put every heap's
+// back in their queues). The parent's blocks carve 56 KiB of one page of
+// each of 40 classes (2.2 MiB; a page holds 60), more than that budget in
+// class order, and 4 blocks of 120000 bytes of a medium page, one freed.
+// The child's own
+// misuse in the 39th and 40th classes is still found (not without the
+// put-back), also when the thread that forks never allocated (it adopts
+// the parent's heap: not without the put-back of every heap), as is one in
+// a class its parent never used, and one in the medium page after blocks in
+// 5 of the small classes (not when a block is charged its whole size).
+namespace {
+
+std::vector<void*> fork_test_heap;  // filled in the death test's process
+
+void fill_fork_test_heap() {
+  for (size_t size = 8; size <= 632; size += 16)
+    for (size_t n = 0; n < 56 * 1024 / (size + 8); n++) fork_test_heap.push_back(mapalloc_malloc(size));
+  for (int i = 0; i < 4; i++) fork_test_heap.push_back(mapalloc_malloc(120000));
+  mapalloc_free(fork_test_heap.back());
+  fork_test_heap.pop_back();
+}
+
+// Forks (from a new thread if asked), runs misuse in the child, which then
+// exits; exits 1 if the child aborted (its report is on stderr), else 0.
+[[noreturn]] void misuse_in_forked_child(void (*misuse)(), bool from_new_thread) {
+  fill_fork_test_heap();
+  pid_t pid = -1;
+  auto do_fork = [&] {
+    pid = fork();
+    if (pid == 0) {
+      misuse();
+      exit(0);
+    }
+  };
+  if (from_new_thread) {
+    std::thread(do_fork).join();
+  } else {
+    do_fork();
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) _exit(3);
+  _exit(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT ? 1 : 0);
+}
+
+}  // namespace
+
 TEST(AtExit, ForkedChildOfABigHeapReportsItsOwnMisuse) {
   SKIP_UNLESS_SECURE();
-  auto in_child = [](void (*misuse)(), const char* want) {
+  const char* overflow = "^mapalloc: heap overflow: canary after the end of block broken, block 0x";
+  for (bool from_new_thread : {false, true}) {
+    SCOPED_TRACE(from_new_thread ? "forked by a thread that never allocated" : "forked by the main thread");
+    EXPECT_DEATH(misuse_in_forked_child([] { poke(static_cast<char*>(mapalloc_malloc(632)) + 632); }, from_new_thread),
+                 overflow);
     EXPECT_DEATH(
-        {
-          static std::vector<void*> heap;  // filled in the death test's process
-          for (size_t size = 8; size <= 632; size += 16)
-            for (size_t n = 0; n < 60 * 1024 / (size + 8); n++) heap.push_back(mapalloc_malloc(size));
-          pid_t pid = fork();
-          if (pid == 0) {
-            misuse();
-            exit(0);
-          }
-          int status = 0;
-          if (pid < 0 || waitpid(pid, &status, 0) != pid) _exit(3);
-          _exit(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT ? 1 : 0);  // its report is on stderr
-        },
-        want);
-  };
-  in_child([] { poke(static_cast<char*>(mapalloc_malloc(632)) + 632); },
-           "^mapalloc: heap overflow: canary after the end of block broken, block 0x");
-  in_child([] { poke(static_cast<char*>(mapalloc_malloc(3000)) + 3000); },
-           "^mapalloc: heap overflow: canary after the end of block broken, block 0x");
-  in_child(
-      [] {
-        char* p = static_cast<char*>(mapalloc_malloc(616));
-        mapalloc_free(p);
-        poke(p);
-      },
-      "^mapalloc: heap corruption: free block overwritten");
+        misuse_in_forked_child(
+            [] {
+              char* p = static_cast<char*>(mapalloc_malloc(616));
+              mapalloc_free(p);
+              poke(p);
+            },
+            from_new_thread),
+        "^mapalloc: heap corruption: free block overwritten");
+  }
+  EXPECT_DEATH(misuse_in_forked_child([] { poke(static_cast<char*>(mapalloc_malloc(3000)) + 3000); }, false), overflow);
+  EXPECT_DEATH(misuse_in_forked_child(
+                   [] {
+                     static void* kept[5];
+                     for (size_t k = 0; k < 5; k++) kept[k] = mapalloc_malloc(8 + 16 * k);
+                     poke(static_cast<char*>(mapalloc_malloc(120000)) + 120000);
+                   },
+                   false),
+               overflow);
 }
 
 namespace {

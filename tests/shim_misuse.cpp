@@ -115,6 +115,13 @@ int main(int argc, char** argv) {
   else if (is("write-after-free-large-at-exit")) { p = alloc(400000); std::free(p); poke(p); }
   else if (is("large-underflow-1-at-exit")) { p = alloc(200000); poke(p - 1); }
   else if (is("write-after-free-small-last-byte")) { p = alloc(46); std::free(p); poke(p + 45); }  // at exit
+  else if (is("small-overflow-1-at-exit-inherited-block")) {  // the parent's block (a sample by default), the child's write
+    p = alloc(40);
+    if (fork() == 0) { poke(p + 40); std::exit(0); }
+    int status = 0;
+    wait(&status);
+    if (WIFSIGNALED(status)) raise(WTERMSIG(status));
+  }
   else if (is("small-overflow-1-at-exit-forked-child")) {  // the child's own block, at the child's exit
     for (int i = 0; i < 200; i++) sink = alloc(24)[0];    // the parent's samples, live at the fork
     if (fork() == 0) { p = alloc(24); std::memset(p, 1, 24); poke(p + 24); std::exit(0); }

@@ -54,6 +54,7 @@ if [ "$secure" = true ]; then
     "write-after-free-small-last-byte:^mapalloc: heap corruption: free block overwritten"
     "small-overflow-1-at-exit:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
     "small-overflow-1-at-exit-forked-child:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
+    "small-overflow-1-at-exit-inherited-block:^mapalloc: heap overflow: canary after the end of block broken, block 0x"
     "small-underflow-1-at-exit:^mapalloc: heap (overflow: canary after the end of block broken, block|corruption: free block overwritten .*at) 0x"
     "write-after-free-small-at-exit:^mapalloc: heap corruption: free block overwritten"
     "write-after-free-large-at-exit:^mapalloc: write after free into large block 0x"
