@@ -367,14 +367,14 @@ void heap_collect(Heap* heap, bool release_current) {
 // blocks carved in the pages checked, each charged its size up to a page
 // (check_page_within; a page's uncarved rest costs nothing).
 //
-// A forked child runs the check on the heap it got from its parent, which
-// checks it again at its own exit: at 16 MiB (full pages of small blocks
-// check at 2-3 MiB a millisecond), a subshell of a bash holding 200000
-// strings cost 3.5-5 ms of CPU against 0.7 ms under glibc (now about 1). So in a
-// child the budget grows with the time since the fork, 64 KiB a millisecond
+// A forked child runs the check on the heap it got from its parent, most
+// of which it never touched: at 16 MiB (full pages of small blocks check at
+// 2-3 MiB a millisecond), a subshell of a bash holding 200000 strings cost
+// 3.5-5 ms of CPU against 0.7 ms under glibc (now about 1). So in a child
+// the budget grows with the time since the fork, 64 KiB a millisecond
 // (about 3 % of it), from 512 KiB. Its current pages, first, are those of
-// the classes it used, where its own latest blocks are: the fork put the
-// parent's back in their queues (thread.cpp).
+// the classes it used, where its own latest blocks are: the fork put every
+// heap's back in their queues (thread.cpp).
 //
 // Other threads may still run. They only push their frees onto a page's
 // remote list, walked from a snapshot of its head (a pushed block's words
