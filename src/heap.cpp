@@ -386,16 +386,12 @@ void heap_collect(Heap* heap, bool release_current) {
 constexpr size_t kExitCheckBytes = 16 * MiB;
 constexpr size_t kExitCheckChildMinBytes = 512 * KiB;
 constexpr size_t kExitCheckChildBytesPerMs = 64 * KiB;
-static bool exit_check_in_child = false;
-static uint64_t exit_check_forked_ms = 0;
+static uint64_t exit_check_forked_ms = 0;  // 0 but in a forked child (the clock counts from boot)
 
-void exit_check_start_in_child() {
-  exit_check_forked_ms = os::now_ms();
-  exit_check_in_child = true;
-}
+void exit_check_start_in_child() { exit_check_forked_ms = os::now_ms() | 1; }
 
 static size_t exit_check_budget() {
-  if (!exit_check_in_child) return kExitCheckBytes;
+  if (!exit_check_forked_ms) return kExitCheckBytes;
   uint64_t ran_ms = os::now_ms() - exit_check_forked_ms;
   if (ran_ms >= kExitCheckBytes / kExitCheckChildBytesPerMs) return kExitCheckBytes;
   return std::max(kExitCheckChildMinBytes, size_t(ran_ms) * kExitCheckChildBytesPerMs);
@@ -452,7 +448,8 @@ static void check_page_at_exit(const Page* page) {
 // does not is left out, and the pages after it still looked at). False once
 // the budget is spent. A block is charged its size up to a page: the work
 // goes by the block (a word or two read), and a big block's touches one page
-// of it (15 MiB of 32-byte blocks took 1.2 ms, of 120000-byte blocks 0.05).
+// of it (a program's exit with 15 MiB of 32-byte blocks took about 1.5-2 ms
+// longer with the check, with 15 MiB of 120000-byte blocks within noise).
 static bool check_page_within(const Page* page, size_t* budget) {
   size_t charge = std::min<size_t>(page->block_size, os::kPageSize);
   size_t bytes = size_t(__atomic_load_n(&page->carved, __ATOMIC_RELAXED)) * charge;

@@ -210,7 +210,8 @@ static void after_fork_child() {
   // at current pages first (heap.cpp): they will be those of the classes it
   // used, where its own latest blocks are. Every heap's, as a forking thread
   // that had none adopts an abandoned one at its first malloc.
-  if (sample::starting() || kCanaries)
+  // (Secure builds: there are no samples or check at exit otherwise.)
+  if (kCanaries)
     for (Heap* h = all_heaps; h; h = h->next_all) heap_put_back_current_pages(h);
   exit_check_start_in_child();
 }

@@ -1,6 +1,7 @@
 // Layer 4: malloc(0). Each call gets a unique 16-byte-aligned address inside
 // a PROT_NONE region (mapped 1 MiB at a time, up to 256 MiB), so reading or
-// writing a zero-size block faults at once, and free, realloc and malloc_usable_size know it through the page map.
+// writing a zero-size block faults at once, and free, realloc and
+// malloc_usable_size know it through the page map.
 // Rare, so one lock guards it all.
 #pragma once
 #include <cstddef>
