@@ -12,6 +12,7 @@
 #include "options.h"
 #include "os/os.h"
 #include "sample.h"
+#include "thread.h"
 #include "zero.h"
 #include "thread.h"
 
@@ -87,6 +88,14 @@ void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept {
   heap_push_owned(heap, page, b);
 }
 
+void heap_free_look_below(Heap* heap, Page* page, Block* b) noexcept {
+  if (!below_intact(page, b)) return report_underflow(b);
+  size_t slack = decoded_record(page, b);
+  if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack))) return heap_free_odd_record(heap, page, b);
+  if (MAPALLOC_UNLIKELY(!canary_intact(page, b, canary_word(b), slack))) return report_overflow(b);
+  heap_push_owned(heap, page, b);
+}
+
 void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   unsigned c = page->size_class;
   if (heap != &empty_heap) {
@@ -99,6 +108,11 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   // 16-byte block's.
   if (MAPALLOC_UNLIKELY(freed_tail(page, b))) return report_double_free(b);
   if (kCanaries && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
+  // The block below, where its page's thread has exited: nobody else would
+  // ever look (the owner's frees do, others' may race with the owner).
+  if (kCanaries && (reinterpret_cast<uintptr_t>(b) & page->run_mask) != 0 &&
+      !page->heap.load(std::memory_order_relaxed)->owned.load(std::memory_order_relaxed) && !below_intact(page, b))
+    return report_underflow(b);
   // Aligned stores: the owner may read the record in the top two bytes of
   // the block's last word meanwhile (tail_before_intact), and sees the old
   // one or the new one (the mark's, or a 16-byte block's cookie's: the same).
@@ -315,7 +329,8 @@ void quarantine_free(Page* page, void* p) noexcept {
   // The owner's frees only, as in heap_free: the owner may be writing the
   // record below meanwhile (malloc writes a block's canary word, then its
   // record).
-  if (kCanaries && index != 0 && page->heap.load(std::memory_order_relaxed) == heap && !tail_before_intact(page, p))
+  if (kCanaries && index != 0 && page->heap.load(std::memory_order_relaxed) == heap && !tail_before_intact(page, p) &&
+      !below_intact(page, p))
     return report_underflow(p);
   if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
   set_free_link(b, quarantine_next(p));
@@ -466,18 +481,30 @@ static bool check_list_within(const Page* page, size_t* budget) {
   return true;
 }
 
+// The current pages, then the class queues, then the full pages. False once
+// the budget is spent.
+static bool check_heap_within(const Heap* heap, void* budget_ptr) {
+  size_t* budget = static_cast<size_t*>(budget_ptr);
+  bool more = true;
+  for (unsigned c = 0; c < kNumClasses && more; c++)
+    if (heap->current[c] != &empty_page) more = check_page_within(heap->current[c], budget);
+  for (unsigned c = 0; c < kNumClasses && more; c++) more = check_list_within(heap->avail[c].head, budget);
+  return more && check_list_within(heap->full.head, budget);
+}
+
 __attribute__((destructor(101))) static void check_heap_at_exit() {
   if (!kCanaries) return;
+  size_t budget = exit_check_budget();
   Heap* heap = tls_heap;
+  bool more = true;
   if (heap != &empty_heap) {
     quarantine_flush(heap);
-    size_t budget = exit_check_budget();
-    bool more = true;
-    for (unsigned c = 0; c < kNumClasses && more; c++)
-      if (heap->current[c] != &empty_page) more = check_page_within(heap->current[c], &budget);
-    for (unsigned c = 0; c < kNumClasses && more; c++) more = check_list_within(heap->avail[c].head, &budget);
-    if (more) check_list_within(heap->full.head, &budget);
+    more = check_heap_within(heap, &budget);
   }
+  // Then, with what is left, the heaps of threads that have exited: the
+  // blocks they left live (an overflow past one that nobody frees), and
+  // what other threads freed into their pages since.
+  if (more) abandoned_heaps_visit(check_heap_within, &budget);
   large::check_at_exit();
   sample::check_at_exit();
 }

@@ -78,7 +78,7 @@ struct Heap {
   // Under the heap pool lock (thread.cpp).
   Heap* next_all = nullptr;
   Heap* next_abandoned = nullptr;
-  bool owned = false;
+  std::atomic<bool> owned{false};  // false while abandoned (read unlocked by remote frees)
 
   constexpr explicit Heap(Page* empty) : current() {
     for (auto& c : current) c = empty;
@@ -166,6 +166,9 @@ MAPALLOC_INLINE void heap_push_owned(Heap* heap, Page* page, Block* b) noexcept 
 // (a slack of 2, the escape, or broken): out of line, so that free's fast
 // path needs no stack frame.
 void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept;
+// heap_free's path when tail_before_intact says no (every free on a medium
+// page): below_intact decides, then the free goes on.
+void heap_free_look_below(Heap* heap, Page* page, Block* b) noexcept;
 
 // Frees a block of an arena page (the page map said so).
 MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
@@ -189,7 +192,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
       // (Two tests: written as one unlikely condition, GCC moved the common
       // case, a block that is not its run's first, out of line.)
       if (MAPALLOC_LIKELY(offset != 0)) {
-        if (MAPALLOC_UNLIKELY(!tail_before_intact(page, p))) return report_underflow(p);
+        if (MAPALLOC_UNLIKELY(!tail_before_intact(page, p))) return heap_free_look_below(heap, page, b);
       }
       size_t slack = decoded_record(page, p);
       if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack))) return heap_free_odd_record(heap, page, b);

@@ -1,5 +1,7 @@
 #include "page.h"
 
+#include <time.h>
+
 #include "base/log.h"
 #include "options.h"
 
@@ -23,6 +25,7 @@ void page_init(Page* page, Heap* heap, unsigned size_class) {
   page->size_class = uint8_t(size_class);
   page->in_full = false;
   page->free_wait = kNoWait;
+  page->tail_limit = uint16_t(info.block_size <= kSmallPageMaxBlock ? info.block_size : 0);
   page->is_current = false;
   page->next = page->prev = nullptr;
   page->thread_free.store(0, std::memory_order_relaxed);
@@ -44,6 +47,26 @@ void report_overflow(const void* block) noexcept {
 
 void report_underflow(const void* p) noexcept {
   fatal("heap underflow (or overflow of the block before it) at block", p);
+}
+
+// A block freed (its mark), or live (its record and canary) or held in a
+// quarantine (sealed words over its first 16 bytes, its canary past them).
+static bool end_intact(const Page* page, const void* block) {
+  const Block* b = static_cast<const Block*>(block);
+  if (freed_tail(page, b)) return true;
+  return (is_freed(b) ? canary_past_header(page, block) : canary_check(page, block)) != SIZE_MAX;
+}
+
+bool below_intact(const Page* page, const void* p) {
+  const char* below = static_cast<const char*>(p) - page->block_size;
+  for (int look = 0; look < 3; look++) {
+    if (look) {
+      struct timespec ms = {0, 1000000};
+      nanosleep(&ms, nullptr);
+    }
+    if (end_intact(page, below)) return true;
+  }
+  return false;
 }
 
 size_t escaped_slack(const Page* page, const void* block, uint64_t word, size_t record) noexcept {

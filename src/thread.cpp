@@ -166,6 +166,27 @@ void heaps_visit(void (*visit)(const Heap*, void*), void* ctx) {
   for (Heap* h = all_heaps; h; h = h->next_all) visit(h, ctx);
 }
 
+void abandoned_heaps_visit(bool (*visit)(const Heap*, void*), void* ctx) {
+  Heap* taken;
+  {
+    LockGuard guard(heaps_lock);
+    taken = abandoned;
+    abandoned = nullptr;
+  }
+  if (!taken) return;
+  Heap* last = taken;
+  bool more = true;
+  for (Heap* h = taken; h; h = h->next_abandoned) {
+    if (more) more = visit(h, ctx);
+    last = h;
+  }
+  // Back in front of any abandoned meanwhile, in their order.
+  LockGuard guard(heaps_lock);
+  last->next_abandoned = abandoned;
+  abandoned = taken;
+  maybe_abandoned.store(true, std::memory_order_relaxed);
+}
+
 unsigned long long threads_seen() { return thread_count.load(std::memory_order_relaxed); }
 unsigned long long heaps_created() { return heap_count.load(std::memory_order_relaxed); }
 

@@ -1099,7 +1099,7 @@ void underflow_then_free(size_t n, Before before, size_t width) {
 // Random mallocs, frees and reallocs (in place or moved) over 4096 slots,
 // small sizes mostly, some up to 8000 bytes, and now and then a block of the
 // 128 KiB class asked for 16 bytes (aligned: its record is the escape).
-void churn_neighbours() {
+void churn_neighbours(int rounds = 200000) {
   uint64_t rng = 88172645463325252ull;
   auto next = [&rng] {
     rng ^= rng << 13;
@@ -1108,7 +1108,7 @@ void churn_neighbours() {
     return rng;
   };
   static void* live[4096];
-  for (int round = 0; round < 200000; round++) {
+  for (int round = 0; round < rounds; round++) {
     void*& slot = live[next() % 4096];
     if (slot && next() % 4 == 0) {
       size_t now = mapalloc_usable_size(slot);
@@ -1119,7 +1119,10 @@ void churn_neighbours() {
       slot = next() % 64 == 0 ? mapalloc_aligned_alloc(131072, 16) : mapalloc_malloc(n);
     }
   }
-  for (void* q : live) mapalloc_free(q);
+  for (void*& q : live) {
+    mapalloc_free(q);
+    q = nullptr;
+  }
 }
 
 }  // namespace
@@ -1160,6 +1163,124 @@ TEST(Underflow, FreesNextToNeighboursInEveryStateRaiseNoAlarm) {
         {
           churn_neighbours();
           std::_Exit(0);
+        },
+        ::testing::ExitedWithCode(0), "")
+        << "options " << o;
+  }
+}
+
+namespace {
+
+// Two neighbours of n bytes on a medium page (blocks over 1 KiB), the lower
+// one live or freed; xors mask into the width bytes below the upper one,
+// then frees it. Blocks of a fresh run come in address order: two in a row
+// whose distance is below twice the request are neighbours.
+void underflow_medium_then_free(size_t n, Before before, size_t width, unsigned char mask) {
+  char* below = static_cast<char*>(mapalloc_malloc(n));
+  char* p = nullptr;
+  for (int i = 0; i < 100 && !p; i++) {
+    char* q = static_cast<char*>(mapalloc_malloc(n));
+    size_t gap = size_t(q - below);
+    if (q > below && gap >= n + 2 && gap < 2 * n && reinterpret_cast<uintptr_t>(q) % kSlot != 0) p = q;
+    else below = q;
+  }
+  if (!p) abort();  // no such neighbours: the expected message is missing
+  if (before == Before::kFreed) mapalloc_free(below);
+  for (size_t k = 1; k <= width; k++) p[-ptrdiff_t(k)] = char(p[-ptrdiff_t(k)] ^ mask);
+  mapalloc_free(p);
+}
+
+}  // namespace
+
+// On a medium page the record below a block alone says little (any value
+// under the block size passes: a third of all values for 20 KiB blocks, all
+// of them from 64 KiB), so free looks at the whole end of the block below.
+// A mask of 1 keeps the record near its value: the range test alone passed
+// it on every medium page.
+TEST(Underflow, BelowAMediumBlockIsCaughtWhateverTheBytesWritten) {
+  SKIP_UNLESS_SECURE();
+  for (size_t n : {3070, 20000, 20478, 100000, 106494}) {
+    for (Before before : {Before::kLive, Before::kFreed}) {
+      for (size_t width : {1, 2, 8, 16}) {
+        for (unsigned char mask : {0x01, 0x41, 0xFF}) {
+          EXPECT_DEATH(underflow_medium_then_free(n, before, width, mask),
+                       "^mapalloc: heap underflow \\(or overflow of the block before it\\) at block 0x[0-9a-f]+\n")
+              << "size " << n << " before " << int(before) << " width " << width << " mask " << int(mask);
+        }
+      }
+    }
+  }
+}
+
+// A thread writes below a block and exits; another thread frees the block.
+// The page's owner is gone, so the freeing thread looks below (no owner can
+// be rewriting that block's end).
+TEST(Underflow, BelowABlockOfAnExitedThreadIsCaughtAtAnotherThreadsFree) {
+  SKIP_UNLESS_SECURE();
+  for (size_t n : {14, 126, 1022, 20000, 100000}) {
+    EXPECT_DEATH(
+        {
+          static char* p;
+          std::thread([n] {
+            char* keep = static_cast<char*>(mapalloc_malloc(n));
+            char* below = keep;
+            for (int i = 0; i < 100 && !p; i++) {
+              char* q = static_cast<char*>(mapalloc_malloc(n));
+              size_t gap = size_t(q - below);
+              if (q > below && gap >= n + 2 && gap < 2 * n + 4 && reinterpret_cast<uintptr_t>(q) % kSlot != 0) p = q;
+              else below = q;
+            }
+            if (!p) abort();
+            for (int k = 1; k <= 8; k++) p[-k] = 'A';
+          }).join();
+          mapalloc_free(p);
+          exit(0);
+        },
+        "^mapalloc: heap underflow \\(or overflow of the block before it\\) at block 0x")
+        << "size " << n;
+  }
+}
+
+// A thread allocates blocks next to each other and exits. Then the main
+// thread frees the even ones (into the exited thread's pages, whose blocks
+// below it looks at) while another thread reallocates the odd ones in place
+// and frees them, and a third adopts the exited thread's heap halfway and
+// churns blocks of its own there. No false alarm, under every option that
+// changes what a free block holds.
+TEST(Underflow, NoFalseAlarmFreeingIntoExitedThreadsPages) {
+  for (const char* o : {"", "random=1,quarantine=64k"}) {
+    ScopedOptions opts(o);
+    EXPECT_EXIT(
+        {
+          constexpr size_t kBlocks = 4000;
+          static void* blocks[kBlocks];
+          for (int round = 0; round < 20; round++) {
+            std::thread([round] {
+              uint64_t rng = 0x9E3779B97F4A7C15ull * uint64_t(round + 1);
+              for (size_t i = 0; i < kBlocks; i++) {
+                rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+                blocks[i] = mapalloc_malloc(rng % 8 == 0 ? 1025 + rng % 9000 : 1 + rng % 300);
+                memset(blocks[i], 0x5a, mapalloc_usable_size(blocks[i]));
+              }
+            }).join();
+            std::thread odd([] {
+              for (int pass = 0; pass < 3; pass++) {
+                for (size_t i = 1; i < kBlocks; i += 2) {
+                  size_t now = mapalloc_usable_size(blocks[i]);
+                  blocks[i] = mapalloc_realloc(blocks[i], now % 2 ? now - 1 : now + 1);
+                }
+              }
+              for (size_t i = 1; i < kBlocks; i += 2) mapalloc_free(blocks[i]);
+            });
+            std::thread adopter;
+            for (size_t i = 0; i < kBlocks; i += 2) {
+              if (i == kBlocks / 2) adopter = std::thread([] { churn_neighbours(20000); });
+              mapalloc_free(blocks[i]);
+            }
+            odd.join();
+            adopter.join();
+          }
+          exit(0);
         },
         ::testing::ExitedWithCode(0), "")
         << "options " << o;
@@ -1398,9 +1519,20 @@ namespace {
 // Two detached threads free, allocate and reallocate (in place, mostly) the
 // blocks the main thread allocated, without end; the main thread churns its
 // own blocks, then exits while they run.
-[[noreturn]] void exit_while_threads_free_and_reallocate() {
+// With by_exited_threads, four threads allocate those blocks and exit
+// first: two of their heaps are adopted by the two threads, two stay
+// abandoned, and the check at exit looks at those while the two free and
+// reallocate their blocks.
+[[noreturn]] void exit_while_threads_free_and_reallocate(bool by_exited_threads) {
   static void* blocks[4096];
-  for (size_t i = 0; i < 4096; i++) blocks[i] = mapalloc_malloc(16 + i % 300);
+  auto allocate = [](size_t from, size_t to) {
+    for (size_t i = from; i < to; i++) blocks[i] = mapalloc_malloc(16 + i % 300);
+  };
+  if (by_exited_threads) {
+    for (size_t t = 0; t < 4; t++) std::thread(allocate, t * 1024, t * 1024 + 1024).join();
+  } else {
+    allocate(0, 4096);
+  }
   for (int t = 0; t < 2; t++) {
     std::thread([t] {
       for (uint64_t k = t;; k++) {
@@ -1427,17 +1559,45 @@ namespace {
 }  // namespace
 
 // Other threads keep freeing and reallocating in place the main thread's
-// blocks while it exits (a canary rewritten in two stores may be read torn):
-// no false alarm, under every option.
+// blocks, or exited threads' blocks, while it exits (a canary rewritten in
+// two stores may be read torn): no false alarm, under every option.
 TEST(AtExit, NoFalseAlarmWhileOtherThreadsFreeAndReallocate) {
   for (const char* o : {"", "random=1,quarantine=64k"}) {
-    ScopedOptions opts(o);
-    EXPECT_EXIT(
+    for (bool by_exited_threads : {false, true}) {
+      ScopedOptions opts(o);
+      EXPECT_EXIT(exit_while_threads_free_and_reallocate(by_exited_threads), ::testing::ExitedWithCode(0), "")
+          << "options " << o << " by exited threads " << by_exited_threads;
+    }
+  }
+}
+
+// A thread overflows a block it never frees, or writes into a block after
+// freeing it, and exits; then the process exits. The heaps of exited
+// threads are checked too, after the exiting thread's.
+TEST(AtExit, MisuseInAnExitedThreadsBlocksIsReported) {
+  SKIP_UNLESS_SECURE();
+  for (size_t n : {8, 1000, 100000}) {
+    EXPECT_DEATH(
         {
-          exit_while_threads_free_and_reallocate();
+          std::thread([n] { poke(static_cast<char*>(mapalloc_malloc(n)) + n); }).join();
+          exit(0);
         },
-        ::testing::ExitedWithCode(0), "")
-        << "options " << o;
+        "^mapalloc: heap overflow: canary after the end of block broken, block 0x")
+        << "size " << n;
+    EXPECT_DEATH(
+        {
+          std::thread([n] {
+            void* keep = mapalloc_malloc(n);  // so that the page stays the heap's
+            char* p = static_cast<char*>(mapalloc_malloc(n));
+            mapalloc_free(p);
+            poke(p);
+            static void* volatile kept;
+            kept = keep;
+          }).join();
+          exit(0);
+        },
+        "^mapalloc: heap corruption: free block overwritten")
+        << "size " << n;
   }
 }
 
