@@ -137,9 +137,8 @@ struct alignas(64) Page {
   // page always finds it; on the full list, also no more than the frees
   // after which it goes back to its class queue (page_arm_wait).
   uint16_t free_wait = 0;
-  // tail_before_intact's bound on the record below a block: its block size
-  // on small pages, 0 on medium pages (every free there looks further,
-  // below_intact).
+  // tail_before_intact's bound on the record below a block (page.cpp:
+  // 0 for blocks over 4 KiB, whose frees all look further, below_intact).
   uint16_t tail_limit = 0;
   char* start = nullptr;  // first block (slot aligned); free finds blocks by run_mask
 
@@ -383,13 +382,15 @@ MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
 // that block is freed: the block before may be live and never freed again,
 // or free and not handed out for a long time. One load, three ALU
 // operations and a branch; no address-derived word, so that it decodes the
-// same whether that block is live or free. Random bytes pass that range
-// test block size / 65536 of the time: up to 1.6 % on small pages (blocks
-// of 1 KiB or less), a third for a 20 KiB block, always from 64 KiB. So on
-// medium pages every free looks at the block below as a whole instead
-// (below_intact: its mark, or its record and canary), out of line. Other
-// threads' frees skip both, the owner may be rewriting that block's end
-// meanwhile, unless the page's heap was abandoned (its thread exited).
+// same whether that block is live or free. The range is the slacks its
+// class's requests leave (page.cpp, tail_limit_of); a record out of it
+// (random bytes but for 0.03 % to 0.4 %, by class) goes to below_intact,
+// which looks at the block below as a whole: its mark, or its record and
+// canary. Blocks over 4 KiB take that look at every free: with the block
+// size as the range, as before, random bytes passed a third of the time at
+// 20 KiB and always from 64 KiB. Other threads' frees skip both, the owner
+// may be rewriting that block's end meanwhile, unless the page's heap was
+// abandoned (its thread exited).
 //
 // mark_tail_free is written before the cookie, which for a 16-byte block
 // takes its place.

@@ -167,24 +167,12 @@ void heaps_visit(void (*visit)(const Heap*, void*), void* ctx) {
 }
 
 void abandoned_heaps_visit(bool (*visit)(const Heap*, void*), void* ctx) {
-  Heap* taken;
-  {
-    LockGuard guard(heaps_lock);
-    taken = abandoned;
-    abandoned = nullptr;
+  // Not if the lock stays taken: exit may run in a signal handler that
+  // interrupted this thread while it held it.
+  if (!heaps_lock.try_lock_for_ms(1000)) return;
+  for (Heap* h = abandoned; h && visit(h, ctx); h = h->next_abandoned) {
   }
-  if (!taken) return;
-  Heap* last = taken;
-  bool more = true;
-  for (Heap* h = taken; h; h = h->next_abandoned) {
-    if (more) more = visit(h, ctx);
-    last = h;
-  }
-  // Back in front of any abandoned meanwhile, in their order.
-  LockGuard guard(heaps_lock);
-  last->next_abandoned = abandoned;
-  abandoned = taken;
-  maybe_abandoned.store(true, std::memory_order_relaxed);
+  heaps_lock.unlock();
 }
 
 unsigned long long threads_seen() { return thread_count.load(std::memory_order_relaxed); }

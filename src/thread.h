@@ -26,10 +26,10 @@ void thread_maybe_reclaim_abandoned();
 void thread_reclaim_all_abandoned();
 
 void heaps_visit(void (*visit)(const Heap*, void*), void* ctx);
-// Calls visit on each heap abandoned now, in the order they would be
-// adopted, until it returns false. They are taken off the list meanwhile,
-// so that no thread adopts one while it is looked at (a thread starting
-// then gets a new heap). For the check at exit.
+// Calls visit on each abandoned heap, in the order they would be adopted,
+// until it returns false, under the heap list's lock (no thread adopts one
+// meanwhile); nothing if the lock stays taken for a second. For the check
+// at exit.
 void abandoned_heaps_visit(bool (*visit)(const Heap*, void*), void* ctx);
 unsigned long long threads_seen();
 unsigned long long heaps_created();

@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1568,6 +1569,38 @@ TEST(AtExit, NoFalseAlarmWhileOtherThreadsFreeAndReallocate) {
       EXPECT_EXIT(exit_while_threads_free_and_reallocate(by_exited_threads), ::testing::ExitedWithCode(0), "")
           << "options " << o << " by exited threads " << by_exited_threads;
     }
+  }
+}
+
+// exit in a signal handler that interrupted the heap list's lock (held by
+// the statistics and by mapalloc_collect): the check at exit leaves the
+// abandoned heaps out after a second rather than wait for it forever.
+namespace {
+// 32 heaps, abandoned; the statistics hold the lock while they visit each.
+[[noreturn]] void exit_from_a_signal_during_collect(long after_us) {
+  std::vector<std::thread> threads;
+  std::atomic<int> started{0};
+  for (int t = 0; t < 32; t++)
+    threads.emplace_back([&started] {
+      mapalloc_free(mapalloc_malloc(100));
+      started++;
+      while (started.load() < 32) sched_yield();
+    });
+  for (auto& t : threads) t.join();
+  signal(SIGALRM, [](int) { exit(0); });
+  struct itimerval in = {{0, 0}, {0, after_us}};
+  setitimer(ITIMER_REAL, &in, nullptr);
+  static struct mapalloc_stats stats;
+  for (;;) {
+    mapalloc_stats_get(&stats);
+    mapalloc_collect();
+  }
+}
+}  // namespace
+
+TEST(AtExit, ExitInASignalHandlerThatInterruptedTheHeapListLockEnds) {
+  for (int run = 0; run < 10; run++) {
+    EXPECT_EXIT(exit_from_a_signal_during_collect(1000 + 997 * run), ::testing::ExitedWithCode(0), "") << "run " << run;
   }
 }
 
