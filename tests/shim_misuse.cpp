@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 static volatile char sink;
 static int global_int;
@@ -89,6 +90,36 @@ int main(int argc, char** argv) {
     if (is("small-underflow-freed-neighbour")) std::free(before);  // the block below, if it is this one
     for (int k = 1; k <= (is("small-underflow-word") ? 8 : 1); k++) poke(p - k);
     std::free(p);
+  }
+  // Below a medium block, bytes of 'A' (xored, so that each changes): the
+  // record there is checked with the whole end of the block below.
+  else if (is("medium-underflow-word-20000") || is("medium-underflow-word-100000")) {
+    size_t n = is("medium-underflow-word-20000") ? 20000 : 100000;
+    char* before = alloc(n);
+    p = alloc(n);
+    while (p < before || size_t(p - before) >= 2 * n || reinterpret_cast<unsigned long>(p) % 16384 == 0)
+      before = p, p = alloc(n);
+    for (int k = 1; k <= 8; k++) p[-k] ^= 'A';
+    std::free(p);
+  }
+  // A thread writes below a block and exits; the main thread frees it.
+  else if (is("thread-underflow-freed-after-exit")) {
+    static char* q;
+    std::thread([] {
+      char* before = alloc(100);
+      q = alloc(100);
+      while (q < before || q - before >= 200 || reinterpret_cast<unsigned long>(q) % 16384 == 0)
+        before = q, q = alloc(100);
+      for (int k = 1; k <= 8; k++) q[-k] ^= 'A';
+    }).join();
+    std::free(q);
+  }
+  // A thread overflows a block it never frees and exits; then the process.
+  else if (is("thread-overflow-at-exit")) {
+    std::thread([] {
+      char* q = alloc(24);
+      for (int k = 0; k < 8; k++) q[24 + k] ^= 'A';
+    }).join();
   }
   else if (is("read-after-free-small-purged")) {
     p = alloc(3000);
