@@ -110,9 +110,12 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   if (kCanaries && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
   // The block below, where its page's thread has exited: nobody else would
   // ever look (the owner's frees do, others' may race with the owner).
-  if (kCanaries && (reinterpret_cast<uintptr_t>(b) & page->run_mask) != 0 &&
-      !page->heap.load(std::memory_order_relaxed)->owned.load(std::memory_order_relaxed) && !below_intact(page, b))
-    return report_underflow(b);
+  if (kCanaries && (reinterpret_cast<uintptr_t>(b) & page->run_mask) != 0) {
+    const Heap* owner = page->heap.load(std::memory_order_relaxed);
+    if (!owner->owned.load(std::memory_order_acquire) && !owner->lost_in_fork && !tail_before_intact(page, b) &&
+        !below_intact(page, b, owner))
+      return report_underflow(b);
+  }
   // Aligned stores: the owner may read the record in the top two bytes of
   // the block's last word meanwhile (tail_before_intact), and sees the old
   // one or the new one (the mark's, or a 16-byte block's cookie's: the same).
@@ -301,6 +304,7 @@ static void quarantine_release_oldest(Heap* heap) {
   // rewrites the canary's bytes around the record, then the record
   // (canary_set_fresh would store the word, with bytes of no record where
   // the record is, first).
+  mark_record_busy(page, p);  // (the cookie's flip breaks a canary begun in it)
   static_cast<Block*>(p)->cookie = b->cookie ^ ((uintptr_t(1) << 48) - 1);
   canary_set(page, p, used);
   heap_free(page, p);
@@ -315,6 +319,49 @@ static bool quarantine_words(const void* p) {
 
 bool block_is_free(const Page* page, const void* p) {
   return looks_freed(page, static_cast<const Block*>(p)) || (options.quarantine && quarantine_words(p));
+}
+
+// A block's end as a free block's (its mark), a live one's (its record and
+// canary, or a busy record), or a quarantined one's (sealed words, and its
+// canary past its first 16 bytes). Sealed words without the mark are
+// otherwise damage: a free block's sealing comes after its mark.
+static bool end_intact(const Page* page, const void* block) {
+  const Block* b = static_cast<const Block*>(block);
+  if (record_busy(page, block)) return true;
+  __atomic_thread_fence(__ATOMIC_ACQUIRE);
+  if (freed_tail(page, b)) return true;
+  if (!is_freed(b)) return canary_check(page, block) != SIZE_MAX;
+  return options.quarantine && quarantine_words(block) && canary_past_header(page, block) != SIZE_MAX;
+}
+
+// Whether intact() holds at some look: 64 looks in a row, three times, a
+// millisecond apart. Another thread's stores between two loads of a look (a
+// resize in place in a loop: its new canary word overlaps the old one; a
+// remote free's mark) fail that look, and a thread held between two of its
+// stores fails a round; damage fails them all.
+template <typename Intact>
+static bool intact_at_some_look(Intact intact) {
+  for (int round = 0; round < 3; round++) {
+    if (round) {
+      struct timespec ms = {0, 1000000};
+      nanosleep(&ms, nullptr);
+    }
+    for (int look = 0; look < 64; look++)
+      if (intact()) return true;
+  }
+  return false;
+}
+
+bool below_intact(const Page* page, const void* p, const Heap* owner) {
+#ifdef MAPALLOC_TSAN
+  // Its loads race, by design, with other threads' stores (tail_before_intact).
+  (void)page, (void)p, (void)owner;
+  return true;
+#endif
+  const char* below = static_cast<const char*>(p) - page->block_size;
+  return intact_at_some_look([page, below, owner] {
+    return end_intact(page, below) || (owner && owner->owned.load(std::memory_order_acquire));
+  });
 }
 
 void quarantine_free(Page* page, void* p) noexcept {
@@ -395,9 +442,10 @@ void heap_collect(Heap* heap, bool release_current) {
 // remote list, walked from a snapshot of its head (a pushed block's words
 // never change until the owner collects it). A live block freed by one of
 // them meanwhile reads as live with a record of kFreedRecord, which passes.
-// A realloc in place by one of them rewrites the canary in two stores, so a
-// broken canary is looked at twice more, a millisecond apart, before it is
-// reported: real damage stays.
+// A realloc in place by one of them rewrites the canary in two stores, the
+// record busy in between (mark_record_busy), so a broken canary is looked
+// at again and again (intact_at_some_look) before it is reported: real
+// damage stays.
 constexpr size_t kExitCheckBytes = 16 * MiB;
 constexpr size_t kExitCheckChildMinBytes = 512 * KiB;
 constexpr size_t kExitCheckChildBytesPerMs = 64 * KiB;
@@ -435,6 +483,8 @@ static void check_free_list_at_exit(const Page* page, const Block* b, uint64_t* 
 // check_canary_past_header does when the block leaves the quarantine).
 static bool canary_broken_at_exit(const Page* page, const void* p) {
   const Block* b = static_cast<const Block*>(p);
+  if (record_busy(page, p)) return false;  // another thread is rewriting it
+  __atomic_thread_fence(__ATOMIC_ACQUIRE);
   if (!is_freed(b)) return canary_check(page, p) == SIZE_MAX;
   return canary_past_header(page, p) == SIZE_MAX;
 }
@@ -447,15 +497,8 @@ static void check_page_at_exit(const Page* page) {
   for (uint32_t i = 0; i < carved; i++) {
     if ((seen[i / 64] >> (i % 64)) & 1) continue;
     const char* p = page->start + size_t(i) * page->block_size;
-    bool broken = true;
-    for (int look = 0; look < 3 && broken; look++) {
-      if (look) {
-        struct timespec ms = {0, 1000000};
-        nanosleep(&ms, nullptr);
-      }
-      broken = canary_broken_at_exit(page, p);
-    }
-    if (broken) report_overflow(p);
+    if (!canary_broken_at_exit(page, p)) continue;
+    if (!intact_at_some_look([page, p] { return !canary_broken_at_exit(page, p); })) report_overflow(p);
   }
 }
 
@@ -485,6 +528,7 @@ static bool check_list_within(const Page* page, size_t* budget) {
 // the budget is spent.
 static bool check_heap_within(const Heap* heap, void* budget_ptr) {
   size_t* budget = static_cast<size_t*>(budget_ptr);
+  if (heap->lost_in_fork) return true;
   bool more = true;
   for (unsigned c = 0; c < kNumClasses && more; c++)
     if (heap->current[c] != &empty_page) more = check_page_within(heap->current[c], budget);
@@ -497,7 +541,7 @@ __attribute__((destructor(101))) static void check_heap_at_exit() {
   size_t budget = exit_check_budget();
   Heap* heap = tls_heap;
   bool more = true;
-  if (heap != &empty_heap) {
+  if (heap != &empty_heap && !heap->lost_in_fork) {
     quarantine_flush(heap);
     more = check_heap_within(heap, &budget);
   }

@@ -79,6 +79,9 @@ struct Heap {
   Heap* next_all = nullptr;
   Heap* next_abandoned = nullptr;
   std::atomic<bool> owned{false};  // false while abandoned (read unlocked by remote frees)
+  // In a forked child: the heap of a thread the fork did not copy, which may
+  // have been halfway through a block or a list: not checked (thread.cpp).
+  bool lost_in_fork = false;
 
   constexpr explicit Heap(Page* empty) : current() {
     for (auto& c : current) c = empty;
@@ -169,6 +172,14 @@ void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept;
 // heap_free's path when tail_before_intact says no (every free on a medium
 // page): below_intact decides, then the free goes on.
 void heap_free_look_below(Heap* heap, Page* page, Block* b) noexcept;
+// Whether the block below p (p is not its run's first block) ends as a
+// free, live or quarantined block does: a free block's mark, or a live
+// block's record and canary (or a busy record, mark_record_busy). Looked at
+// again and again (heap.cpp, intact_at_some_look) before it says no: another
+// thread may be storing there between two of its loads. For a
+// page of an abandoned heap, `owner`: yes once a thread adopts it (whose
+// mallocs store a block's canary and record apart).
+bool below_intact(const Page* page, const void* p, const Heap* owner = nullptr);
 
 // Frees a block of an arena page (the page map said so).
 MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {

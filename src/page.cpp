@@ -1,7 +1,5 @@
 #include "page.h"
 
-#include <time.h>
-
 #include "base/log.h"
 #include "options.h"
 
@@ -63,31 +61,6 @@ void report_overflow(const void* block) noexcept {
 
 void report_underflow(const void* p) noexcept {
   fatal("heap underflow (or overflow of the block before it) at block", p);
-}
-
-// A block freed (its mark), or live (its record and canary) or held in a
-// quarantine (sealed words over its first 16 bytes, its canary past them).
-static bool end_intact(const Page* page, const void* block) {
-  const Block* b = static_cast<const Block*>(block);
-  if (freed_tail(page, b)) return true;
-  return (is_freed(b) ? canary_past_header(page, block) : canary_check(page, block)) != SIZE_MAX;
-}
-
-bool below_intact(const Page* page, const void* p) {
-#ifdef MAPALLOC_TSAN
-  // Its loads race, by design, with other threads' stores (tail_before_intact).
-  (void)page, (void)p;
-  return true;
-#endif
-  const char* below = static_cast<const char*>(p) - page->block_size;
-  for (int look = 0; look < 3; look++) {
-    if (look) {
-      struct timespec ms = {0, 1000000};
-      nanosleep(&ms, nullptr);
-    }
-    if (end_intact(page, below)) return true;
-  }
-  return false;
 }
 
 size_t escaped_slack(const Page* page, const void* block, uint64_t word, size_t record) noexcept {

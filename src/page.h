@@ -290,16 +290,34 @@ MAPALLOC_INLINE void canary_set_fresh(const Page* page, void* block, size_t size
   canary_record_slack<kSmallRequest>(static_cast<char*>(block), block_size, slack, w);
 }
 
+// A record that decodes to 0, which no slack is: the block's end is being
+// rewritten (canary_set). Other threads may look at a block's end while its
+// own thread rewrites it (below_intact, the check at exit); whatever moment
+// they see, it is the old record and canary, this, or the new ones, however
+// long that thread is held between its stores (a signal handler, say).
+MAPALLOC_INLINE void mark_record_busy(const Page* page, void* block) {
+  uint16_t busy = uint16_t(keys.record);
+  __builtin_memcpy(static_cast<char*>(block) + page->block_size - 2, &busy, 2);
+  __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+MAPALLOC_INLINE bool record_busy(const Page* page, const void* block) {
+  uint16_t record;
+  __builtin_memcpy(&record, static_cast<const char*>(block) + page->block_size - 2, 2);
+  return record == uint16_t(keys.record);
+}
+
 // For a live block (realloc in place, size + kMinSlack <= block size): only
-// the canary's bytes change.
+// the canary's bytes change, the record busy meanwhile.
 MAPALLOC_INLINE void canary_set(const Page* page, void* block, size_t size) {
   size_t block_size = page->block_size;
   size_t slack = block_size - size;
+  mark_record_busy(page, block);
   char* at = static_cast<char*>(block) + canary_offset(block_size, slack);
   uint64_t w = canary_word(block), word;
   __builtin_memcpy(&word, at, 8);
-  word ^= (word ^ w) & canary_mask(slack);
+  word ^= (word ^ w) & canary_mask(slack);  // (the record's bytes stay busy)
   __builtin_memcpy(at, &word, 8);
+  __atomic_thread_fence(__ATOMIC_RELEASE);
   canary_record_slack(static_cast<char*>(block), block_size, slack, w);
   // Grown to 2 bytes of slack, its last word may be the mark of an earlier
   // free (bytes the program never wrote: indeterminate), which would make
@@ -437,13 +455,8 @@ bool page_extend(Page* page);
 [[noreturn]] void page_corrupted(const Page* page, const void* block);
 // Aborts; not noreturn so that the free fast path reaches it by a tail jump.
 void report_overflow(const void* block) noexcept;
-// Aborts: tail_before_intact, then below_intact, said no.
+// Aborts: tail_before_intact, then below_intact (heap.h), said no.
 void report_underflow(const void* p) noexcept;
-// Whether the block below p (p is not its run's first block) ends as a
-// free or live block does: a free block's mark, or a live block's record
-// and canary. Looked at three times, a millisecond apart, before it says no:
-// another thread may be rewriting that block's end between two loads.
-bool below_intact(const Page* page, const void* p);
 // For a quarantined block, whose first 16 bytes hold the free list's words:
 // checks its canary unless that began inside those 16 bytes. Returns the
 // bytes the block was asked for (for a 16-byte block, whose record those

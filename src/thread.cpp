@@ -80,9 +80,14 @@ Heap* thread_heap_init() {
   {
     LockGuard guard(heaps_lock);
     if (!exited) thread_count.fetch_add(1, std::memory_order_relaxed);
-    heap = abandoned;
+    // Not one a fork left behind in this process (lost_in_fork): the block
+    // or list its thread was working on may be half done, and its check at
+    // exit would be skipped.
+    Heap** link = &abandoned;
+    while (*link && (*link)->lost_in_fork) link = &(*link)->next_abandoned;
+    heap = *link;
     if (heap) {
-      abandoned = heap->next_abandoned;
+      *link = heap->next_abandoned;
     } else {
       void* mem = meta::allocate(sizeof(Heap));
       if (!mem) return nullptr;
@@ -206,10 +211,15 @@ static void after_fork_child() {
   arena::reset_after_fork();
   heaps_lock.reset_after_fork();
   stats_reset_after_fork();
-  // Only the forking thread lives on: other threads' heaps are abandoned.
+  // Only the forking thread lives on: other threads' heaps are abandoned,
+  // and marked: the check at exit and other threads' frees leave them alone
+  // (a block their thread was halfway through reads as damage for good:
+  // children that just exit reported 1-3 % false overflows), and no thread
+  // adopts them (thread_heap_init).
   for (Heap* h = all_heaps; h; h = h->next_all) {
     if (h->owned && h != tls_heap) {
       h->owned = false;
+      h->lost_in_fork = true;
       h->next_abandoned = abandoned;
       abandoned = h;
     }
@@ -217,11 +227,12 @@ static void after_fork_child() {
   // The child samples its first requests again (sample.cpp): they must reach
   // the slow path, as a new process's do. And the check at its exit looks
   // at current pages first (heap.cpp): they will be those of the classes it
-  // used, where its own latest blocks are. Every heap's, as a forking thread
-  // that had none adopts an abandoned one at its first malloc.
+  // used, where its own latest blocks are. Every heap's it may use, as a
+  // forking thread that had none adopts an abandoned one at its first malloc.
   // (Secure builds: there are no samples or check at exit otherwise.)
   if (kCanaries)
-    for (Heap* h = all_heaps; h; h = h->next_all) heap_put_back_current_pages(h);
+    for (Heap* h = all_heaps; h; h = h->next_all)
+      if (!h->lost_in_fork) heap_put_back_current_pages(h);
   exit_check_start_in_child();
 }
 
