@@ -541,7 +541,7 @@ __attribute__((destructor(101))) static void check_heap_at_exit() {
   size_t budget = exit_check_budget();
   Heap* heap = tls_heap;
   bool more = true;
-  if (heap != &empty_heap && !heap->lost_in_fork) {
+  if (heap != &empty_heap) {  // (never lost in a fork: not adopted)
     quarantine_flush(heap);
     more = check_heap_within(heap, &budget);
   }

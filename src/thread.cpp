@@ -212,16 +212,20 @@ static void after_fork_child() {
   heaps_lock.reset_after_fork();
   stats_reset_after_fork();
   // Only the forking thread lives on: other threads' heaps are abandoned,
-  // and marked: the check at exit and other threads' frees leave them alone
-  // (a block their thread was halfway through reads as damage for good:
-  // children that just exit reported 1-3 % false overflows), and no thread
-  // adopts them (thread_heap_init).
+  // and marked: the check at exit and other threads' frees do not look at
+  // their blocks (a block their thread was halfway through reads as damage
+  // for good: children that just exit reported 1-3 % false overflows), and
+  // no thread adopts them (thread_heap_init) to allocate from them.
   for (Heap* h = all_heaps; h; h = h->next_all) {
     if (h->owned && h != tls_heap) {
       h->owned = false;
       h->lost_in_fork = true;
       h->next_abandoned = abandoned;
       abandoned = h;
+      // Collected now and then, as other abandoned heaps (reclaim_one): what
+      // the child frees into their pages goes back to the arena (a child that
+      // freed 100 MB of its parent's worker's blocks kept them for good).
+      maybe_abandoned.store(true, std::memory_order_relaxed);
     }
   }
   // The child samples its first requests again (sample.cpp): they must reach
