@@ -340,7 +340,7 @@ static bool end_intact(const Page* page, const void* block) {
 // remote free's mark) fail that look, and a thread held between two of its
 // stores fails a round; damage fails them all.
 template <typename Intact>
-static bool intact_at_some_look(Intact intact) {
+__attribute__((noinline)) static bool intact_at_some_look(Intact intact) {
   for (int round = 0; round < 3; round++) {
     if (round) {
       struct timespec ms = {0, 1000000};
@@ -359,6 +359,7 @@ bool below_intact(const Page* page, const void* p, const Heap* owner) {
   return true;
 #endif
   const char* below = static_cast<const char*>(p) - page->block_size;
+  if (MAPALLOC_LIKELY(end_intact(page, below))) return true;  // the first look, inline
   return intact_at_some_look([page, below, owner] {
     return end_intact(page, below) || (owner && owner->owned.load(std::memory_order_acquire));
   });
