@@ -15,9 +15,10 @@ constexpr uint32_t kMinShuffled = 16;  // <= the 256 entries of page_extend's or
 // below_intact, out of line, as random bytes do but for 1 in 65536 per byte
 // of the gap: 0.03 % for 16-byte blocks, 0.4 % for 4 KiB ones (the block
 // size was the bound before, 6 % at 4 KiB). Over 4 KiB every free looks
-// there: the gaps grow to 8 KiB at 100 KiB, while a look at the block below
-// costs a cache miss or two against the program's writing of 4 KiB or more
-// (bench frag, whose 1-2 KiB blocks took it too, ran 6 % longer).
+// there, exact where the gaps (up to 8 KiB at 100 KiB) would let 3-12 %
+// through. The look reads the block below's canary, a line of its own,
+// often cold: bench frag ran 6 % longer with it from 1 KiB; from 4 KiB,
+// frag 1.4-3 % and server 4-5 % (README).
 constexpr size_t kFullLookBelowFrom = 4097;
 static uint16_t tail_limit_of(unsigned size_class) {
   size_t block = kClasses[size_class].block_size;
