@@ -12,7 +12,6 @@
 #include "options.h"
 #include "os/os.h"
 #include "sample.h"
-#include "thread.h"
 #include "zero.h"
 #include "thread.h"
 
@@ -90,10 +89,7 @@ void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept {
 
 void heap_free_look_below(Heap* heap, Page* page, Block* b) noexcept {
   if (!below_intact(page, b)) return report_underflow(b);
-  size_t slack = decoded_record(page, b);
-  if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack))) return heap_free_odd_record(heap, page, b);
-  if (MAPALLOC_UNLIKELY(!canary_intact(page, b, canary_word(b), slack))) return report_overflow(b);
-  heap_push_owned(heap, page, b);
+  heap_push_checked(heap, page, b);
 }
 
 void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {

@@ -169,8 +169,18 @@ MAPALLOC_INLINE void heap_push_owned(Heap* heap, Page* page, Block* b) noexcept 
 // (a slack of 2, the escape, or broken): out of line, so that free's fast
 // path needs no stack frame.
 void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept;
-// heap_free's path when tail_before_intact says no (every free on a medium
-// page): below_intact decides, then the free goes on.
+// The owner's free of b once the block below passed: its own canary
+// (secure builds), then onto its page's free list.
+MAPALLOC_INLINE void heap_push_checked(Heap* heap, Page* page, Block* b) noexcept {
+  if (kCanaries) {
+    size_t slack = decoded_record(page, b);
+    if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack))) return heap_free_odd_record(heap, page, b);
+    if (MAPALLOC_UNLIKELY(!canary_intact(page, b, canary_word(b), slack))) return report_overflow(b);
+  }
+  heap_push_owned(heap, page, b);
+}
+// heap_free's path when tail_before_intact says no (every free of a block
+// over 4 KiB): below_intact decides, then the free goes on.
 void heap_free_look_below(Heap* heap, Page* page, Block* b) noexcept;
 // Whether the block below p (p is not its run's first block) ends as a
 // free, live or quarantined block does: a free block's mark, or a live
@@ -205,11 +215,8 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
       if (MAPALLOC_LIKELY(offset != 0)) {
         if (MAPALLOC_UNLIKELY(!tail_before_intact(page, p))) return heap_free_look_below(heap, page, b);
       }
-      size_t slack = decoded_record(page, p);
-      if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack))) return heap_free_odd_record(heap, page, b);
-      if (MAPALLOC_UNLIKELY(!canary_intact(page, p, canary_word(p), slack))) return report_overflow(p);
     }
-    return heap_push_owned(heap, page, b);
+    return heap_push_checked(heap, page, b);
   }
   heap_free_remote(heap, page, b);
 }

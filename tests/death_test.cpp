@@ -1172,20 +1172,28 @@ TEST(Underflow, FreesNextToNeighboursInEveryStateRaiseNoAlarm) {
 
 namespace {
 
-// Two neighbours of n bytes on a medium page (blocks over 1 KiB), the lower
-// one live or freed; xors mask into the width bytes below the upper one,
-// then frees it. Blocks of a fresh run come in address order: two in a row
-// whose distance is below twice the request are neighbours.
-void underflow_medium_then_free(size_t n, Before before, size_t width, unsigned char mask) {
+// Two live neighbours of n bytes, the upper one not its run's first block.
+// Blocks of a fresh run come in address order: two in a row whose distance
+// is below twice the request (plus the slack) are neighbours.
+struct Neighbours {
+  char* below;
+  char* p;
+};
+Neighbours neighbours(size_t n) {
   char* below = static_cast<char*>(mapalloc_malloc(n));
-  char* p = nullptr;
-  for (int i = 0; i < 100 && !p; i++) {
+  for (int i = 0; i < 100; i++) {
     char* q = static_cast<char*>(mapalloc_malloc(n));
     size_t gap = size_t(q - below);
-    if (q > below && gap >= n + 2 && gap < 2 * n && reinterpret_cast<uintptr_t>(q) % kSlot != 0) p = q;
-    else below = q;
+    if (q > below && gap >= n + 2 && gap < 2 * n + 4 && reinterpret_cast<uintptr_t>(q) % kSlot != 0) return {below, q};
+    below = q;
   }
-  if (!p) abort();  // no such neighbours: the expected message is missing
+  abort();  // no such neighbours: the expected message is missing
+}
+
+// Two neighbours of n bytes, the lower one live or freed; xors mask into the
+// width bytes below the upper one, then frees it.
+void underflow_xor_then_free(size_t n, Before before, size_t width, unsigned char mask) {
+  auto [below, p] = neighbours(n);
   if (before == Before::kFreed) mapalloc_free(below);
   for (size_t k = 1; k <= width; k++) p[-ptrdiff_t(k)] = char(p[-ptrdiff_t(k)] ^ mask);
   mapalloc_free(p);
@@ -1193,18 +1201,19 @@ void underflow_medium_then_free(size_t n, Before before, size_t width, unsigned 
 
 }  // namespace
 
-// On a medium page the record below a block alone says little (any value
-// under the block size passes: a third of all values for 20 KiB blocks, all
-// of them from 64 KiB), so free looks at the whole end of the block below.
-// A mask of 1 keeps the record near its value: the range test alone passed
-// it on every medium page.
+// Over 4 KiB the record below a block alone says little (any value under
+// the block size passed: a third of all values for 20 KiB blocks, all of
+// them from 64 KiB), so free looks at the whole end of the block below;
+// under it, the record must be one its class leaves. A mask of 1 keeps the
+// record near its value: the block-size range passed it on every page over
+// 1 KiB.
 TEST(Underflow, BelowAMediumBlockIsCaughtWhateverTheBytesWritten) {
   SKIP_UNLESS_SECURE();
   for (size_t n : {3070, 20000, 20478, 100000, 106494}) {
     for (Before before : {Before::kLive, Before::kFreed}) {
       for (size_t width : {1, 2, 8, 16}) {
         for (unsigned char mask : {0x01, 0x41, 0xFF}) {
-          EXPECT_DEATH(underflow_medium_then_free(n, before, width, mask),
+          EXPECT_DEATH(underflow_xor_then_free(n, before, width, mask),
                        "^mapalloc: heap underflow \\(or overflow of the block before it\\) at block 0x[0-9a-f]+\n")
               << "size " << n << " before " << int(before) << " width " << width << " mask " << int(mask);
         }
@@ -1223,15 +1232,7 @@ TEST(Underflow, BelowABlockOfAnExitedThreadIsCaughtAtAnotherThreadsFree) {
         {
           static char* p;
           std::thread([n] {
-            char* keep = static_cast<char*>(mapalloc_malloc(n));
-            char* below = keep;
-            for (int i = 0; i < 100 && !p; i++) {
-              char* q = static_cast<char*>(mapalloc_malloc(n));
-              size_t gap = size_t(q - below);
-              if (q > below && gap >= n + 2 && gap < 2 * n + 4 && reinterpret_cast<uintptr_t>(q) % kSlot != 0) p = q;
-              else below = q;
-            }
-            if (!p) abort();
+            p = neighbours(n).p;
             for (int k = 1; k <= 8; k++) p[-k] = 'A';
           }).join();
           mapalloc_free(p);
@@ -1299,9 +1300,8 @@ namespace {
     struct timespec held = {0, 5000000};
     nanosleep(&held, nullptr);
   });
-  char* below = static_cast<char*>(mapalloc_malloc(n));
-  char* p = static_cast<char*>(mapalloc_malloc(n));
-  while (!(p > below && size_t(p - below) < 2 * n)) below = p, p = static_cast<char*>(mapalloc_malloc(n));
+  Neighbours two = neighbours(n);
+  char *below = two.below, *p = two.p;
   static std::atomic<bool> stop{false};
   std::thread resizer([below, a, b] {
     for (uint64_t k = 0; !stop.load(std::memory_order_relaxed); k++)
@@ -1373,16 +1373,10 @@ TEST(Underflow, IntoTheMarkOfAFreeMediumNeighbourIsCaught) {
   SKIP_UNLESS_SECURE();
   EXPECT_DEATH(
       {
-        size_t n = 20000;
-        char* below = static_cast<char*>(mapalloc_malloc(n));
-        char* p = static_cast<char*>(mapalloc_malloc(n));
-        while (!(p > below && size_t(p - below) < 2 * n)) {
-          below = p;
-          p = static_cast<char*>(mapalloc_malloc(n));
-        }
-        mapalloc_free(below);
-        for (int k = 5; k <= 8; k++) poke(p - k);
-        mapalloc_free(p);
+        Neighbours two = neighbours(20000);
+        mapalloc_free(two.below);
+        for (int k = 5; k <= 8; k++) poke(two.p - k);
+        mapalloc_free(two.p);
       },
       "^mapalloc: heap underflow \\(or overflow of the block before it\\) at block 0x");
 }
