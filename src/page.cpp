@@ -18,7 +18,7 @@ constexpr uint32_t kMinShuffled = 16;  // <= the 256 entries of page_extend's or
 // there, exact where the gaps (up to 8 KiB at 100 KiB) would let 3-12 %
 // through. The look reads the block below's canary, a line of its own,
 // often cold: bench frag ran 6 % longer with it from 1 KiB; from 4 KiB,
-// frag 1.4-3 % and server 4-5 % (README).
+// frag up to 3 % and server (one thread) up to 5-6 % (README).
 constexpr size_t kFullLookBelowFrom = 4097;
 static uint16_t tail_limit_of(unsigned size_class) {
   size_t block = kClasses[size_class].block_size;

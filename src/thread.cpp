@@ -214,7 +214,8 @@ static void after_fork_child() {
   // Only the forking thread lives on: other threads' heaps are abandoned,
   // and marked: the check at exit and other threads' frees do not look at
   // their blocks (a block their thread was halfway through reads as damage
-  // for good: children that just exit reported 1-3 % false overflows), and
+  // for good: at 2ffecb4, 85 of 3000 children that just exit reported a false
+  // overflow, their parent's other thread freeing and allocating), and
   // no thread adopts them (thread_heap_init) to allocate from them.
   for (Heap* h = all_heaps; h; h = h->next_all) {
     if (h->owned && h != tls_heap) {
