@@ -26,6 +26,7 @@
 #include <cstdint>
 
 #include "base/bits.h"
+#include "options.h"
 #include "size_classes.h"
 
 namespace mapalloc::sample {
@@ -35,11 +36,8 @@ constexpr bool kEnabled = MAPALLOC_SECURE;
 // these offsets in the slot (sample.cpp; slots are aligned to 64 KiB).
 constexpr size_t kSlotDataBegin = 4096, kSlotDataEnd = 15 * 4096;
 constexpr size_t kMaxSize = kSlotDataEnd - kSlotDataBegin;  // 14 pages
-// The option's default. A sample costs about 6 us (a syscall at malloc and
-// free, and a page fault), and a process starting under the shim paid them
-// all: with 64, `cat` started in 1.47 ms against 1.06 ms without samples;
-// with 16, 1.09 ms. A single-misuse test program makes a few requests.
-constexpr int64_t kStartAllowance = 16;
+// The option's default (options.h, where what it costs is).
+constexpr int64_t kStartAllowance = int64_t(kDefaultSampleAllowance);
 constexpr int64_t kChildAllowance = 4;  // a forked child's, at most
 constexpr uint64_t kIntervalMs = 10;
 // Large blocks have a budget of their own, in units of 128 KiB (a sample
