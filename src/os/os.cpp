@@ -54,6 +54,17 @@ void* map_aligned(size_t size, size_t alignment, bool rw) {
   char* p = static_cast<char*>(do_map(nullptr, size, prot, 0));
   if (!p) return nullptr;
   if ((reinterpret_cast<uintptr_t>(p) & (alignment - 1)) == 0) return p;
+  // Else extend it down to the alignment (the kernel maps top-down, so the
+  // pages below are usually free) and trim its top: three calls, where
+  // mapping again with room to align took five. The two parts merge.
+  char* below = reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(p), alignment));
+  size_t gap = size_t(p - below);
+  void* ext = do_map(below, gap, prot, MAP_FIXED_NOREPLACE);
+  if (ext == below) {
+    unmap(below + size, gap);
+    return below;
+  }
+  unmap(ext, gap);  // (a kernel before 4.17 took the flag as a hint)
   unmap(p, size);
   size_t over = size + alignment;
   p = static_cast<char*>(do_map(nullptr, over, prot, 0));
