@@ -508,6 +508,45 @@ TEST(MemoryLarge, SplitPiecesMergeForABiggerRequest) {
   mapalloc_free(again);
 }
 
+// Lines of /proc/self/maps: the process's mappings (VMAs).
+static size_t count_mappings() {
+  FILE* f = std::fopen("/proc/self/maps", "r");
+  if (!f) return 0;
+  size_t n = 0;
+  for (int c; (c = std::fgetc(f)) != EOF;) n += c == '\n';
+  std::fclose(f);
+  return n;
+}
+
+// An arena chunk with its two guard pages is one mapping where the kernel has
+// guard markers (arena.cpp, map_chunk). With PROT_NONE guard pages it was
+// three, and the kernel's 65530 mappings (vm.max_map_count) ran out at a
+// 16 GiB heap. 100000-byte blocks: nine to a 1 MiB chunk, each touching a
+// page or two, so 80 chunks cost little memory.
+TEST(MemoryArena, AChunkIsOneMapping) {
+  void* probe = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(probe, MAP_FAILED);
+  bool markers = madvise(probe, 4096, 102 /* MADV_GUARD_INSTALL */) == 0;
+  munmap(probe, 4096);
+  if (!markers) GTEST_SKIP() << "no guard markers in this kernel: chunk guard pages are mprotect'ed";
+  std::vector<void*> blocks;
+  blocks.reserve(720);
+  size_t before = count_mappings();
+  for (int i = 0; i < 720; i++) {
+    void* p = mapalloc_malloc(100000);
+    ASSERT_NE(p, nullptr);
+    blocks.push_back(p);
+  }
+  size_t after = count_mappings();
+  std::set<uintptr_t> chunks;
+  for (void* p : blocks) chunks.insert(reinterpret_cast<uintptr_t>(p) >> 20);
+  ASSERT_GE(chunks.size(), 64u);
+  // The chunks new here, their descriptors (which merge) and a few others.
+  EXPECT_LE(after - before, chunks.size() + chunks.size() / 8 + 8)
+      << before << " mappings before, " << after << " after, " << chunks.size() << " chunks";
+  for (void* p : blocks) mapalloc_free(p);
+}
+
 // A program may free memory it mlock()ed part of. Purged free memory becomes
 // guard markers, and the kernel stops such an install at the locked page,
 // with markers already on the pages before it: the allocator must take them

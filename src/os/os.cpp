@@ -48,16 +48,17 @@ void unmap(void* p, size_t size) {
   if (::munmap(p, size) == 0) counters.mapped.fetch_sub(size, std::memory_order_relaxed);
 }
 
-void* map_aligned(size_t size, size_t alignment, bool rw) {
+void* map_aligned(size_t size, size_t alignment, bool rw, size_t offset) {
   int prot = rw ? PROT_READ | PROT_WRITE : PROT_NONE;
+  auto misalignment = [&](const char* q) { return (reinterpret_cast<uintptr_t>(q) + offset) & (alignment - 1); };
   // Try the cheap way first: the kernel often returns aligned addresses.
   char* p = static_cast<char*>(do_map(nullptr, size, prot, 0));
   if (!p) return nullptr;
-  if ((reinterpret_cast<uintptr_t>(p) & (alignment - 1)) == 0) return p;
+  if (misalignment(p) == 0) return p;
   // Else extend it down to the alignment (the kernel maps top-down, so the
   // pages below are usually free) and trim its top: three calls, where
   // mapping again with room to align took five. The two parts merge.
-  char* below = reinterpret_cast<char*>(align_down(reinterpret_cast<uintptr_t>(p), alignment));
+  char* below = p - misalignment(p);
   size_t gap = size_t(p - below);
   void* ext = do_map(below, gap, prot, MAP_FIXED_NOREPLACE);
   if (ext == below) {
@@ -66,10 +67,10 @@ void* map_aligned(size_t size, size_t alignment, bool rw) {
   }
   unmap(ext, gap);  // (a kernel before 4.17 took the flag as a hint)
   unmap(p, size);
-  size_t over = size + alignment;
+  size_t over = size + alignment - kPageSize;
   p = static_cast<char*>(do_map(nullptr, over, prot, 0));
   if (!p) return nullptr;
-  char* aligned = reinterpret_cast<char*>(align_up(reinterpret_cast<uintptr_t>(p), alignment));
+  char* aligned = misalignment(p) ? p + (alignment - misalignment(p)) : p;
   unmap(p, size_t(aligned - p));
   unmap(aligned + size, size_t(p + over - (aligned + size)));
   return aligned;

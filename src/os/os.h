@@ -14,8 +14,9 @@ void* map(size_t size);
 // Maps size bytes PROT_NONE: address space only. The parts protect_rw opens
 // are charged as a read-write mmap is (refused beyond what overcommit allows).
 void* reserve(size_t size);
-// Maps size bytes at a multiple of alignment (read-write when rw).
-void* map_aligned(size_t size, size_t alignment, bool rw);
+// Maps size bytes (read-write when rw) so that the byte at `offset` in them
+// lies at a multiple of alignment (offset a page multiple).
+void* map_aligned(size_t size, size_t alignment, bool rw, size_t offset = 0);
 void unmap(void* p, size_t size);
 bool protect_none(void* p, size_t size);
 bool protect_rw(void* p, size_t size);
