@@ -74,22 +74,30 @@ static void rebin(Chunk* c) {
   bins[b] = c;
 }
 
-// Maps a chunk-aligned chunk; with guards, a guard page on each side. All
-// three in one read-write mapping, the guard pages markers where the kernel
-// has them: one mapping a chunk. With PROT_NONE guard pages (mprotect, the
-// fallback) a chunk was three, and a heap of 16.2 GiB (100000-byte blocks,
-// four mappings a MiB with the descriptors) reached vm.max_map_count (65530
-// mappings by default): malloc returned ENOMEM with memory to spare. Also
-// cheaper to fork: a fork and exit cost about 1.1 us more per mapping here.
+// Maps a chunk-aligned chunk; with guards, a guard page on each side. Where
+// the kernel has guard markers, all three are one read-write mapping, the
+// guard pages markers: one mapping a chunk. With PROT_NONE guard pages
+// (mprotect, where markers are missing or refused: mlockall) a chunk is
+// three, and a heap of 16.2 GiB (100000-byte blocks, four mappings a MiB
+// with the descriptors) reached vm.max_map_count (65530 mappings by
+// default): malloc returned ENOMEM with memory to spare. Reserved PROT_NONE
+// first, so that only what is opened is charged (overcommit) or, in a
+// locked process, faulted in.
 static char* map_chunk() {
   if (!options.guard) return static_cast<char*>(os::map_aligned(kChunkSize, kChunkSize, true));
   size_t total = kChunkSize + 2 * kGuard;
-  char* lo = static_cast<char*>(os::map_aligned(total, kChunkSize, true, kGuard));
+  char* lo = static_cast<char*>(os::map_aligned(total, kChunkSize, false, kGuard));
   if (!lo) return nullptr;
   char* base = lo + kGuard;
   char* hi = base + kChunkSize;
-  os::Range ends[2] = {{lo, kGuard}, {hi, kGuard}};
-  if (!os::guard_ranges(ends, 2) && (!os::guard(lo, kGuard) || !os::guard(hi, kGuard))) {
+  bool ok;
+  if (os::markers_usable() && os::protect_rw(lo, total)) {
+    os::Range ends[2] = {{lo, kGuard}, {hi, kGuard}};
+    ok = os::guard_ranges(ends, 2) || (os::guard(lo, kGuard) && os::guard(hi, kGuard));
+  } else {
+    ok = os::protect_rw(base, kChunkSize);
+  }
+  if (!ok) {
     os::unmap(lo, total);
     return nullptr;
   }

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "sample.h"
 #include "size_classes.h"
 
 #ifndef MAPALLOC_DEFAULT_MMAP_THRESHOLD
@@ -16,15 +17,6 @@ namespace mapalloc {
 // The threshold in effect for a wanted one: never above the biggest request
 // the classes serve (1 MiB less the canary's record in secure builds).
 constexpr size_t capped_threshold(size_t bytes) { return bytes < kMaxSmallRequest ? bytes : kMaxSmallRequest; }
-
-// The guarded samples' start allowance (sample.h): every small request of
-// a process's first this many is a sample. Each costs a page fault and a
-// system call or two; a process starting under the shim pays them all.
-// Interleaved here (stop 35): `cat` under the shim 1.14 ms with sample=0,
-// 1.16 ms with 8, 1.21 ms with 16; bench spawn 0.664 / 0.703 / 0.723 s. An
-// outside misuse suite's 620 cases, run at start (its misused block among
-// the first few), were caught alike with 4, 8 and 16.
-constexpr size_t kDefaultSampleAllowance = 8;
 
 // purge_delay_ms above this (35 years) counts as this: the purges multiply it.
 constexpr uint64_t kMaxPurgeDelayMs = uint64_t(1) << 40;
@@ -39,7 +31,7 @@ struct Options {
   bool madv_free = false;         // purge with MADV_FREE instead of MADV_DONTNEED
   bool random = false;            // hand out a page's fresh blocks in random order
   size_t quarantine = 0;          // bytes of freed small blocks each thread holds back (0: off)
-  size_t sample = kDefaultSampleAllowance;  // guarded samples' start allowance; 0 (or guard=0): none at all
+  size_t sample = size_t(sample::kStartAllowance);  // guarded samples' start allowance; 0 (or guard=0): none at all
 };
 extern Options options;
 

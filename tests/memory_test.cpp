@@ -511,6 +511,7 @@ TEST(MemoryLarge, SplitPiecesMergeForABiggerRequest) {
 // Lines of /proc/self/maps: the process's mappings (VMAs).
 static size_t count_mappings() {
   FILE* f = std::fopen("/proc/self/maps", "r");
+  if (!f) ADD_FAILURE() << "cannot read /proc/self/maps";
   if (!f) return 0;
   size_t n = 0;
   for (int c; (c = std::fgetc(f)) != EOF;) n += c == '\n';
@@ -529,8 +530,10 @@ TEST(MemoryArena, AChunkIsOneMapping) {
   bool markers = madvise(probe, 4096, 102 /* MADV_GUARD_INSTALL */) == 0;
   munmap(probe, 4096);
   if (!markers) GTEST_SKIP() << "no guard markers in this kernel: chunk guard pages are mprotect'ed";
+  if (mapalloc_mmap_threshold() < 100000) GTEST_SKIP() << "100000-byte blocks are large blocks with this threshold";
   std::vector<void*> blocks;
   blocks.reserve(720);
+  const mapalloc_stats stats_before = stats();
   size_t before = count_mappings();
   for (int i = 0; i < 720; i++) {
     void* p = mapalloc_malloc(100000);
@@ -538,6 +541,10 @@ TEST(MemoryArena, AChunkIsOneMapping) {
     blocks.push_back(p);
   }
   size_t after = count_mappings();
+  // Arena blocks, not large ones (a lowered mmap threshold would make them so).
+  const mapalloc_stats stats_after = stats();
+  ASSERT_EQ(stats_after.small_live_blocks - stats_before.small_live_blocks, 720u);
+  ASSERT_EQ(stats_after.large_live_count, stats_before.large_live_count);
   std::set<uintptr_t> chunks;
   for (void* p : blocks) chunks.insert(reinterpret_cast<uintptr_t>(p) >> 20);
   ASSERT_GE(chunks.size(), 64u);

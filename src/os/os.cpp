@@ -55,17 +55,25 @@ void* map_aligned(size_t size, size_t alignment, bool rw, size_t offset) {
   char* p = static_cast<char*>(do_map(nullptr, size, prot, 0));
   if (!p) return nullptr;
   if (misalignment(p) == 0) return p;
-  // Else extend it down to the alignment (the kernel maps top-down, so the
-  // pages below are usually free) and trim its top: three calls, where
-  // mapping again with room to align took five. The two parts merge.
-  char* below = p - misalignment(p);
-  size_t gap = size_t(p - below);
-  void* ext = do_map(below, gap, prot, MAP_FIXED_NOREPLACE);
-  if (ext == below) {
-    unmap(below + size, gap);
-    return below;
+  // Else extend it to the alignment below it (the kernel maps top-down, so
+  // the pages below are usually free) or, failing that, above it (a
+  // bottom-up layout: setarch -L), and trim its other end: three calls,
+  // where mapping again with room to align took five. The parts merge.
+  auto map_exactly = [&](char* at, size_t bytes) {
+    void* q = do_map(at, bytes, prot, MAP_FIXED_NOREPLACE);
+    if (q == at) return true;
+    unmap(q, bytes);  // (a kernel before 4.17 took the flag as a hint)
+    return false;
+  };
+  size_t down = misalignment(p), up = alignment - down;
+  if (map_exactly(p - down, down)) {
+    unmap(p + size - down, down);
+    return p - down;
   }
-  unmap(ext, gap);  // (a kernel before 4.17 took the flag as a hint)
+  if (map_exactly(p + size, up)) {
+    unmap(p, up);
+    return p + up;
+  }
   unmap(p, size);
   size_t over = size + alignment - kPageSize;
   p = static_cast<char*>(do_map(nullptr, over, prot, 0));
