@@ -354,7 +354,7 @@ static void purge_locked(bool force, uint64_t now) {
   last_purge_ms = now;
   Chunk** link = &chunks;
   while (Chunk* c = *link) {
-    bool idle = force || now - c->last_free_ms >= kIdleFactor * options.purge_delay_ms;
+    bool idle = force || os::ms_since(now, c->last_free_ms) >= kIdleFactor * options.purge_delay_ms;
     if (idle && c->free_slots == ~uint64_t(0)) {
       // A wholly free idle chunk: the address space and the descriptor go
       // back too (the descriptors are near 1 % of the chunk).
@@ -375,7 +375,7 @@ static void purge_locked(bool force, uint64_t now) {
 }
 
 static void maybe_purge_locked(uint64_t now) {
-  if (now - last_purge_ms >= options.purge_delay_ms || dirty_bytes > kDirtyCap) purge_locked(false, now);
+  if (os::ms_since(now, last_purge_ms) >= options.purge_delay_ms || dirty_bytes > kDirtyCap) purge_locked(false, now);
 }
 
 void free_page(Page* page) {

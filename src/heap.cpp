@@ -460,8 +460,7 @@ static size_t exit_check_budget() {
   // within the clock's tick (1-4 ms) after an even reading got a negative
   // time, read as the whole 16 MiB: bench forkexit ran 2.3x as long when the
   // tick's readings were even, as it did in one of this stop's runs.)
-  uint64_t now = os::now_ms();
-  uint64_t ran_ms = now > exit_check_forked_ms ? now - exit_check_forked_ms : 0;
+  uint64_t ran_ms = os::ms_since(os::now_ms(), exit_check_forked_ms);
   if (ran_ms >= kExitCheckBytes / kExitCheckChildBytesPerMs) return kExitCheckBytes;
   return std::max(kExitCheckChildMinBytes, size_t(ran_ms) * kExitCheckChildBytesPerMs);
 }

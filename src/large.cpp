@@ -511,7 +511,7 @@ static void purge_locked(bool force, uint64_t now) {
   uint64_t delay = options.purge_delay_ms;
   for (LargeBlock* b = cache_tail; b;) {
     LargeBlock* prev = b->prev;
-    uint64_t idle = now - b->cached_at_ms;
+    uint64_t idle = os::ms_since(now, b->cached_at_ms);
     if (force || idle >= 10 * delay + 100) {
       cache_unlink(b);
       release(b);
@@ -523,7 +523,7 @@ static void purge_locked(bool force, uint64_t now) {
   // Growable mappings are not purged and kept: those idle ten delays go.
   for (LargeBlock* b = growable_tail; b;) {
     LargeBlock* prev = b->prev;
-    if (force || now - b->cached_at_ms >= 10 * delay) {
+    if (force || os::ms_since(now, b->cached_at_ms) >= 10 * delay) {
       growable_unlink(b);
       release(b);
     }
@@ -532,7 +532,7 @@ static void purge_locked(bool force, uint64_t now) {
 }
 
 static void maybe_purge_locked(uint64_t now) {
-  if (now - last_purge_ms >= options.purge_delay_ms || cache_dirty > dirty_cap()) purge_locked(false, now);
+  if (os::ms_since(now, last_purge_ms) >= options.purge_delay_ms || cache_dirty > dirty_cap()) purge_locked(false, now);
 }
 
 // A new mapping of map_size bytes whose read-write part is [begin, end).

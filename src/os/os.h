@@ -76,6 +76,10 @@ bool moves_across_mappings();
 bool move_pages(void* old_p, size_t size, void* dest);
 
 uint64_t now_ms();            // CLOCK_MONOTONIC_COARSE milliseconds (a tick: 1-4 ms)
+// Milliseconds from then to now, 0 if then is later: a thread that read the
+// clock before it waited for a lock may hold an older now than the time
+// another thread stored meanwhile (unsigned, the difference would wrap).
+inline uint64_t ms_since(uint64_t now, uint64_t then) { return now > then ? now - then : 0; }
 uint64_t resident_bytes();    // from /proc/self/statm, without allocating
 uint64_t random_u64();        // from getrandom, falls back to clock mixing
 
