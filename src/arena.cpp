@@ -93,7 +93,7 @@ static char* map_chunk() {
   bool ok;
   if (os::markers_usable() && os::protect_rw(lo, total)) {
     os::Range ends[2] = {{lo, kGuard}, {hi, kGuard}};
-    ok = os::guard_ranges(ends, 2) || (os::guard(lo, kGuard) && os::guard(hi, kGuard));
+    ok = os::guard_each(ends, 2);
   } else {
     ok = os::protect_rw(base, kChunkSize);
   }

@@ -546,7 +546,7 @@ static bool map_block(LargeBlock* b, size_t head, size_t rw, size_t map_size, bo
     base = static_cast<char*>(os::map(map_size));
     if (base) {
       os::Range ends[2] = {{base, head}, {base + head + rw, map_size - head - rw}};
-      if (!os::guard_ranges(ends, 2) && (!os::guard(base, head) || !os::guard(base + head + rw, map_size - head - rw))) {
+      if (!os::guard_each(ends, 2)) {
         os::unmap(base, map_size);
         base = nullptr;
       }

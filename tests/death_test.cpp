@@ -40,6 +40,7 @@ constexpr const char* kFreeMisuse = "mapalloc.*free";
 
 int global_int = 1;
 
+using mapalloc_test::kernel_has_guard_markers;
 using mapalloc_test::poke;
 
 // A request of n bytes, filled, then one byte written past it: caught when
@@ -323,13 +324,6 @@ TEST(GuardPage, ReadPastLargeBlockEndFaults) {
 // runs aligned to 64 KiB; with the guard, blocks of the 16, 64, 256 and
 // 1024-byte classes fill the run up to 60 KiB, where the guard starts. A run that ends its
 // 1 MiB chunk has no marker: the chunk's own guard page follows it.
-bool kernel_has_guard_markers() {
-  void* m = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED) return false;
-  bool ok = madvise(m, 4096, 102 /* MADV_GUARD_INSTALL */) == 0;
-  munmap(m, 4096);
-  return ok;
-}
 
 // Leaves a live block in p's 1 MiB chunk, so that a collect purges the
 // chunk's free pages rather than unmapping the chunk (an unmapped one faults
@@ -1596,7 +1590,7 @@ TEST(AtExit, AForkedChildThatExitsAtOnceChecksOnlyItsSmallBudget) {
           if (!p) _exit(3);
           if (i == count / 4) planted = p;
         }
-        planted[48] = static_cast<char>(planted[48] ^ 0x5a);  // the canary's first byte
+        poke(planted + 48);  // the canary's first byte
         int reported = 0;
         for (int k = 0; k < 20; k++) {
           pid_t pid = fork();

@@ -525,11 +525,7 @@ static size_t count_mappings() {
 // 16 GiB heap. 100000-byte blocks: nine to a 1 MiB chunk, each touching a
 // page or two, so 80 chunks cost little memory.
 TEST(MemoryArena, AChunkIsOneMapping) {
-  void* probe = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  ASSERT_NE(probe, MAP_FAILED);
-  bool markers = madvise(probe, 4096, 102 /* MADV_GUARD_INSTALL */) == 0;
-  munmap(probe, 4096);
-  if (!markers) GTEST_SKIP() << "no guard markers in this kernel: chunk guard pages are mprotect'ed";
+  if (!kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers in this kernel: chunk guard pages are mprotect'ed";
   if (mapalloc_mmap_threshold() < 100000) GTEST_SKIP() << "100000-byte blocks are large blocks with this threshold";
   std::vector<void*> blocks;
   blocks.reserve(720);

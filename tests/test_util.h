@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <sys/mman.h>
 
 namespace mapalloc_test {
 
@@ -18,6 +19,17 @@ namespace mapalloc_test {
 inline void poke(void* p) {
   volatile unsigned char* v = static_cast<unsigned char*>(p);
   *v = static_cast<unsigned char>(~*v);
+}
+
+// Whether this kernel takes guard markers (MADV_GUARD_INSTALL, Linux 6.13):
+// where it does not (or under tests/old_kernel), runs have no end guards and
+// chunks' guard pages are mprotect'ed.
+inline bool kernel_has_guard_markers() {
+  void* m = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return false;
+  bool ok = madvise(m, 4096, 102 /* MADV_GUARD_INSTALL */) == 0;
+  munmap(m, 4096);
+  return ok;
 }
 
 // What mapalloc_mmap_threshold() reads after setting t: secure builds serve

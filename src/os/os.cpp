@@ -171,6 +171,13 @@ bool guard_ranges(const Range* ranges, unsigned n) {
   return false;
 }
 
+bool guard_each(const Range* ranges, unsigned n) {
+  if (guard_ranges(ranges, n)) return true;
+  for (unsigned i = 0; i < n; i++)
+    if (!guard(ranges[i].base, ranges[i].size)) return false;
+  return true;
+}
+
 bool guard_pages(char* first, size_t stride, unsigned n) {
   if (n > kMaxGuardRanges) return false;
   Range pages[kMaxGuardRanges];

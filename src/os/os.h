@@ -50,6 +50,10 @@ struct Range {
 };
 constexpr unsigned kMaxGuardRanges = 64;
 bool guard_ranges(const Range* ranges, unsigned n);
+// guard() on each range: in one call where guard_ranges takes them, else one
+// call each (markers, or mprotect where the kernel refuses them). False if
+// one failed (the others may be guard pages by then).
+bool guard_each(const Range* ranges, unsigned n);
 // The same for n pages, one every stride bytes from first.
 bool guard_pages(char* first, size_t stride, unsigned n);
 bool unguard_markers(void* p, size_t size);
