@@ -74,103 +74,155 @@ static void rebin(Chunk* c) {
   bins[b] = c;
 }
 
-// Maps a chunk-aligned chunk; with guards, a guard page on each side. Where
-// the kernel has guard markers, all three are one read-write mapping, the
-// guard pages markers: one mapping a chunk. With PROT_NONE guard pages
-// (mprotect, where markers are missing or refused: mlockall) a chunk is
-// three, and a heap of 16.2 GiB (100000-byte blocks, four mappings a MiB
-// with the descriptors) reached vm.max_map_count (65530 mappings by
-// default): malloc returned ENOMEM with memory to spare. Reserved PROT_NONE
-// first, so that only what is opened is charged (overcommit) or, in a
-// locked process, faulted in.
-static char* map_chunk() {
-  if (!options.guard) return static_cast<char*>(os::map_aligned(kChunkSize, kChunkSize, true));
-  size_t total = kChunkSize + 2 * kGuard;
-  char* lo = static_cast<char*>(os::map_aligned(total, kChunkSize, false, kGuard));
-  if (!lo) return nullptr;
-  char* base = lo + kGuard;
-  char* hi = base + kChunkSize;
-  bool ok;
-  if (os::markers_usable() && os::protect_rw(lo, total)) {
-    os::Range ends[2] = {{lo, kGuard}, {hi, kGuard}};
-    ok = os::guard_each(ends, 2);
-  } else {
-    ok = os::protect_rw(base, kChunkSize);
-  }
-  if (!ok) {
-    os::unmap(lo, total);
-    return nullptr;
-  }
-  return base;
-}
-
-static void unmap_chunk(char* base) {
-  if (options.guard) {
-    os::unmap(base - kGuard, kChunkSize + 2 * kGuard);
-  } else {
-    os::unmap(base, kChunkSize);
-  }
-}
-
+// Chunks are opened side by side in regions: one PROT_NONE reservation of
+// up to kRegionChunks chunks above a PROT_NONE floor page, a chunk opened by
+// making it read-write (one call) and closed by making it PROT_NONE again.
+// With guards, a chunk's last page is a guard page for as long as it is
+// open (a marker, or PROT_NONE where markers are missing or refused), so the
+// chunk above, or the rest of the reservation, is out of reach of an
+// overflow; below a region's first chunk is its floor page, below any other
+// chunk the last page of the one below, open or closed. Open chunks next to
+// each other are one mapping: a chunk between guard pages of its own (the
+// layout before) was one, and could not sit next to another as chunks are
+// aligned to their size. So a heap of N MiB was N mappings; a program with
+// 60 GiB of arena reached vm.max_map_count, and a fork copied the page
+// tables of each chunk's own 2 MiB of address space (bench forkexit: 4-6 %
+// of its time). A region also saves the calls that aligned each chunk's
+// mapping, and holds its chunks' descriptors in one mapping of their own,
+// away from user data.
+constexpr unsigned kRegionChunks = 64;
 constexpr size_t kDescriptorBytes = align_up(sizeof(Chunk), os::kPageSize);
-// A chunk's descriptor goes with it. (Only a free racing with the unmapping
-// of its wholly free chunk, a double free, could still be reading it.)
-static void unmap_descriptor(Chunk* c) { os::unmap(c, kDescriptorBytes); }
+
+struct Region {
+  char* base = nullptr;  // chunk i at base + i * kChunkSize, the floor page below
+  unsigned count = 0;    // chunks it has room for
+  uint64_t open = 0;     // bit i: chunk i is open
+  Region* next = nullptr;
+  Chunk* descriptor(unsigned i) {
+    return reinterpret_cast<Chunk*>(reinterpret_cast<char*>(this) + kHeaderBytes + i * kDescriptorBytes);
+  }
+  size_t reserved_bytes() const { return count * kChunkSize + kGuard; }
+  size_t meta_bytes() const { return kHeaderBytes + count * kDescriptorBytes; }
+  static constexpr size_t kHeaderBytes = os::kPageSize;
+};
+static_assert(sizeof(Region) <= Region::kHeaderBytes);
+static Region* regions = nullptr;  // guarded by lock
+
+// A new region, as big as the address space allows (a process under a
+// tight RLIMIT_AS gets smaller ones).
+static Region* new_region() {
+  for (unsigned count = kRegionChunks; count; count /= 2) {
+    size_t reserved = count * kChunkSize + kGuard;
+    char* floor = static_cast<char*>(os::map_aligned(reserved, kChunkSize, false, kGuard));
+    if (!floor) continue;
+    void* meta = os::map(Region::kHeaderBytes + count * kDescriptorBytes);
+    if (!meta) {
+      os::unmap(floor, reserved);
+      continue;
+    }
+    Region* r = new (meta) Region();
+    r->base = floor + kGuard;
+    r->count = count;
+    r->next = regions;
+    regions = r;
+    return r;
+  }
+  return nullptr;
+}
 
 constexpr unsigned kFreshRunSlots = kSmallPageBytes / kSlotSize;
-// Bit i set when slot i ends a group, but for the chunk's last slot.
+// Bit i set when slot i ends a group of kFreshRunSlots (the last, 63, ends the chunk).
 constexpr uint64_t fresh_guard_ends() {
   uint64_t ends = 0;
-  for (unsigned i = kFreshRunSlots - 1; i + 1 < kSlotsPerChunk; i += kFreshRunSlots) ends |= uint64_t(1) << i;
+  for (unsigned i = kFreshRunSlots - 1; i < kSlotsPerChunk; i += kFreshRunSlots) ends |= uint64_t(1) << i;
   return ends;
 }
 constexpr uint64_t kFreshGuardEnds = fresh_guard_ends();
-static_assert(kFreshGuardEnds == 0x0888888888888888ull);
+static_assert(kFreshGuardEnds == 0x8888888888888888ull);
+constexpr uint64_t kTopSlot = uint64_t(1) << (kSlotsPerChunk - 1);
 
-static Chunk* new_chunk() {
-  char* base = map_chunk();
-  if (!base) return nullptr;
-  // The descriptor in a mapping of its own, away from user data.
-  void* mem = os::map(kDescriptorBytes);
-  if (!mem) {
-    unmap_chunk(base);
-    return nullptr;
-  }
-  Chunk* c = new (mem) Chunk();
-  c->base = base;
-  c->free_slots = ~uint64_t(0);
-  for (unsigned i = 0; i < kSlotsPerChunk; i++) {
-    Page& p = c->pages[i];
-    p.chunk = c;
-    p.slot_index = uint8_t(i);
-    p.start = base + i * kSlotSize;
-    p.capacity = 0;  // free slots reject every free
-    if (!pagemap::set_page(p.start, kSlotSize, &p)) {
-      pagemap::set(base, i * kSlotSize, 0);
-      unmap_chunk(base);
-      unmap_descriptor(c);
-      return nullptr;
-    }
-  }
-  // A fresh chunk gets a guard page at the end of every group of
-  // kFreshRunSlots slots (but the last, which the chunk's own guard page
-  // follows), all in one call: a run of that many slots, the most common
-  // (blocks up to 1 KiB), carved at a group has its end guard in place, and
-  // one below it (an underflow below its first block faults), with no call
-  // of its own; other runs install their end guard or remove the markers
-  // inside them (one call). Where the kernel cannot set them in one call,
-  // the whole chunk becomes markers instead, as purged slots are, and each
-  // run carved there removes them (one call).
-  if (options.guard && os::markers_usable()) {
-    if (os::guard_pages(base + kSmallPageBytes - kRunGuard, kSmallPageBytes, kSlotsPerChunk / kFreshRunSlots - 1)) {
+// The guard pages of a chunk just opened. Its last page, the chunk's guard;
+// with markers, a guard page at the end of every group of kFreshRunSlots
+// slots, all in one call: a run of that many slots, the most common (blocks
+// up to 1 KiB), carved at a group has its end guard in place, and one below
+// it (an underflow below its first block faults), with no call of its own;
+// other runs install their end guard or remove the markers inside them (one
+// call). Where the kernel cannot set them in one call, the whole chunk
+// becomes markers instead, as purged slots are, and each run carved there
+// removes them (one call) but for the last page.
+static bool guard_new_chunk(Chunk* c) {
+  char* top = c->base + kChunkSize - kGuard;
+  if (os::markers_usable()) {
+    if (os::guard_pages(c->base + kSmallPageBytes - kRunGuard, kSmallPageBytes, kSlotsPerChunk / kFreshRunSlots)) {
       c->guard_ends = kFreshGuardEnds;
-    } else if (os::guard_marker(base, kChunkSize)) {
-      c->purge_marked = ~uint64_t(0);
-    } else {
-      // Neither (a locked chunk refuses markers): what a short count of the
-      // first call left would be unrecorded guard pages inside runs.
-      os::unguard_markers(base, kChunkSize);
+      return true;
     }
+    if (os::guard_marker(c->base, kChunkSize)) {
+      c->purge_marked = ~uint64_t(0);
+      c->guard_ends = kTopSlot;
+      return true;
+    }
+    // Neither (a locked chunk refuses markers): what a short count of the
+    // first call left would be unrecorded guard pages inside runs.
+    if (!os::unguard_markers(c->base, kChunkSize)) return false;
+  }
+  if (!os::guard(top, kGuard)) return false;
+  c->guard_ends = kTopSlot;
+  return true;
+}
+
+// Closes an open chunk: its memory, markers and page map entries go; its
+// place stays reserved, PROT_NONE (a guard page for the chunk above). A
+// region with no chunk open goes back whole.
+static void close_chunk(Chunk* c) {
+  Region* r = c->region;
+  unsigned i = unsigned((c->base - r->base) / kChunkSize);
+  pagemap::set(c->base, kChunkSize, 0);
+  // Where even that is refused, the memory is at least released.
+  if (!os::decommit(c->base, kChunkSize)) os::purge(c->base, kChunkSize);
+  r->open &= ~(uint64_t(1) << i);
+  if (r->open) {
+    os::purge(c, kDescriptorBytes);
+    return;
+  }
+  for (Region** link = &regions; *link; link = &(*link)->next) {
+    if (*link == r) {
+      *link = r->next;
+      break;
+    }
+  }
+  os::unmap(r->base - kGuard, r->reserved_bytes());
+  // (Only a free racing with the closing of its wholly free chunk, a double
+  // free, could still be reading a descriptor.)
+  os::unmap(r, r->meta_bytes());
+}
+
+// Opens a chunk, in the first region with room (its lowest closed place,
+// next to its open ones), else in a new region.
+static Chunk* new_chunk() {
+  Region* r = regions;
+  while (r && r->open == run_mask(r->count)) r = r->next;
+  if (!r && !(r = new_region())) return nullptr;
+  unsigned i = unsigned(__builtin_ctzll(~r->open));
+  char* base = r->base + i * kChunkSize;
+  if (!os::protect_rw(base, kChunkSize)) return nullptr;  // refused by the overcommit check
+  Chunk* c = new (r->descriptor(i)) Chunk();
+  c->base = base;
+  c->region = r;
+  c->free_slots = ~uint64_t(0);
+  r->open |= uint64_t(1) << i;
+  bool ok = !options.guard || guard_new_chunk(c);
+  for (unsigned k = 0; ok && k < kSlotsPerChunk; k++) {
+    Page& p = c->pages[k];
+    p.chunk = c;
+    p.slot_index = uint8_t(k);
+    p.start = base + k * kSlotSize;
+    p.capacity = 0;  // free slots reject every free
+    ok = pagemap::set_page(p.start, kSlotSize, &p);
+  }
+  if (!ok) {
+    close_chunk(c);
+    return nullptr;
   }
   c->next = chunks;
   chunks = c;
@@ -189,8 +241,7 @@ static unsigned find_run(const Chunk* c, unsigned slots) {
   for (unsigned i = 0; i < 64; i += slots) {
     if (((c->free_slots >> i) & m) != m) continue;
     uint64_t markers = (c->guard_ends >> i) & m;
-    bool in_place = (i + slots < kSlotsPerChunk ? markers == ready : markers == 0) &&  // the chunk's guard ends the last
-                    !((c->purge_marked >> i) & m);
+    bool in_place = markers == ready && !((c->purge_marked >> i) & m);
     int score = 2 * (((c->dirty_slots >> i) & m) == m) + in_place;
     if (score > best_score) best = i, best_score = score;
     if (score == 3) break;
@@ -205,18 +256,19 @@ static void maybe_purge_locked(uint64_t now);
 // the next run. Markers stay through purges, so a run reused at the same
 // place costs no call; markers left inside a new run by earlier, shorter
 // runs are removed (one call), a missing end guard is installed (one call).
-// Only with markers: with mprotect every run would be VMAs of its own. Not
-// for a run that ends the chunk (the chunk's own guard page follows it), nor
-// where the guard would cost more than a quarter of the run's blocks (the
-// 512 KiB and 1 MiB classes, used only with a raised mmap_threshold). Not
-// again once the kernel refused a marker (a locked mapping, say:
-// os::markers_usable).
+// Only with markers: with mprotect every run would be VMAs of its own. A
+// run that ends the chunk has the chunk's own guard page as its last page,
+// always (the 512 KiB class, used only with a raised mmap_threshold, keeps
+// one block of its two: its runs are whole chunks); other runs not where
+// the guard would cost more than a quarter of their blocks, nor once the
+// kernel refused a marker (a locked mapping, say: os::markers_usable).
 
 static_assert(kRunGuard == os::kPageSize);
 
 static bool run_gets_guard(unsigned index, const ClassInfo& info) {
-  return info.guarded_capacity && options.guard && os::markers_usable() &&
-         index + info.page_slots < kSlotsPerChunk;
+  if (!options.guard) return false;
+  if (index + info.page_slots == kSlotsPerChunk) return true;  // the chunk's own
+  return info.guard_always_worth && os::markers_usable();
 }
 
 // A guard page below a run: free's underflow check cannot look below a
@@ -244,6 +296,8 @@ static int arrange_guards(Chunk* c, unsigned index, unsigned slots, bool want_gu
   uint64_t last = uint64_t(1) << (index + slots - 1);
   uint64_t purged = c->purge_marked & run;  // whole slots of markers (purge_chunk)
   uint64_t stale = (c->guard_ends & run & (want_guard ? ~last : ~uint64_t(0))) | purged;
+  // (A run that ends the chunk always wants its guard, the chunk's own:
+  // that page is never cleared here.)
   if (stale) {
     unsigned hi = 63 - unsigned(__builtin_clzll(stale));
     char* from = c->base + index * kSlotSize;
@@ -344,6 +398,10 @@ static void purge_chunk(Chunk* c, uint64_t which) {
   // next run there installs its own, none is counted there.
   c->guard_ends &= ~taken_back;
   c->purge_marked = (c->purge_marked & ~taken_back) | marked;
+  // That took the chunk's own guard page too, if its last slot was in the
+  // range: back at once (mprotect, where the marker is refused).
+  if (options.guard && !(c->guard_ends & kTopSlot) && os::guard(c->base + kChunkSize - kGuard, kGuard))
+    c->guard_ends |= kTopSlot;
   dirty_bytes -= uint64_t(count_ones(c->dirty_slots)) * kSlotSize;
   c->dirty_slots = 0;
 }
@@ -359,11 +417,9 @@ static void purge_locked(bool force, uint64_t now) {
       // A wholly free idle chunk: the address space and the descriptor go
       // back too (the descriptors are near 1 % of the chunk).
       dirty_bytes -= uint64_t(count_ones(c->dirty_slots)) * kSlotSize;
-      pagemap::set(c->base, kChunkSize, 0);
-      unmap_chunk(c->base);
       unbin(c);
       *link = c->next;
-      unmap_descriptor(c);
+      close_chunk(c);
       continue;
     }
     if (idle && c->dirty_slots) purge_chunk(c, c->dirty_slots);
@@ -419,7 +475,7 @@ Usage usage() {
     u.dirty_free_bytes += dirty_count * kSlotSize;
     u.clean_free_bytes += (free_count - dirty_count) * kSlotSize;
   }
-  u.mapped_bytes = u.chunks * (kChunkSize + (options.guard ? 2 * kGuard : 0));
+  u.mapped_bytes = u.chunks * kChunkSize;
   return u;
 }
 

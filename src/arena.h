@@ -1,5 +1,7 @@
 // Layer 4: the arena hands out pages (runs of 1 to 64 slots) carved from
-// 1 MiB chunks, each chunk mapped once between two PROT_NONE guard pages.
+// 1 MiB chunks, opened side by side in reserved regions of up to 64 chunks:
+// with guards, each chunk's last page is a guard page for good, and a
+// region's first chunk has one below it.
 // Free pages stay resident for purge_delay_ms so that a steady workload reuses
 // them without faults; after that their memory is purged (and whole idle
 // chunks are unmapped by a forced collect). All of it under one lock: these
@@ -12,8 +14,13 @@
 namespace mapalloc {
 
 
+namespace arena {
+struct Region;
+}
+
 struct Chunk {
   char* base = nullptr;        // kChunkSize bytes, kChunkSize aligned
+  arena::Region* region = nullptr;  // where it was opened (arena.cpp)
   uint64_t free_slots = 0;     // bit i: slot i belongs to no page
   uint64_t dirty_slots = 0;    // free slots whose memory may still be resident
   uint64_t last_free_ms = 0;   // when a slot was last freed (purge decay)

@@ -15,7 +15,7 @@ namespace mapalloc {
 Options options;
 
 bool set_mmap_threshold(size_t bytes) {
-  if (bytes < kMinThreshold || bytes > kMaxClassSize) return false;
+  if (bytes < kMinThreshold || bytes > kMaxThreshold) return false;
   options.mmap_threshold.store(capped_threshold(bytes), std::memory_order_relaxed);
   return true;
 }

@@ -15,7 +15,8 @@
 namespace mapalloc {
 
 // The threshold in effect for a wanted one: never above the biggest request
-// the classes serve (1 MiB less the canary's record in secure builds).
+// the classes serve (1 MiB less a page, less the canary's record in secure
+// builds).
 constexpr size_t capped_threshold(size_t bytes) { return bytes < kMaxSmallRequest ? bytes : kMaxSmallRequest; }
 
 // purge_delay_ms above this (35 years) counts as this: the purges multiply it.
@@ -39,6 +40,7 @@ constexpr size_t kMaxQuarantine = 1 << 30;
 
 // Below one page-map slot two large blocks could share a slot's entry.
 constexpr size_t kMinThreshold = 64 * 1024;
+constexpr size_t kMaxThreshold = 1024 * 1024;  // accepted; capped_threshold applies
 
 // Parses "k=v,k=v"; unknown keys and bad values get one warning line each.
 void parse_options(const char* text);

@@ -6,8 +6,9 @@
 // builds keep two bytes of every block for the canary's record, below, so
 // a request of a class's size, or one byte short of it, takes the next
 // class: at most (2^(k-3) + 1) / (2^k - 1), under 13%, above 128 bytes, and
-// at most 17 bytes up to 128). The last class is 1 MiB; the mmap threshold
-// can be set anywhere up to it (less the two bytes in secure builds).
+// at most 17 bytes up to 128). The last class is 1 MiB less a page (a
+// chunk less its top guard page, arena.cpp); the mmap threshold can be set
+// anywhere up to it (less the two bytes in secure builds).
 #pragma once
 #include <array>
 #include <cstddef>
@@ -22,13 +23,16 @@ constexpr unsigned kSmallClasses = 8;  // 16..128
 constexpr unsigned kFirstPow2Log = 7;  // classes split powers of two from 128
 constexpr unsigned kLastPow2Log = 19;  // up to 2^20
 constexpr unsigned kNumClasses = kSmallClasses + (kLastPow2Log - kFirstPow2Log + 1) * 8;
-constexpr size_t kMaxClassSize = size_t(1) << (kLastPow2Log + 1);  // 1 MiB
 
 // Arena geometry: 16 KiB slots (the page map's granule), chunks of 64 slots (1 MiB).
 constexpr unsigned kSlotShift = 14;
 constexpr size_t kSlotSize = size_t(1) << kSlotShift;
 constexpr unsigned kSlotsPerChunk = 64;
 constexpr size_t kChunkSize = kSlotSize * kSlotsPerChunk;
+constexpr size_t kRunGuard = 4096;  // the last OS page of a run, when it is a guard
+// With guards, a chunk's last page is one for good (arena.cpp), so the
+// last class, whose blocks take a whole chunk, is a chunk less that page.
+constexpr size_t kMaxClassSize = kChunkSize - kRunGuard;
 
 constexpr unsigned class_of_large(size_t size) {
   unsigned k = log2_floor(size - 1);  // size in (2^k, 2^(k+1)]
@@ -44,6 +48,7 @@ constexpr unsigned class_of_computed(size_t size) {
 
 constexpr size_t class_block_size(unsigned c) {
   if (c < kSmallClasses) return (c + 1) * 16;
+  if (c == kNumClasses - 1) return kMaxClassSize;
   unsigned k = (c - kSmallClasses) / 8 + kFirstPow2Log;
   unsigned j = (c - kSmallClasses) % 8 + 1;
   return (size_t(1) << k) + j * (size_t(1) << (k - 3));
@@ -62,7 +67,6 @@ constexpr size_t class_block_size(unsigned c) {
 constexpr size_t kSmallPageBytes = 64 * 1024;
 constexpr size_t kSmallPageMaxBlock = 1024;
 constexpr size_t kMediumPageBytes = 32 * 1024;
-constexpr size_t kRunGuard = 4096;  // the last OS page of a run, when it is a guard
 constexpr unsigned class_page_slots(unsigned c) {
   size_t b = class_block_size(c);
   size_t least = b <= kSmallPageMaxBlock ? kSmallPageBytes : 4 * b + kRunGuard;
@@ -76,9 +80,12 @@ struct ClassInfo {
   uint32_t block_size;
   uint32_t page_slots;
   uint32_t capacity;    // blocks per page without a guard page (arena.cpp)
-  // Blocks per page when its last OS page is a guard; 0 when the guard would
-  // cost more than a quarter of them (the 512 KiB and 1 MiB classes).
+  // Blocks per page when its last OS page is a guard. Classes whose guard
+  // would cost more than a quarter of them (512 KiB: one of two) have one
+  // only at a chunk's end, where every run has its chunk's guard: their
+  // runs, whole chunks, always end there.
   uint32_t guarded_capacity;
+  bool guard_always_worth;  // guarded_capacity is at least 3/4 of capacity
   uint64_t reciprocal;  // ceil(2^44 / block_size): offset / size as a multiply
 };
 constexpr unsigned kReciprocalShift = 44;
@@ -91,7 +98,8 @@ constexpr std::array<ClassInfo, kNumClasses> make_class_table() {
     t[c].page_slots = class_page_slots(c);
     t[c].capacity = uint32_t(t[c].page_slots * kSlotSize / b);
     size_t guarded = (t[c].page_slots * kSlotSize - kRunGuard) / b;
-    t[c].guarded_capacity = guarded * 4 >= t[c].capacity * 3 ? uint32_t(guarded) : 0;
+    t[c].guarded_capacity = uint32_t(guarded);
+    t[c].guard_always_worth = guarded * 4 >= t[c].capacity * 3;
     t[c].reciprocal = ((uint64_t(1) << kReciprocalShift) + b - 1) / b;
   }
   return t;
@@ -165,6 +173,10 @@ constexpr bool check_classes() {
     if (kClasses[c].capacity < (b <= kMaxClassSize / 4 ? 4 : 1)) return false;
     // With the guard page, still 4 blocks where a chunk has room for them.
     if (4 * b + kRunGuard <= kChunkSize && kClasses[c].guarded_capacity < 4) return false;
+    // Every class has a block in a chunk less its guard page; those whose
+    // guard is not always worth it take whole chunks (they end at its end).
+    if (kClasses[c].guarded_capacity < 1) return false;
+    if (!kClasses[c].guard_always_worth && kClasses[c].page_slots != kSlotsPerChunk) return false;
     if (kClasses[c].capacity > 65535) return false;  // Page::carved is 16 bits
     // The divisibility test of page.h (is_block_start) at the edges of blocks.
     uint64_t rec = kClasses[c].reciprocal, mask = (uint64_t(1) << kReciprocalShift) - 1;

@@ -323,7 +323,7 @@ TEST(GuardPage, ReadPastLargeBlockEndFaults) {
 // faults before it reaches the next run. Blocks up to 1 KiB live in 64 KiB
 // runs aligned to 64 KiB; with the guard, blocks of the 16, 64, 256 and
 // 1024-byte classes fill the run up to 60 KiB, where the guard starts. A run that ends its
-// 1 MiB chunk has no marker: the chunk's own guard page follows it.
+// 1 MiB chunk ends in the chunk's own guard page, there for good.
 
 // Leaves a live block in p's 1 MiB chunk, so that a collect purges the
 // chunk's free pages rather than unmapping the chunk (an unmapped one faults
@@ -356,8 +356,7 @@ TEST(GuardPage, WritePastTheLastBlockOfASmallRunFaults) {
     auto* p = static_cast<char*>(mapalloc_malloc(size - 2));
     ASSERT_NE(p, nullptr);
     uintptr_t run = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(64 * KiB - 1);
-    uintptr_t run_end = run + 64 * KiB;
-    char* past_last = reinterpret_cast<char*>(run_end % MiB == 0 ? run_end : run + 60 * KiB);
+    char* past_last = reinterpret_cast<char*>(run + 60 * KiB);
     EXPECT_EXIT(poke(past_last), ::testing::KilledBySignal(SIGSEGV), "")
         << "size " << size << " ptr " << static_cast<void*>(p);
     // The run's last block ends right below it.
@@ -390,6 +389,29 @@ TEST(GuardPage, WriteBelowTheFirstBlockOfASmallRunFaults) {
         },
         ::testing::KilledBySignal(SIGSEGV), "")
         << "size " << c.size;
+  }
+}
+
+// Chunks open side by side in a reserved region (arena.cpp, new_chunk).
+// With guards a chunk's last page is a guard page for good, and below a
+// chunk is its region's floor page or the last page of the chunk below: a
+// block of the largest class, a whole chunk less that page, faults one byte
+// past its end and one byte below its start (markers or mprotect alike).
+TEST(GuardPage, ABlockFillingAChunkHasGuardPagesOnBothSides) {
+  for (int below = 0; below < 2; below++) {
+    EXPECT_EXIT(
+        {
+          if (!mapalloc_set_mmap_threshold(MiB)) std::_Exit(3);
+          const size_t size = mapalloc_mmap_threshold();  // the largest class's biggest request
+          if (size != MiB - 4096 - (MAPALLOC_TEST_SECURE ? 2 : 0)) std::_Exit(4);
+          char* p = static_cast<char*>(mapalloc_malloc(size));
+          if (!p || reinterpret_cast<uintptr_t>(p) % MiB != 0) std::_Exit(5);
+          memset(p, 0x33, size);
+          poke(below ? p - 1 : p + MiB - 4096);
+          std::_Exit(0);
+        },
+        ::testing::KilledBySignal(SIGSEGV), "")
+        << (below ? "below the block" : "past the block's end");
   }
 }
 

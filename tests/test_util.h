@@ -35,7 +35,7 @@ inline bool kernel_has_guard_markers() {
 // What mapalloc_mmap_threshold() reads after setting t: secure builds serve
 // at most 1 MiB less the 2 bytes of the canary's record from the classes.
 inline size_t threshold_in_effect(size_t t) {
-  const size_t cap = (size_t(1) << 20) - (MAPALLOC_TEST_SECURE ? 2 : 0);
+  const size_t cap = (size_t(1) << 20) - 4096 - (MAPALLOC_TEST_SECURE ? 2 : 0);  // a chunk less its guard page
   return t < cap ? t : cap;
 }
 

@@ -93,6 +93,12 @@ static bool protect(void* p, size_t size, int prot) {
 bool protect_none(void* p, size_t size) { return protect(p, size, PROT_NONE); }
 bool protect_rw(void* p, size_t size) { return protect(p, size, PROT_READ | PROT_WRITE); }
 
+bool decommit(void* p, size_t size) {
+  ErrnoGuard guard;
+  count(counters.mmap_calls);  // (a replacement: the bytes mapped stay as they are)
+  return ::mmap(p, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == p;
+}
+
 static bool advise(void* p, size_t size, int advice) {
   ErrnoGuard guard;
   count(counters.madvise_calls);

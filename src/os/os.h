@@ -18,6 +18,9 @@ void* reserve(size_t size);
 // lies at a multiple of alignment (offset a page multiple).
 void* map_aligned(size_t size, size_t alignment, bool rw, size_t offset = 0);
 void unmap(void* p, size_t size);
+// Gives a range of a mapping back to PROT_NONE, its memory (and any guard
+// markers) released: address space kept, as reserve()'s (one call).
+bool decommit(void* p, size_t size);
 bool protect_none(void* p, size_t size);
 bool protect_rw(void* p, size_t size);
 // Guard pages inside a read-write mapping: any access to them faults. Where
