@@ -1,5 +1,7 @@
 #include "arena.h"
 
+#include <sys/resource.h>
+
 #include <bit>
 
 #include "base/lock.h"
@@ -108,10 +110,21 @@ struct Region {
 static_assert(sizeof(Region) <= Region::kHeaderBytes);
 static Region* regions = nullptr;  // guarded by lock
 
-// A new region, as big as the address space allows (a process under a
-// tight RLIMIT_AS gets smaller ones).
+static unsigned open_chunks = 0;     // guarded by lock
+
+// A new region for as many chunks as are open now (at least one, at most
+// kRegionChunks), so that the address space held ahead of the heap grows
+// with it: a small program reserves one chunk, as before regions, and a
+// big one 64 MiB at a time. One chunk under a finite RLIMIT_AS, where the
+// closed places of a region that a few live blocks keep would count
+// against the limit; smaller when the kernel refuses (RLIMIT_MEMLOCK counts
+// PROT_NONE reservations after mlockall(MCL_FUTURE)).
 static Region* new_region() {
-  for (unsigned count = kRegionChunks; count; count /= 2) {
+  unsigned count = open_chunks ? std::bit_ceil(open_chunks) : 1;
+  if (count > kRegionChunks) count = kRegionChunks;
+  rlimit as;
+  if (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) count = 1;
+  for (; count; count /= 2) {
     size_t reserved = count * kChunkSize + kGuard;
     char* floor = static_cast<char*>(os::map_aligned(reserved, kChunkSize, false, kGuard));
     if (!floor) continue;
@@ -128,6 +141,20 @@ static Region* new_region() {
     return r;
   }
   return nullptr;
+}
+
+// Unmaps a region with no chunk open.
+static void release_region(Region* r) {
+  for (Region** link = &regions; *link; link = &(*link)->next) {
+    if (*link == r) {
+      *link = r->next;
+      break;
+    }
+  }
+  os::unmap(r->base - kGuard, r->reserved_bytes());
+  // (Only a free racing with the closing of its wholly free chunk, a double
+  // free, could still be reading a descriptor.)
+  os::unmap(r, r->meta_bytes());
 }
 
 constexpr unsigned kFreshRunSlots = kSmallPageBytes / kSlotSize;
@@ -173,28 +200,22 @@ static bool guard_new_chunk(Chunk* c) {
 
 // Closes an open chunk: its memory, markers and page map entries go; its
 // place stays reserved, PROT_NONE (a guard page for the chunk above). A
-// region with no chunk open goes back whole.
-static void close_chunk(Chunk* c) {
+// region with no chunk open goes back whole. False, the chunk still open,
+// when the kernel refuses (a chunk between two open ones splits a mapping
+// in three: refused at vm.max_map_count).
+static bool close_chunk(Chunk* c) {
+  if (!os::decommit(c->base, kChunkSize)) return false;
   Region* r = c->region;
   unsigned i = unsigned((c->base - r->base) / kChunkSize);
   pagemap::set(c->base, kChunkSize, 0);
-  // Where even that is refused, the memory is at least released.
-  if (!os::decommit(c->base, kChunkSize)) os::purge(c->base, kChunkSize);
   r->open &= ~(uint64_t(1) << i);
+  open_chunks--;
   if (r->open) {
     os::purge(c, kDescriptorBytes);
-    return;
+  } else {
+    release_region(r);
   }
-  for (Region** link = &regions; *link; link = &(*link)->next) {
-    if (*link == r) {
-      *link = r->next;
-      break;
-    }
-  }
-  os::unmap(r->base - kGuard, r->reserved_bytes());
-  // (Only a free racing with the closing of its wholly free chunk, a double
-  // free, could still be reading a descriptor.)
-  os::unmap(r, r->meta_bytes());
+  return true;
 }
 
 // Opens a chunk, in the first region with room (its lowest closed place,
@@ -205,12 +226,16 @@ static Chunk* new_chunk() {
   if (!r && !(r = new_region())) return nullptr;
   unsigned i = unsigned(__builtin_ctzll(~r->open));
   char* base = r->base + i * kChunkSize;
-  if (!os::protect_rw(base, kChunkSize)) return nullptr;  // refused by the overcommit check
+  if (!os::protect_rw(base, kChunkSize)) {  // refused by the overcommit check
+    if (!r->open) release_region(r);
+    return nullptr;
+  }
   Chunk* c = new (r->descriptor(i)) Chunk();
   c->base = base;
   c->region = r;
   c->free_slots = ~uint64_t(0);
   r->open |= uint64_t(1) << i;
+  open_chunks++;
   bool ok = !options.guard || guard_new_chunk(c);
   for (unsigned k = 0; ok && k < kSlotsPerChunk; k++) {
     Page& p = c->pages[k];
@@ -221,6 +246,8 @@ static Chunk* new_chunk() {
     ok = pagemap::set_page(p.start, kSlotSize, &p);
   }
   if (!ok) {
+    // (Should the kernel refuse the close too, the place stays open,
+    // unused: its page map entries reject every free.)
     close_chunk(c);
     return nullptr;
   }
@@ -400,8 +427,7 @@ static void purge_chunk(Chunk* c, uint64_t which) {
   c->purge_marked = (c->purge_marked & ~taken_back) | marked;
   // That took the chunk's own guard page too, if its last slot was in the
   // range: back at once (mprotect, where the marker is refused).
-  if (options.guard && !(c->guard_ends & kTopSlot) && os::guard(c->base + kChunkSize - kGuard, kGuard))
-    c->guard_ends |= kTopSlot;
+  if ((taken_back & kTopSlot) && os::guard(c->base + kChunkSize - kGuard, kGuard)) c->guard_ends |= kTopSlot;
   dirty_bytes -= uint64_t(count_ones(c->dirty_slots)) * kSlotSize;
   c->dirty_slots = 0;
 }
@@ -414,13 +440,18 @@ static void purge_locked(bool force, uint64_t now) {
   while (Chunk* c = *link) {
     bool idle = force || os::ms_since(now, c->last_free_ms) >= kIdleFactor * options.purge_delay_ms;
     if (idle && c->free_slots == ~uint64_t(0)) {
-      // A wholly free idle chunk: the address space and the descriptor go
-      // back too (the descriptors are near 1 % of the chunk).
-      dirty_bytes -= uint64_t(count_ones(c->dirty_slots)) * kSlotSize;
+      // A wholly free idle chunk: closed, its descriptor's pages released
+      // too (the descriptors are near 1 % of the chunk). Read before: the
+      // close releases (or unmaps) the descriptor.
+      Chunk* next = c->next;
+      uint64_t dirty = uint64_t(count_ones(c->dirty_slots)) * kSlotSize;
       unbin(c);
-      *link = c->next;
-      close_chunk(c);
-      continue;
+      if (close_chunk(c)) {
+        dirty_bytes -= dirty;
+        *link = next;
+        continue;
+      }
+      rebin(c);
     }
     if (idle && c->dirty_slots) purge_chunk(c, c->dirty_slots);
     link = &c->next;

@@ -415,6 +415,71 @@ TEST(GuardPage, ABlockFillingAChunkHasGuardPagesOnBothSides) {
   }
 }
 
+// Closing a wholly free chunk (mmap over it, PROT_NONE) splits its region's
+// mapping, which the kernel refuses at vm.max_map_count: the chunk then
+// stays open, its free slots still recorded as the guard markers they were
+// purged into, and is used again as any open chunk (arena.cpp, close_chunk).
+// Counted as closed, its markers were forgotten and the first block carved
+// over one faulted. A child fills the mappings with one-page mappings.
+TEST(GuardPage, AChunkWhoseCloseIsRefusedStaysUsable) {
+  FILE* f = fopen("/proc/sys/vm/max_map_count", "r");
+  long limit = 0;
+  if (f) {
+    if (fscanf(f, "%ld", &limit) != 1) limit = 0;
+    fclose(f);
+  }
+  if (limit <= 0 || limit > 200000) GTEST_SKIP() << "vm.max_map_count " << limit << ": too many mappings to fill";
+  EXPECT_EXIT(
+      {
+        auto chunk = [](const void* q) { return reinterpret_cast<uintptr_t>(q) >> 20; };
+        // Blocks until a chunk has blocks in the chunks on both sides.
+        static void* blocks[40000];
+        static bool used[1 << 16];  // by chunk, modulo
+        uintptr_t x = 0;
+        for (int i = 0; i < 40000 && !x; i++) {
+          blocks[i] = mapalloc_malloc(1000);
+          used[chunk(blocks[i]) % (1 << 16)] = true;
+          if (i % 1000 != 999) continue;
+          for (int k = 0; k <= i && !x; k++) {
+            uintptr_t c = chunk(blocks[k]);
+            if (used[(c - 1) % (1 << 16)] && used[(c + 1) % (1 << 16)]) x = c;
+          }
+        }
+        void* pin = nullptr;
+        for (void*& b : blocks) {
+          if (!b || chunk(b) != x) continue;
+          if (!pin) {
+            pin = b;
+          } else {
+            mapalloc_free(b);
+          }
+          b = nullptr;
+        }
+        if (!pin) std::_Exit(3);
+        mapalloc_collect();  // x's free slots purged into markers
+        size_t pages = size_t(limit) + 1000;
+        char* area = static_cast<char*>(
+            mmap(nullptr, pages * 2 * 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+        if (area == MAP_FAILED) std::_Exit(4);
+        size_t filled = 0;
+        while (filled < pages && mprotect(area + filled * 2 * 4096, 4096, PROT_READ) == 0) filled++;
+        if (filled == pages) std::_Exit(5);  // the limit was not reached
+        mapalloc_free(pin);
+        mapalloc_collect();  // x wholly free: its close is refused
+        munmap(area, pages * 2 * 4096);
+        int in_x = 0;
+        for (int i = 0; i < 8000 && in_x < 900; i++) {
+          char* q = static_cast<char*>(mapalloc_malloc(1000));
+          if (!q) std::_Exit(6);
+          if (chunk(q) != x) continue;
+          memset(q, 1, 1000);  // faults on a forgotten marker
+          in_x++;
+        }
+        std::_Exit(in_x == 900 ? 0 : 7);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
 // A purged page's slots are guard markers (arena.cpp, purge_chunk). A run
 // that takes them again gets every block back, and its end guard: the last
 // slot's last page stays a marker rather than being cleared and installed
@@ -2125,6 +2190,29 @@ TEST(OutOfMemory, FreeArenaChunksAreGivenBackForARequest) {
         for (size_t i = 0; i < count; i++)
           if (!(blocks[i] = mapalloc_malloc(1000))) std::_Exit(5);
         for (size_t i = 0; i < count; i++) mapalloc_free(blocks[i]);
+        char* big = static_cast<char*>(mapalloc_malloc(300 * MiB));
+        if (!big) std::_Exit(6);
+        memset(big, 2, 300 * MiB);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// The same with a few blocks left live, spread over the heap: each keeps
+// its chunk, and no more than its chunk (arena.cpp, new_region: one chunk a
+// region under a finite RLIMIT_AS). With 64-chunk regions, four survivors
+// held 262 MiB of address space and the request failed.
+TEST(OutOfMemory, AFewLiveBlocksHoldOnlyTheirChunksAgainstARequest) {
+  EXPECT_EXIT(
+      {
+        if (!limit_address_space(400 * MiB)) std::_Exit(3);
+        const size_t count = 200 * 1024;  // 200 MiB of small blocks
+        void** blocks = static_cast<void**>(mapalloc_malloc(count * sizeof(void*)));
+        if (!blocks) std::_Exit(4);
+        for (size_t i = 0; i < count; i++)
+          if (!(blocks[i] = mapalloc_malloc(1000))) std::_Exit(5);
+        for (size_t i = 0; i < count; i++)
+          if (i % 65536 != 1000) mapalloc_free(blocks[i]);  // four stay live
         char* big = static_cast<char*>(mapalloc_malloc(300 * MiB));
         if (!big) std::_Exit(6);
         memset(big, 2, 300 * MiB);

@@ -546,9 +546,10 @@ TEST(MemoryArena, ChunksShareMappings) {
   std::set<uintptr_t> chunks;
   for (void* p : blocks) chunks.insert(reinterpret_cast<uintptr_t>(p) >> 20);
   ASSERT_GE(chunks.size(), 64u);
-  // A region or two (a floor page, its open chunks, the rest reserved) and
-  // their descriptors, not a mapping per chunk.
-  EXPECT_LE(after - before, 12u)
+  // A few mappings a region (a floor page, its open chunks, the rest
+  // reserved; their descriptors), regions doubling as the heap grows: 8
+  // regions for 90 chunks from none. Not a mapping per chunk.
+  EXPECT_LE(after - before, 32u)
       << before << " mappings before, " << after << " after, " << chunks.size() << " chunks";
   for (void* p : blocks) mapalloc_free(p);
 }
