@@ -276,7 +276,9 @@ uint64_t now_ms() {
   return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
 }
 
-uint64_t resident_bytes() {
+// Field `index` (0: size, 1: resident) of /proc/self/statm, in bytes; 0 if
+// it cannot be read.
+static uint64_t statm_bytes(int index) {
   ErrnoGuard guard;
   int fd = ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return 0;
@@ -285,14 +287,18 @@ uint64_t resident_bytes() {
   ::close(fd);
   if (n <= 0) return 0;
   buf[n] = 0;
-  // Second field: resident pages.
   const char* s = buf;
-  while (*s && *s != ' ') s++;
-  while (*s == ' ') s++;
+  for (int i = 0; i < index; i++) {
+    while (*s && *s != ' ') s++;
+    while (*s == ' ') s++;
+  }
   uint64_t pages = 0;
   while (*s >= '0' && *s <= '9') pages = pages * 10 + uint64_t(*s++ - '0');
   return pages * kPageSize;
 }
+
+uint64_t resident_bytes() { return statm_bytes(1); }
+uint64_t address_space_bytes() { return statm_bytes(0); }
 
 uint64_t random_u64() {
   ErrnoGuard guard;

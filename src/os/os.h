@@ -88,6 +88,7 @@ uint64_t now_ms();            // CLOCK_MONOTONIC_COARSE milliseconds (a tick: 1-
 // another thread stored meanwhile (unsigned, the difference would wrap).
 inline uint64_t ms_since(uint64_t now, uint64_t then) { return now > then ? now - then : 0; }
 uint64_t resident_bytes();    // from /proc/self/statm, without allocating
+uint64_t address_space_bytes();  // the same: the process's address space (what RLIMIT_AS limits)
 uint64_t random_u64();        // from getrandom, falls back to clock mixing
 
 struct Counters {
