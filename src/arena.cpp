@@ -476,6 +476,9 @@ static void purge_locked(bool force, uint64_t now) {
         continue;
       }
       rebin(c);
+      // Refused: tried again once idle again, not at every purge meanwhile
+      // (its free slots are purged below all the same).
+      c->last_free_ms = now;
     }
     if (idle && c->dirty_slots) purge_chunk(c, c->dirty_slots);
     link = &c->next;
