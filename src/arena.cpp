@@ -104,7 +104,6 @@ struct Region {
   // ones (one cache miss each: a heap of 40 GiB has 640 regions).
   Region* next = nullptr;
   Region* prev = nullptr;
-  bool listed = false;
   bool full() const { return open == run_mask(count); }
   Chunk* descriptor(unsigned i) {
     return reinterpret_cast<Chunk*>(reinterpret_cast<char*>(this) + kHeaderBytes + i * kDescriptorBytes);
@@ -122,14 +121,12 @@ static void list_roomy(Region* r) {
   r->next = roomy;
   if (roomy) roomy->prev = r;
   roomy = r;
-  r->listed = true;
 }
 
 static void unlist_roomy(Region* r) {
   (r->prev ? r->prev->next : roomy) = r->next;
   if (r->next) r->next->prev = r->prev;
   r->next = r->prev = nullptr;
-  r->listed = false;
 }
 
 // A new region for as many chunks as are open now (at least one, at most
@@ -137,9 +134,9 @@ static void unlist_roomy(Region* r) {
 // with it: a small program reserves one chunk, as before regions, and a
 // big one 64 MiB at a time. Under a finite RLIMIT_AS, no more than a 16th
 // of the room left below it, as the closed places of a region that a few
-// live blocks keep count against the limit (with 64-chunk regions, four
-// live blocks held 262 MiB and a 300 MiB request failed under a 400 MiB
-// limit). Smaller when the kernel refuses (RLIMIT_MEMLOCK counts PROT_NONE
+// live blocks keep count against the limit (with 64-chunk regions, a 300
+// MiB request failed under a 400 MiB limit with four small blocks live).
+// Smaller when the kernel refuses (RLIMIT_MEMLOCK counts PROT_NONE
 // reservations after mlockall(MCL_FUTURE)).
 static unsigned region_chunks_wanted() {
   unsigned count = open_chunks ? std::bit_ceil(open_chunks) : 1;
@@ -171,9 +168,9 @@ static Region* new_region() {
   return nullptr;
 }
 
-// Unmaps a region with no chunk open.
+// Unmaps a region with no chunk open (so on the roomy list).
 static void release_region(Region* r) {
-  if (r->listed) unlist_roomy(r);
+  unlist_roomy(r);
   os::unmap(r->base - kGuard, r->reserved_bytes());
   // (Only a free racing with the closing of its wholly free chunk, a double
   // free, could still be reading a descriptor.)
@@ -231,9 +228,9 @@ static bool close_chunk(Chunk* c) {
   Region* r = c->region;
   unsigned i = unsigned((c->base - r->base) / kChunkSize);
   pagemap::set(c->base, kChunkSize, 0);
+  if (r->full()) list_roomy(r);  // it has room now
   r->open &= ~(uint64_t(1) << i);
   open_chunks--;
-  if (!r->listed) list_roomy(r);
   if (r->open) {
     os::purge(c, kDescriptorBytes);
   } else {
@@ -319,7 +316,7 @@ static_assert(kRunGuard == os::kPageSize);
 static bool run_gets_guard(unsigned index, const ClassInfo& info) {
   if (!options.guard) return false;
   if (index + info.page_slots == kSlotsPerChunk) return true;  // the chunk's own
-  return info.guard_always_worth && os::markers_usable();
+  return info.guard_always_worth() && os::markers_usable();
 }
 
 // A guard page below a run: free's underflow check cannot look below a

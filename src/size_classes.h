@@ -85,8 +85,8 @@ struct ClassInfo {
   // only at a chunk's end, where every run has its chunk's guard: their
   // runs, whole chunks, always end there.
   uint32_t guarded_capacity;
-  bool guard_always_worth;  // guarded_capacity is at least 3/4 of capacity
   uint64_t reciprocal;  // ceil(2^44 / block_size): offset / size as a multiply
+  constexpr bool guard_always_worth() const { return guarded_capacity * 4 >= capacity * 3; }
 };
 constexpr unsigned kReciprocalShift = 44;
 
@@ -99,7 +99,6 @@ constexpr std::array<ClassInfo, kNumClasses> make_class_table() {
     t[c].capacity = uint32_t(t[c].page_slots * kSlotSize / b);
     size_t guarded = (t[c].page_slots * kSlotSize - kRunGuard) / b;
     t[c].guarded_capacity = uint32_t(guarded);
-    t[c].guard_always_worth = guarded * 4 >= t[c].capacity * 3;
     t[c].reciprocal = ((uint64_t(1) << kReciprocalShift) + b - 1) / b;
   }
   return t;
@@ -176,7 +175,7 @@ constexpr bool check_classes() {
     // Every class has a block in a chunk less its guard page; those whose
     // guard is not always worth it take whole chunks (they end at its end).
     if (kClasses[c].guarded_capacity < 1) return false;
-    if (!kClasses[c].guard_always_worth && kClasses[c].page_slots != kSlotsPerChunk) return false;
+    if (!kClasses[c].guard_always_worth() && kClasses[c].page_slots != kSlotsPerChunk) return false;
     if (kClasses[c].capacity > 65535) return false;  // Page::carved is 16 bits
     // The divisibility test of page.h (is_block_start) at the edges of blocks.
     uint64_t rec = kClasses[c].reciprocal, mask = (uint64_t(1) << kReciprocalShift) - 1;

@@ -2196,45 +2196,34 @@ TEST(OutOfMemory, CachedLargeMappingsAreGivenBackForARequest) {
       ::testing::ExitedWithCode(0), "");
 }
 
-TEST(OutOfMemory, FreeArenaChunksAreGivenBackForARequest) {
-  EXPECT_EXIT(
-      {
-        if (!limit_address_space(400 * MiB)) std::_Exit(3);
-        const size_t count = 200 * 1024;  // 200 MiB of small blocks
-        void** blocks = static_cast<void**>(mapalloc_malloc(count * sizeof(void*)));
-        if (!blocks) std::_Exit(4);
-        for (size_t i = 0; i < count; i++)
-          if (!(blocks[i] = mapalloc_malloc(1000))) std::_Exit(5);
-        for (size_t i = 0; i < count; i++) mapalloc_free(blocks[i]);
-        char* big = static_cast<char*>(mapalloc_malloc(300 * MiB));
-        if (!big) std::_Exit(6);
-        memset(big, 2, 300 * MiB);
-        std::_Exit(0);
-      },
-      ::testing::ExitedWithCode(0), "");
+// Under a 400 MiB address-space limit: 200 MiB of 1000-byte blocks, all
+// freed but every keep_every-th (0: none kept), then a 300 MiB request,
+// written whole. Exits 0 when it was served.
+[[noreturn]] void big_request_after_small_blocks(size_t keep_every) {
+  if (!limit_address_space(400 * MiB)) std::_Exit(3);
+  const size_t count = 200 * 1024;
+  void** blocks = static_cast<void**>(mapalloc_malloc(count * sizeof(void*)));
+  if (!blocks) std::_Exit(4);
+  for (size_t i = 0; i < count; i++)
+    if (!(blocks[i] = mapalloc_malloc(1000))) std::_Exit(5);
+  for (size_t i = 0; i < count; i++)
+    if (!keep_every || i % keep_every != 1000) mapalloc_free(blocks[i]);
+  char* big = static_cast<char*>(mapalloc_malloc(300 * MiB));
+  if (!big) std::_Exit(6);
+  memset(big, 2, 300 * MiB);
+  std::_Exit(0);
 }
 
-// The same with a few blocks left live, spread over the heap: each keeps
-// its chunk, and no more than its chunk (arena.cpp, new_region: one chunk a
-// region under a finite RLIMIT_AS). With 64-chunk regions, four survivors
-// held 262 MiB of address space and the request failed.
+TEST(OutOfMemory, FreeArenaChunksAreGivenBackForARequest) {
+  EXPECT_EXIT(big_request_after_small_blocks(0), ::testing::ExitedWithCode(0), "");
+}
+
+// The same with four blocks left live, spread over the heap: each keeps its
+// chunk's region, and a region under a finite RLIMIT_AS is no more than a
+// 16th of the room left (arena.cpp, region_chunks_wanted). With 64-chunk
+// regions the request failed.
 TEST(OutOfMemory, AFewLiveBlocksHoldOnlyTheirChunksAgainstARequest) {
-  EXPECT_EXIT(
-      {
-        if (!limit_address_space(400 * MiB)) std::_Exit(3);
-        const size_t count = 200 * 1024;  // 200 MiB of small blocks
-        void** blocks = static_cast<void**>(mapalloc_malloc(count * sizeof(void*)));
-        if (!blocks) std::_Exit(4);
-        for (size_t i = 0; i < count; i++)
-          if (!(blocks[i] = mapalloc_malloc(1000))) std::_Exit(5);
-        for (size_t i = 0; i < count; i++)
-          if (i % 65536 != 1000) mapalloc_free(blocks[i]);  // four stay live
-        char* big = static_cast<char*>(mapalloc_malloc(300 * MiB));
-        if (!big) std::_Exit(6);
-        memset(big, 2, 300 * MiB);
-        std::_Exit(0);
-      },
-      ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(big_request_after_small_blocks(65536), ::testing::ExitedWithCode(0), "");
 }
 
 // A block of malloc(0)'s region (1 MiB of address space, then 136 KiB of
