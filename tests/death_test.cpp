@@ -182,12 +182,12 @@ TEST(GuardPage, WriteOneByteBeforeOverAlignedLargeBlockFaults) {
 // one when the block starts less than 256 bytes into that, so an underflow
 // there is caught on free, realloc and malloc_usable_size.
 TEST(GuardPage, UnderflowIntoTheGapBelowAReusedLargeBlockIsCaught) {
-  // Gaps of 4 pages, of 107 pages, and of 75 pages below a block of 76 (near
-  // the widest reused in place: the block's own size); each small block
-  // starts 96 bytes into its first page.
+  // Gaps of 4 pages, of 107 pages, of 75 pages below a block of 76, and of
+  // 171 below a block of 86 (near the widest reused in place: twice the
+  // block's own size); each small block starts 96 bytes into its first page.
   struct Case { size_t big, small; };
   for (Case c : {Case{600 * KiB + 16, 600 * KiB - 96 - 3 * 4096}, Case{1 * MiB + 16, 600 * KiB - 96},
-                 Case{600 * KiB + 16, 304 * KiB - 96}}) {
+                 Case{600 * KiB + 16, 304 * KiB - 96}, Case{1 * MiB + 16, 344 * KiB - 96}}) {
     for (int use : {0, 1, 2}) {
       for (size_t below : {size_t(1), size_t(256)}) {
         EXPECT_DEATH(
