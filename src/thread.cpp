@@ -53,18 +53,22 @@ void ensure_init() {
       // Before the first page exists: every page's frees then take the slow path.
       if (options.quarantine) pagemap::page_tag = pagemap::kSlowPageTag;
       sample::start_allowances(options.sample);
-      keys.link = os::random_u64();
-      keys.canary = os::random_u64();
-      keys.record = uint16_t(os::random_u64());
+      uint64_t drawn[5];
+      os::random_words(drawn, 5);
+      keys.link = drawn[0];
+      keys.canary = drawn[1];
+      keys.record = uint16_t(drawn[2]);
       uintptr_t freed_top = (kFreedRecord ^ keys.record) << 48, low48 = (uintptr_t(1) << 48) - 1;
       // Drawn again in the rare process where a live block's untouched canary
       // bytes would read as a free block's (freed_tail): a 16-byte block's
       // canary xored with the seal decoding to a pointer into its own run (bits
       // 16-46 all zero), or a block's canary sharing the mark's low 48 bits.
-      do {
-        keys.seal = (os::random_u64() & low48) | freed_top;
-        keys.mark = (os::random_u64() & low48) | freed_top;
-      } while (((keys.canary ^ keys.seal) & 0x7FFFFFFF0000ull) == 0 || ((keys.canary ^ keys.mark) & low48) == 0);
+      for (;;) {
+        keys.seal = (drawn[3] & low48) | freed_top;
+        keys.mark = (drawn[4] & low48) | freed_top;
+        if (((keys.canary ^ keys.seal) & 0x7FFFFFFF0000ull) != 0 && ((keys.canary ^ keys.mark) & low48) != 0) break;
+        os::random_words(drawn + 3, 2);
+      }
       keys.cookie = keys.link ^ keys.seal;
       if (pthread_key_create(&exit_key, thread_exit) != 0) fatal("cannot create the thread-exit key");
       init_state.store(2, std::memory_order_release);

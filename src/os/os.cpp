@@ -300,15 +300,18 @@ static uint64_t statm_bytes(int index) {
 uint64_t resident_bytes() { return statm_bytes(1); }
 uint64_t address_space_bytes() { return statm_bytes(0); }
 
-uint64_t random_u64() {
+void random_words(uint64_t* words, size_t n) {
   ErrnoGuard guard;
-  uint64_t v = 0;
-  if (::getrandom(&v, sizeof(v), GRND_NONBLOCK) == sizeof(v) && v) return v;
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  v = uint64_t(ts.tv_nsec) * 0x9E3779B97F4A7C15ull ^ uint64_t(reinterpret_cast<uintptr_t>(&v));
-  v ^= v >> 31;
-  return v | 1;
+  // One call for all of them: a process start draws five (thread.cpp).
+  ssize_t got = ::getrandom(words, n * sizeof(uint64_t), GRND_NONBLOCK);
+  for (size_t i = 0; i < n; i++) {
+    if (got == ssize_t(n * sizeof(uint64_t)) && words[i]) continue;
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t v = (uint64_t(ts.tv_nsec) + i) * 0x9E3779B97F4A7C15ull ^ uint64_t(reinterpret_cast<uintptr_t>(words));
+    v ^= v >> 31;
+    words[i] = v | 1;
+  }
 }
 
 }  // namespace mapalloc::os

@@ -89,7 +89,7 @@ uint64_t now_ms();            // CLOCK_MONOTONIC_COARSE milliseconds (a tick: 1-
 inline uint64_t ms_since(uint64_t now, uint64_t then) { return now > then ? now - then : 0; }
 uint64_t resident_bytes();    // from /proc/self/statm, without allocating
 uint64_t address_space_bytes();  // the same: the process's address space (what RLIMIT_AS limits)
-uint64_t random_u64();        // from getrandom, falls back to clock mixing
+void random_words(uint64_t* words, size_t n);  // nonzero, from one getrandom; falls back to clock mixing
 
 struct Counters {
   std::atomic<uint64_t> mapped{0};  // bytes of address space we hold
