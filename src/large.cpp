@@ -141,7 +141,7 @@ static void check_canaries(const LargeBlock* b) {
 constexpr size_t kMaxGapRatio = 2;  // gap bytes per byte of the block
 static bool gap_fits(const LargeBlock* b, size_t inner) {
   size_t open = size_t(b->end - b->open_from);
-  return open >= inner && (open - inner) / kMaxGapRatio <= inner && b->dirty_from <= b->open_from;
+  return open >= inner && open - inner <= kMaxGapRatio * inner && b->dirty_from <= b->open_from;
 }
 
 // The page map knows a large block by the slot (16 KiB) of its start. Keeping
