@@ -108,8 +108,10 @@ struct Region {
   Chunk* descriptor(unsigned i) {
     return reinterpret_cast<Chunk*>(reinterpret_cast<char*>(this) + kHeaderBytes + i * kDescriptorBytes);
   }
-  size_t reserved_bytes() const { return count * kChunkSize + kGuard; }
-  size_t meta_bytes() const { return kHeaderBytes + count * kDescriptorBytes; }
+  // The two mappings of a region of `chunks` chunks: its reservation (floor
+  // page included) and its header with the descriptors.
+  static constexpr size_t reserved_bytes(unsigned chunks) { return chunks * kChunkSize + kGuard; }
+  static constexpr size_t meta_bytes(unsigned chunks) { return kHeaderBytes + chunks * kDescriptorBytes; }
   static constexpr size_t kHeaderBytes = os::kPageSize;
 };
 static_assert(sizeof(Region) <= Region::kHeaderBytes);
@@ -151,10 +153,10 @@ static unsigned region_chunks_wanted() {
 
 static Region* new_region() {
   for (unsigned count = region_chunks_wanted(); count; count /= 2) {
-    size_t reserved = count * kChunkSize + kGuard;
+    size_t reserved = Region::reserved_bytes(count);
     char* floor = static_cast<char*>(os::map_aligned(reserved, kChunkSize, false, kGuard));
     if (!floor) continue;
-    void* meta = os::map(Region::kHeaderBytes + count * kDescriptorBytes);
+    void* meta = os::map(Region::meta_bytes(count));
     if (!meta) {
       os::unmap(floor, reserved);
       continue;
@@ -171,10 +173,10 @@ static Region* new_region() {
 // Unmaps a region with no chunk open (so on the roomy list).
 static void release_region(Region* r) {
   unlist_roomy(r);
-  os::unmap(r->base - kGuard, r->reserved_bytes());
+  os::unmap(r->base - kGuard, Region::reserved_bytes(r->count));
   // (Only a free racing with the closing of its wholly free chunk, a double
   // free, could still be reading a descriptor.)
-  os::unmap(r, r->meta_bytes());
+  os::unmap(r, Region::meta_bytes(r->count));
 }
 
 constexpr unsigned kFreshRunSlots = kSmallPageBytes / kSlotSize;
