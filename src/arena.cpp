@@ -525,14 +525,9 @@ Usage usage() {
   Usage u{};
   u.pages_in_use = pages_in_use;
   for (Chunk* c = chunks; c; c = c->next) {
-    u.chunks++;
-    unsigned free_count = unsigned(count_ones(c->free_slots));
-    unsigned dirty_count = unsigned(count_ones(c->dirty_slots));
-    u.slots_in_use += 64 - free_count;
-    u.dirty_free_bytes += dirty_count * kSlotSize;
-    u.clean_free_bytes += (free_count - dirty_count) * kSlotSize;
+    u.slots_in_use += kSlotsPerChunk - unsigned(count_ones(c->free_slots));
+    u.dirty_free_bytes += uint64_t(count_ones(c->dirty_slots)) * kSlotSize;
   }
-  u.mapped_bytes = u.chunks * kChunkSize;
   return u;
 }
 

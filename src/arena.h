@@ -45,7 +45,7 @@ void free_page(Page* page);
 void purge(bool force);
 
 struct Usage {
-  uint64_t chunks, mapped_bytes, pages_in_use, slots_in_use, dirty_free_bytes, clean_free_bytes;
+  uint64_t pages_in_use, slots_in_use, dirty_free_bytes;
 };
 Usage usage();
 
