@@ -247,7 +247,31 @@ void check_at_exit() {
   lock.unlock();
 }
 
-void lock_for_fork() { lock.lock(); }
+// Before a fork, in the parent: slots guarded ahead for a child's samples
+// (its allowance, and one for the interval), so that the child, which
+// starts its sampling over (reset_after_fork), finds them guarded in the
+// copy of the address space it gets. Else each child whose parent had used
+// up its guarded slots made the same guard_chunk call, one or two per child
+// of bench forkexit (about 60 markers each). The parent pays a call when its
+// own samples have used up what it guarded ahead.
+static void guard_ahead_for_child() {
+  unsigned want = unsigned(kChildAllowance) + 1;
+  if (!kEnabled || !options.sample || !options.guard || guarded >= kSlots || guarded - fresh >= want) return;
+  unsigned first = guarded;
+  unsigned n = std::min(std::max(want - (guarded - fresh), kMinChunkSlots), kBlockSlots - first % kBlockSlots);
+  bool open = false;
+  if (!map_block(first) || !guard_chunk(first, n, &open)) return;
+  // Slots guarded earlier and still fresh keep their last data page as it
+  // was: where one set has it open and the other not, alloc's unguard of
+  // that page is a call that changes nothing, never a page left closed.
+  preopened = guarded == fresh ? open : preopened && open;
+  guarded += n;
+}
+
+void lock_for_fork() {
+  lock.lock();
+  guard_ahead_for_child();
+}
 void unlock_for_fork() { lock.unlock(); }
 void reset_after_fork() {
   lock.reset_after_fork();

@@ -10,6 +10,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <memory>
@@ -255,6 +258,44 @@ TEST(Override, PlainMallocCallsShowInMapallocStats) {
   EXPECT_GE(after.small_live_blocks - after_reserve.small_live_blocks, uint64_t(n));
   EXPECT_GT(after_reserve.small_requests, before.small_requests) << "vector::reserve did not go through mapalloc";
   for (void* p : blocks) free(p);
+}
+
+// A forked child starts its sampling over (sample.cpp, reset_after_fork):
+// its first small blocks are guarded samples, in slots the parent guarded
+// ahead before the fork, so the child makes no system call for them (a
+// sample of up to a page opens without one). Before, each child whose
+// parent had used up its guarded slots guarded a chunk of slots itself.
+TEST(Samples, ForkedChildTakesItsSamplesWithoutSystemCalls) {
+  void* probe = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(probe, MAP_FAILED);
+  bool markers = madvise(probe, 4096, 102 /* MADV_GUARD_INSTALL */) == 0;
+  munmap(probe, 4096);
+  if (!markers) GTEST_SKIP() << "no guard markers: a sample's slot opens with a call";
+  std::vector<void*> parents;
+  for (int i = 0; i < 200; i++) parents.push_back(malloc(24));  // the parent's own samples used up
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    mapalloc_stats before = stats();
+    int sampled = 0;
+    void* blocks[4];
+    for (void*& p : blocks) {
+      p = malloc(24);
+      // A sample ends where its slot's guard page begins (24 rounded up to 16).
+      if ((reinterpret_cast<uintptr_t>(p) + 32) % 4096 == 0) sampled++;
+    }
+    mapalloc_stats after = stats();
+    uint64_t calls = (after.mmap_calls - before.mmap_calls) + (after.mprotect_calls - before.mprotect_calls) +
+                     (after.madvise_calls - before.madvise_calls);
+    _exit(sampled != 4 ? 2 : calls != 0 ? 3 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_NE(WEXITSTATUS(status), 2) << "the child's first blocks were not all samples";
+  EXPECT_NE(WEXITSTATUS(status), 3) << "the child's samples made system calls";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  for (void* p : parents) free(p);
 }
 
 // mallinfo2 from several threads at once, nothing allocating meanwhile:
