@@ -515,19 +515,19 @@ struct ExitBudget {
   unsigned misfits = 0;
 };
 // Past the budget the walk only reads each page's descriptor, a cache miss
-// each: in a forked child of bench forkexit (512 KiB, 400 pages of its
-// parent's) that was 2 % of the workload's time, for pages none of which
-// fitted. A few more looks still find small pages (a class's few carved
-// blocks) that fit what is left.
+// each: in the forked children of bench forkexit (512 KiB, about 400 pages
+// of their parent's) that was 1.2 % of the workload's CPU samples, for pages
+// none of which fitted. A few more looks still find small pages (a class's
+// few carved blocks) that fit what is left.
 constexpr unsigned kExitCheckMisfits = 8;
 
 // Checks the page if what it has carved fits in the budget (a page that
-// does not is left out, and up to kExitCheckMisfits of them the pages after
-// it still looked at). False once the budget is spent or the misfits reached. A block is charged its size up to a
-// page: the work goes by the block (a word or two read), and a big block's
-// touches one page of it (a program's exit with 15 MiB of 32-byte blocks
-// took about 1.5-2 ms longer with the check, with 15 MiB of 120000-byte
-// blocks within noise).
+// does not is left out; until kExitCheckMisfits of them, the pages after it
+// are still looked at). False once the budget is spent or the misfits are
+// reached. A block is charged its size up to a page: the work goes by the
+// block (a word or two read), and a big block's touches one page of it (a
+// program's exit with 15 MiB of 32-byte blocks took about 1.5-2 ms longer
+// with the check, with 15 MiB of 120000-byte blocks within noise).
 static bool check_page_within(const Page* page, ExitBudget* budget) {
   size_t charge = std::min<size_t>(page->block_size, os::kPageSize);
   size_t bytes = size_t(__atomic_load_n(&page->carved, __ATOMIC_RELAXED)) * charge;
