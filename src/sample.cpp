@@ -113,13 +113,6 @@ static void check_fills(unsigned i) {
   if (!holds_fill(data_begin(i), p)) fatal("heap underflow (or overflow of the block before it) at block", p);
 }
 
-// The slots of the next chunk, from first (its first slot); a chunk never
-// spans two blocks.
-static unsigned chunk_slots(unsigned first) {
-  int64_t left = allowance.load(std::memory_order_relaxed) + 1;  // (this sample's is taken)
-  unsigned n = unsigned(std::clamp<int64_t>(left, kMinChunkSlots, kMaxChunkSlots));
-  return std::min(n, kBlockSlots - first % kBlockSlots);
-}
 static_assert(kMaxChunkSlots <= kBlockSlots);
 
 // Makes n slots from first guard pages. Where the kernel takes it in one
@@ -147,6 +140,23 @@ static bool guard_chunk(unsigned first, unsigned n, bool* open) {
   return false;
 }
 
+// Guards the next chunk of slots, from `guarded`: `wanted` of them, within
+// kMinChunkSlots..kMaxChunkSlots and never past their block. Slots guarded
+// before and still fresh keep their last data page as it was, so preopened
+// stays true only if both sets have it open: where one has it and the other
+// not, alloc's unguard of that page is a call that changes nothing, never a
+// page left closed.
+static bool guard_next_chunk(int64_t wanted) {
+  unsigned first = guarded;
+  unsigned n = unsigned(std::clamp<int64_t>(wanted, kMinChunkSlots, kMaxChunkSlots));
+  n = std::min(n, kBlockSlots - first % kBlockSlots);
+  bool open = false;
+  if (!map_block(first) || !guard_chunk(first, n, &open)) return false;
+  preopened = guarded == fresh ? open : preopened && open;
+  guarded += n;
+  return true;
+}
+
 void* alloc(size_t size, size_t alignment, void* shadow) {
   if (size == 0 || !fits(size, alignment)) return nullptr;
   LockGuard guard(lock);
@@ -154,11 +164,8 @@ void* alloc(size_t size, size_t alignment, void* shadow) {
   bool page_open = false;  // the slot's last data page
   if (fresh < kSlots) {
     i = fresh;
-    if (i == guarded) {
-      unsigned n = chunk_slots(i);
-      if (!map_block(i) || !guard_chunk(i, n, &preopened)) return nullptr;
-      guarded += n;
-    }
+    // As many as the start allowance has samples left (this one's is taken).
+    if (i == guarded && !guard_next_chunk(allowance.load(std::memory_order_relaxed) + 1)) return nullptr;
     page_open = preopened;
   } else if (freed_count) {
     i = freed_ring[freed_head];
@@ -257,15 +264,7 @@ void check_at_exit() {
 static void guard_ahead_for_child() {
   unsigned want = unsigned(kChildAllowance) + 1;
   if (!kEnabled || !options.sample || !options.guard || guarded >= kSlots || guarded - fresh >= want) return;
-  unsigned first = guarded;
-  unsigned n = std::min(std::max(want - (guarded - fresh), kMinChunkSlots), kBlockSlots - first % kBlockSlots);
-  bool open = false;
-  if (!map_block(first) || !guard_chunk(first, n, &open)) return;
-  // Slots guarded earlier and still fresh keep their last data page as it
-  // was: where one set has it open and the other not, alloc's unguard of
-  // that page is a call that changes nothing, never a page left closed.
-  preopened = guarded == fresh ? open : preopened && open;
-  guarded += n;
+  guard_next_chunk(want - (guarded - fresh));
 }
 
 void lock_for_fork() {
