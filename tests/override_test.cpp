@@ -10,7 +10,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +21,7 @@
 #include <vector>
 
 #include "mapalloc.h"
+#include "test_util.h"
 
 namespace {
 
@@ -266,11 +266,8 @@ TEST(Override, PlainMallocCallsShowInMapallocStats) {
 // sample of up to a page opens without one). Before, each child whose
 // parent had used up its guarded slots guarded a chunk of slots itself.
 TEST(Samples, ForkedChildTakesItsSamplesWithoutSystemCalls) {
-  void* probe = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  ASSERT_NE(probe, MAP_FAILED);
-  bool markers = madvise(probe, 4096, 102 /* MADV_GUARD_INSTALL */) == 0;
-  munmap(probe, 4096);
-  if (!markers) GTEST_SKIP() << "no guard markers: a sample's slot opens with a call";
+  if (!MAPALLOC_TEST_SECURE) GTEST_SKIP() << "unprotected builds take no samples";
+  if (!mapalloc_test::kernel_has_guard_markers()) GTEST_SKIP() << "no guard markers: a sample's slot opens with a call";
   std::vector<void*> parents;
   for (int i = 0; i < 200; i++) parents.push_back(malloc(24));  // the parent's own samples used up
   pid_t pid = fork();
