@@ -35,6 +35,10 @@ static Counter& orphan_counter(unsigned c) {
 
 void report_invalid_free(const void* p) noexcept { fatal("invalid free (pointer not allocated by mapalloc):", p); }
 void report_double_free(const void* p) noexcept { fatal("double free of", p); }
+void report_free_overflow(const Block* b) noexcept {
+  if (is_freed(b)) return report_double_free(b);
+  report_overflow(b);
+}
 void* report_corrupted(const Page* page, const void* block) noexcept { page_corrupted(page, block); }
 
 static void move_to_full(Heap* heap, Page* page) {
@@ -83,7 +87,7 @@ void heap_page_wait_over(Heap* heap, Page* page) noexcept {
 
 void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept {
   if (freed_tail(page, b)) return report_double_free(b);
-  if (canary_check(page, b) == SIZE_MAX) return report_overflow(b);
+  if (canary_check(page, b) == SIZE_MAX) return report_free_overflow(b);
   heap_push_owned(heap, page, b);
 }
 
@@ -102,7 +106,7 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   // Checked here, where the block is still this thread's alone: its canary
   // is in the block, and the free list's words are about to overwrite a
   // 16-byte block's.
-  if (MAPALLOC_UNLIKELY(freed_tail(page, b))) return report_double_free(b);
+  if (MAPALLOC_UNLIKELY(is_freed(b) || freed_tail(page, b))) return report_double_free(b);
   if (kCanaries && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
   // The block below, where its page's thread has exited: nobody else would
   // ever look (the owner's frees do, others' may race with the owner).

@@ -110,6 +110,10 @@ void heap_free_remote(Heap* heap, Page* page, Block* block) noexcept;
 // them by a tail jump and need no stack frame of their own.
 void report_invalid_free(const void* p) noexcept;
 void report_double_free(const void* p) noexcept;
+// A free whose block's canary is broken: a double free if the block's
+// words are sealed (its end was written after the first free), else an
+// overflow.
+void report_free_overflow(const Block* b) noexcept;
 void* report_corrupted(const Page* page, const void* block) noexcept;
 
 // A block of class c for a request of size bytes (class_takes(c, size): the
@@ -175,7 +179,7 @@ MAPALLOC_INLINE void heap_push_checked(Heap* heap, Page* page, Block* b) noexcep
   if (kCanaries) {
     size_t slack = decoded_record(page, b);
     if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack))) return heap_free_odd_record(heap, page, b);
-    if (MAPALLOC_UNLIKELY(!canary_intact(page, b, canary_word(b), slack))) return report_overflow(b);
+    if (MAPALLOC_UNLIKELY(!canary_intact(page, b, canary_word(b), slack))) return report_free_overflow(b);
   }
   heap_push_owned(heap, page, b);
 }
@@ -206,7 +210,13 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   // (A block-aligned pointer into the guard page that ends a run faults
   // here, SIGSEGV rather than a report.)
   Block* b = static_cast<Block*>(p);
-  if (MAPALLOC_UNLIKELY(is_freed(b))) return report_double_free(p);  // (and freed_tail, out of line)
+  // A double free. Secure builds tell it by the block's record instead, at
+  // no cost of its own: free marks a block's end, so its record decodes to
+  // kFreedRecord, which the owner's check below sends out of line
+  // (heap_free_odd_record, freed_tail); other threads' frees test the seal
+  // too (heap_free_remote), and a broken canary of a sealed block is
+  // reported as a double free (report_free_overflow).
+  if (!kCanaries && MAPALLOC_UNLIKELY(is_freed(b))) return report_double_free(p);
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
     if (kCanaries) {

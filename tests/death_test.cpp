@@ -1150,6 +1150,36 @@ TEST(Misuse, DoubleFreeAfterWriteIntoTheFirstWordCaught) {
   }
 }
 
+// The other end: a double free after a write into the freed block's last
+// word, where its mark and record are (requests of a class's size less 2,
+// so that the word is the block's last). Secure builds tell a double free
+// by the record, out of the owner's fast path; with the record broken, the
+// block's sealed words still name it, by the owner's free and another
+// thread's. (16-byte blocks are left out: their last word is the seal.)
+TEST(Misuse, DoubleFreeAfterWriteIntoTheLastWordCaught) {
+  SKIP_UNLESS_SECURE();
+  ScopedOptions opts("");
+  for (bool remote : {false, true}) {
+    for (size_t n : {46, 126, 638, 1022, 5118}) {
+      EXPECT_DEATH(
+          {
+            char* p = static_cast<char*>(mapalloc_malloc(n));
+            void* keep = mapalloc_malloc(n);
+            mapalloc_free(p);
+            memset(p + n - 6, 'A', 8);
+            if (remote) {
+              std::thread([p] { mapalloc_free(p); }).join();
+            } else {
+              mapalloc_free(p);
+            }
+            fprintf(stderr, "not caught %p\n", keep);
+          },
+          "^mapalloc: double free of 0x")
+          << "size " << n << (remote ? ", freed again by another thread" : "");
+    }
+  }
+}
+
 // ---------------------------------------------------------------- underflows
 
 namespace {
