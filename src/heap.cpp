@@ -85,10 +85,17 @@ void heap_page_wait_over(Heap* heap, Page* page) noexcept {
   page_arm_wait(page);
 }
 
+// A freed block whose record is out of free's fast range: a free block's
+// (a double free), a slack of 2, the escape, or a broken one. Reports
+// misuse (the reports abort); true if the block may go free.
+static bool odd_record_passes(const Page* page, const Block* b) {
+  if (freed_tail(page, b)) return report_double_free(b), false;
+  if (canary_check(page, b) == SIZE_MAX) return report_free_overflow(b), false;
+  return true;
+}
+
 void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept {
-  if (freed_tail(page, b)) return report_double_free(b);
-  if (canary_check(page, b) == SIZE_MAX) return report_free_overflow(b);
-  heap_push_owned(heap, page, b);
+  if (odd_record_passes(page, b)) heap_push_owned(heap, page, b);
 }
 
 void heap_free_look_below(Heap* heap, Page* page, Block* b) noexcept {
@@ -103,11 +110,18 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   } else {
     orphan_counter(c).fetch_add(1, std::memory_order_relaxed);
   }
-  // Checked here, where the block is still this thread's alone: its canary
+  // Checked here, where the block is still this thread's alone (its canary
   // is in the block, and the free list's words are about to overwrite a
-  // 16-byte block's.
-  if (MAPALLOC_UNLIKELY(is_freed(b) || freed_tail(page, b))) return report_double_free(b);
-  if (kCanaries && MAPALLOC_UNLIKELY(canary_check(page, b) == SIZE_MAX)) return report_overflow(b);
+  // 16-byte block's), as the owner's free checks it (heap_push_checked): a
+  // double free shows in the record.
+  if (kCanaries) {
+    size_t slack = decoded_record(page, b);
+    if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack))) {
+      if (!odd_record_passes(page, b)) return;
+    } else if (MAPALLOC_UNLIKELY(!canary_intact(page, b, canary_word(b), slack))) {
+      return report_free_overflow(b);
+    }
+  }
   // The block below, where its page's thread has exited: nobody else would
   // ever look (the owner's frees do, others' may race with the owner).
   if (kCanaries && (reinterpret_cast<uintptr_t>(b) & page->run_mask) != 0) {
