@@ -213,9 +213,10 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   // A double free. Secure builds tell it by the block's record instead, at
   // no cost of its own: free marks a block's end, so its record decodes to
   // kFreedRecord, which the owner's check below sends out of line
-  // (heap_free_odd_record, freed_tail); other threads' frees test the seal
-  // too (heap_free_remote), and a broken canary of a sealed block is
-  // reported as a double free (report_free_overflow).
+  // (heap_free_odd_record, freed_tail); other threads' frees check the
+  // record the same way (heap_free_remote), and a broken canary of a block
+  // whose words are sealed is reported as a double free
+  // (report_free_overflow).
   if (!kCanaries && MAPALLOC_UNLIKELY(is_freed(b))) return report_double_free(p);
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
