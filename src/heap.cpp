@@ -103,6 +103,12 @@ void heap_free_look_below(Heap* heap, Page* page, Block* b) noexcept {
   heap_push_checked(heap, page, b);
 }
 
+// Whether the block below b, in the page of an exited thread's heap, ends
+// intact. Out of line, so that heap_free_remote saves no registers for it.
+static MAPALLOC_COLD bool below_intact_in_abandoned(const Page* page, const Block* b, const Heap* owner) {
+  return owner->lost_in_fork || tail_before_intact(page, b) || below_intact(page, b, owner);
+}
+
 void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   unsigned c = page->size_class;
   if (heap != &empty_heap) {
@@ -126,8 +132,7 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   // ever look (the owner's frees do, others' may race with the owner).
   if (kCanaries && (reinterpret_cast<uintptr_t>(b) & page->run_mask) != 0) {
     const Heap* owner = page->heap.load(std::memory_order_relaxed);
-    if (!owner->owned.load(std::memory_order_acquire) && !owner->lost_in_fork && !tail_before_intact(page, b) &&
-        !below_intact(page, b, owner))
+    if (MAPALLOC_UNLIKELY(!owner->owned.load(std::memory_order_acquire)) && !below_intact_in_abandoned(page, b, owner))
       return report_underflow(b);
   }
   // Aligned stores: the owner may read the record in the top two bytes of
