@@ -85,9 +85,10 @@ void heap_page_wait_over(Heap* heap, Page* page) noexcept {
   page_arm_wait(page);
 }
 
-// A freed block whose record is out of free's fast range: a free block's
-// (a double free), a slack of 2, the escape, or a broken one. Reports
-// misuse (the reports abort); true if the block may go free.
+// A block being freed whose record is out of free's fast range (a free
+// block's: a double free; a slack of 2; the escape; a broken one), or whose
+// canary did not match there. Reports misuse (the reports abort); true if
+// the block may go free.
 static bool odd_record_passes(const Page* page, const Block* b) {
   if (freed_tail(page, b)) return report_double_free(b), false;
   if (canary_check(page, b) == SIZE_MAX) return report_free_overflow(b), false;
@@ -122,11 +123,9 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   // double free shows in the record.
   if (kCanaries) {
     size_t slack = decoded_record(page, b);
-    if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack))) {
-      if (!odd_record_passes(page, b)) return;
-    } else if (MAPALLOC_UNLIKELY(!canary_intact(page, b, canary_word(b), slack))) {
-      return report_free_overflow(b);
-    }
+    if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack) || !canary_intact(page, b, canary_word(b), slack)) &&
+        !odd_record_passes(page, b))
+      return;
   }
   // The block below, where its page's thread has exited: nobody else would
   // ever look (the owner's frees do, others' may race with the owner).

@@ -170,8 +170,8 @@ MAPALLOC_INLINE void heap_push_owned(Heap* heap, Page* page, Block* b) noexcept 
 }
 
 // heap_free's path for a block whose record is not in the fast path's range
-// (a slack of 2, the escape, or broken): out of line, so that free's fast
-// path needs no stack frame.
+// (a free block's: a double free; a slack of 2; the escape; a broken one):
+// out of line, so that free's fast path needs no stack frame.
 void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept;
 // The owner's free of b once the block below passed: its own canary
 // (secure builds), then onto its page's free list.
