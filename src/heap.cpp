@@ -193,8 +193,9 @@ static bool has_free_block(Page* page) {
   return page->free || page_extend(page);
 }
 
-// Finds a page of class c with a free block and makes it current.
-static Page* find_page(Heap* heap, unsigned c) {
+// Finds a page of class c with a free block and makes it current. Inline:
+// one call site each on the slow path and in its sampled branch.
+MAPALLOC_INLINE static Page* find_page(Heap* heap, unsigned c) {
   Page* page = heap->current[c];
   if (page != &empty_page) {
     if (has_free_block(page)) return page;
@@ -232,6 +233,40 @@ static Page* find_page(Heap* heap, unsigned c) {
   return page;
 }
 
+// The slow path's guarded sample (sample.h), when one is due: null if none
+// was taken, and the request goes on unsampled. Out of line, so that
+// heap_malloc_slow has one find_page to inline (a call and its register
+// saves were 15 instructions of each slow path's 150 in bench server).
+MAPALLOC_COLD static void* malloc_sampled(Heap* heap, unsigned c, size_t size, size_t alignment) {
+  bool take = sample::take_small();
+  // While the start allowance lasts every slow path looks (and every
+  // malloc is one, below); then every 16th.
+  heap->slow_until_sample_check = sample::starting() ? 0 : 15;
+  if (!take) return nullptr;
+  if (!sample::fits(size, alignment)) {
+    // Too big for a sample's slot (over 56 KiB), or too aligned: a
+    // mapping of its own between guard pages, as a large block's, whose
+    // pages become guard pages when it is freed. Reads and writes after
+    // free of a program's first 100000-byte blocks went unseen.
+    int saved = errno;  // the arena may still serve it
+    void* p = large::alloc(size, alignment, false, true);
+    if (!p) errno = saved;
+    return p;
+  }
+  // A guarded sample (sample.h). The block the request would have had is
+  // taken all the same and held while the sample lives, so that the
+  // heap's layout stays as it would be without samples (bench
+  // falseshare ran 0.85 s against 0.49 s when it changed: two blocks
+  // handed to two threads came to share a cache line).
+  void* shadow = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
+  void* p = sample::alloc(size, alignment, shadow);
+  if (!p) return shadow;  // no sample: the page stays current
+  // While the start allowance lasts current[c] stays &empty_page, so
+  // that every malloc comes here.
+  if (shadow && sample::starting()) put_back_current(heap, c);
+  return p;
+}
+
 void* heap_malloc_slow(Heap* heap, unsigned c, size_t size, size_t alignment) noexcept {
   if (c == kZeroClass) {
     if (void* p = zero::alloc()) return p;
@@ -248,37 +283,7 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size, size_t alignment) no
     if (heap != tls_heap) lent = heap;  // the thread has exited (thread.cpp)
   }
   void* p = nullptr;
-  bool sample_now = false;
-  if (sample::kEnabled && (sample::starting() || heap->slow_until_sample_check-- == 0)) {
-    heap->slow_until_sample_check = 15;
-    sample_now = sample::take_small();
-  }
-  if (sample_now) {
-    if (!sample::fits(size, alignment)) {
-      // Too big for a sample's slot (over 56 KiB), or too aligned: a
-      // mapping of its own between guard pages, as a large block's, whose
-      // pages become guard pages when it is freed. Reads and writes after
-      // free of a program's first 100000-byte blocks went unseen.
-      int saved = errno;  // the arena may still serve it
-      p = large::alloc(size, alignment, false, true);
-      if (!p) errno = saved;
-    } else {
-      // A guarded sample (sample.h). The block the request would have had is
-      // taken all the same and held while the sample lives, so that the
-      // heap's layout stays as it would be without samples (bench
-      // falseshare ran 0.85 s against 0.49 s when it changed: two blocks
-      // handed to two threads came to share a cache line).
-      void* shadow = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
-      p = sample::alloc(size, alignment, shadow);
-      if (!p) {
-        p = shadow;  // no sample: the page stays current
-      } else if (shadow && sample::starting()) {
-        // While the start allowance lasts current[c] stays &empty_page, so
-        // that every malloc comes here.
-        put_back_current(heap, c);
-      }
-    }
-  }
+  if (sample::kEnabled && heap->slow_until_sample_check-- == 0) p = malloc_sampled(heap, c, size, alignment);
   if (!p) p = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
   if (lent) thread_heap_give_back(lent);
   if (!p) errno = ENOMEM;

@@ -72,7 +72,7 @@ struct Heap {
   PageQueue full;                // pages with no free block at last look
   uint32_t full_count = 0;
   uint32_t fresh_since_sweep = 0;
-  uint32_t slow_until_sample_check = 0;  // sample.h: the clock is read at every 16th slow path
+  uint32_t slow_until_sample_check = 0;  // sample.h: looked at every slow path while starting, then every 16th
   HeapStats stats;
   Quarantine quarantine;
   // Under the heap pool lock (thread.cpp).

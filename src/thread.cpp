@@ -241,7 +241,10 @@ static void after_fork_child() {
   // (Secure builds: there are no samples or check at exit otherwise.)
   if (kCanaries)
     for (Heap* h = all_heaps; h; h = h->next_all)
-      if (!h->lost_in_fork) heap_put_back_current_pages(h);
+      if (!h->lost_in_fork) {
+        heap_put_back_current_pages(h);
+        h->slow_until_sample_check = 0;  // its next slow path looks
+      }
   exit_check_start_in_child();
 }
 
