@@ -53,6 +53,9 @@ struct Block {
 
 constexpr uint64_t kFreedRecord = 2;  // a free block's record (freed_mark)
 
+// The bits every canary word sets (canary_word).
+constexpr uint64_t kCanaryTopBits = 0x8080808080808080ull;
+
 struct Keys {
   uintptr_t link = 0x5bd1e9955bd1e995ull;
   // The top 16 bits of these two are kFreedRecord ^ record (see freed_mark).
@@ -60,6 +63,7 @@ struct Keys {
   uintptr_t mark = (uintptr_t(0x27d4 ^ kFreedRecord) << 48) | 0x3c6ef372fe94ull;
   uintptr_t cookie = link ^ seal;  // is_freed's one load
   uintptr_t canary = 0xc2b2ae3d27d4eb4full;
+  uintptr_t canary_top = kCanaryTopBits;  // (an or from memory is one instruction, an immediate two)
   // The canaries' slack records are xored with it. Below 2^16, in 32 bits:
   // a record loaded into 32 bits and xored with it needs no truncation.
   uint32_t record = 0x27d4;
@@ -220,7 +224,14 @@ MAPALLOC_INLINE constexpr size_t canary_offset(size_t block_size, size_t slack) 
   return requested < block_size - 8 ? requested : block_size - 8;
 }
 
-MAPALLOC_INLINE uint64_t canary_word(const void* block) { return reinterpret_cast<uintptr_t>(block) ^ keys.canary; }
+// Every byte of a canary has its top bit set: an overflow that writes a NUL
+// or an ASCII byte (a string's terminator one past the end, the commonest
+// overflow of all) breaks it whatever the key; another byte breaks it but
+// one time in 128. With the key alone, one write in 256 of any byte went
+// unseen (the byte already there).
+MAPALLOC_INLINE uint64_t canary_word(const void* block) {
+  return (reinterpret_cast<uintptr_t>(block) ^ keys.canary) | keys.canary_top;
+}
 
 // Per slack (from 10 on, the last entry), the bytes of the canary's word
 // that are canary and not record (the record is checked by decoding it, and

@@ -57,7 +57,12 @@ void ensure_init() {
       os::random_words(drawn, 5);
       keys.link = drawn[0];
       keys.canary = drawn[1];
-      keys.record = uint16_t(drawn[2]);
+      // Both bytes' top bits set, as every canary byte's (canary_word): the
+      // record's low byte is the one right after a request that leaves 2
+      // bytes of slack, its high byte the one right below the next block,
+      // and with slacks under 32768 each then holds a byte over 0x7F, which
+      // no NUL or ASCII byte written there equals.
+      keys.record = uint16_t(drawn[2]) | 0x8080;
       uintptr_t freed_top = (kFreedRecord ^ keys.record) << 48, low48 = (uintptr_t(1) << 48) - 1;
       // Drawn again in the rare process where a live block's untouched canary
       // bytes would read as a free block's (freed_tail): a 16-byte block's
@@ -66,7 +71,10 @@ void ensure_init() {
       for (;;) {
         keys.seal = (drawn[3] & low48) | freed_top;
         keys.mark = (drawn[4] & low48) | freed_top;
-        if (((keys.canary ^ keys.seal) & 0x7FFFFFFF0000ull) != 0 && ((keys.canary ^ keys.mark) & low48) != 0) break;
+        // (Bits the canary sets whatever the key (kCanaryTopBits) do not count.)
+        uintptr_t keyed = ~kCanaryTopBits;
+        if (((keys.canary ^ keys.seal) & 0x7FFFFFFF0000ull & keyed) != 0 && ((keys.canary ^ keys.mark) & low48 & keyed) != 0)
+          break;
         os::random_words(drawn + 3, 2);
       }
       keys.cookie = keys.link ^ keys.seal;

@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <vector>
 #include <thread>
@@ -921,6 +922,77 @@ TEST(Canary, StrayWriteIntoTheSlackRecordCaught) {
         },
         "mapalloc: heap overflow")
         << "request " << c.request << ", byte " << c.at << " from the end";
+  }
+}
+
+// Every byte the checks look at right after a request, and the byte right
+// below a block, holds a value over 0x7F: a canary byte (page.h,
+// canary_word), a record's byte (its key, thread.cpp), a free block's mark
+// (whose top bytes are a record's), or the fill of samples and large blocks
+// (0xCB). So a NUL or an ASCII byte written there (a string's terminator one
+// past the end, the commonest overflow) never equals the byte already there,
+// and is always caught; with keyed bytes alone, one block in 256 let a given
+// byte through. Read directly, for every request size up to 1100 and
+// the blocks below, live and free; the death test after it writes them.
+TEST(Canary, TheBytesRightAfterAndBelowABlockAreAboveAscii) {
+  SKIP_UNLESS_SECURE();
+  constexpr size_t kBlocks = 8;
+  for (size_t n = 1; n <= 1100; n++) {
+    unsigned char* p[kBlocks];
+    for (auto& q : p) {
+      q = static_cast<unsigned char*>(mapalloc_malloc(n));
+      memset(q, 0, n);
+      EXPECT_GE(q[n], 0x80) << "size " << n;
+      EXPECT_GE(q[n + 1], 0x80) << "size " << n;
+    }
+    std::sort(p, p + kBlocks);
+    size_t block = SIZE_MAX;  // the smallest distance between two of them is their block size
+    for (size_t i = 1; i < kBlocks; i++) block = std::min(block, size_t(p[i] - p[i - 1]));
+    unsigned neighbours = 0;
+    for (bool below_free : {false, true}) {
+      for (size_t i = 1; i < kBlocks; i++) {
+        if (size_t(p[i] - p[i - 1]) != block || (below_free && i % 2 == 0)) continue;
+        EXPECT_GE(p[i][-1], 0x80) << "size " << n << (below_free ? ", the block below free" : ", the block below live");
+        neighbours++;
+      }
+      if (!below_free)
+        for (size_t i = 1; i < kBlocks; i += 2) mapalloc_free(p[i - 1]), p[i - 1] = nullptr;
+    }
+    EXPECT_GT(neighbours, 0u) << "size " << n;
+    for (auto q : p) mapalloc_free(q);
+  }
+}
+
+TEST(Canary, ANulOrAsciiByteRightAfterOrBelowABlockIsCaught) {
+  SKIP_UNLESS_SECURE();
+  // 14, 30, 62, 126: 2 bytes of slack, the record right after the request.
+  for (size_t n : {1, 14, 15, 30, 62, 100, 126, 1000, 5000}) {
+    for (char byte : {'\0', 'A'}) {
+      EXPECT_DEATH(
+          {
+            char* p = static_cast<char*>(mapalloc_malloc(n));
+            memset(p, 'x', n);
+            p[n] = byte;
+            mapalloc_free(p);
+          },
+          "mapalloc: heap overflow")
+          << "size " << n << ", byte " << int(byte);
+      EXPECT_DEATH(
+          {
+            // A block with a neighbour right below it (not its run's first,
+            // below which is a guard page).
+            char* below = static_cast<char*>(mapalloc_malloc(n));
+            char* p = static_cast<char*>(mapalloc_malloc(n));
+            while (p < below || size_t(p - below) > n + 4096) {
+              below = p;
+              p = static_cast<char*>(mapalloc_malloc(n));
+            }
+            p[-1] = byte;
+            mapalloc_free(p);
+          },
+          "mapalloc: heap underflow")
+          << "size " << n << ", byte " << int(byte);
+    }
   }
 }
 
