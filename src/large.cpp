@@ -144,11 +144,17 @@ static bool gap_fits(const LargeBlock* b, size_t inner) {
   return open >= inner && open - inner <= kMaxGapRatio * inner && b->dirty_from <= b->open_from;
 }
 
-// The page map knows a large block by the slot (16 KiB) of its start. Keeping
-// at least a slot between the start and its mapping's end means no other
-// mapping's block can start in the same slot (each starts more than a slot
-// before its own end): the tail of a small over-aligned block is widened.
-static size_t tail_for(size_t usable) { return usable < kSlotSize ? kSlotSize : kGuard; }
+// What lies between a block's read-write part and its mapping's end. For a
+// guarded block, a guard of a slot (16 KiB): a read or write up to that far
+// past the end faults, where one page let an outside suite's reads at p[n +
+// 4096] of 100000-byte and bigger blocks through (guard markers and
+// PROT_NONE pages cost no memory; split-off fronts get the same,
+// split_front). An unguarded block's tail is read-write: a page, or a slot
+// for a block under a slot, as the page map knows a large block by the slot
+// (16 KiB) of its start, and at least a slot between the start and its
+// mapping's end means no other mapping's block can start in the same slot.
+constexpr size_t kTailGuard = kSlotSize;
+static size_t tail_for(size_t usable, bool guarded) { return guarded || usable < kSlotSize ? kSlotSize : kGuard; }
 
 // A guarded block's purged pages become guard pages (one call, as a purge):
 // a read or write through a dangling pointer into a block freed that long ago
@@ -383,9 +389,10 @@ static bool split_front(LargeBlock* b, size_t inner) {
   bool guarded = b->guarded;
   char* new_begin = b->end - inner;
   char* new_base = new_begin - (guarded ? kGuard : 0);
-  // The front's trailing guard starts here; an unguarded front keeps that
-  // page read-write as its tail (map_block's layout, which cache_take needs).
-  char* front_end = new_base - kGuard;
+  // The front's trailing guard starts here (tail_for); an unguarded front
+  // keeps that page read-write as its tail (map_block's layout, which
+  // cache_take needs).
+  char* front_end = new_base - (guarded ? kTailGuard : kGuard);
   if (front_end < b->begin + kMinSplitInner || size_t(front_end - b->begin) <= inner / 4) return false;
   LargeBlock* front = new_descriptor_locked();
   if (!front) return false;
@@ -626,7 +633,7 @@ void* alloc(size_t size, size_t alignment, bool zero, bool sampled) {
     return nullptr;
   }
   bool guarded = options.guard;
-  size_t tail = tail_for(usable);
+  size_t tail = tail_for(usable, guarded);
   uint64_t now = os::now_ms();
   LargeBlock* b;
   // A gap (gap_fits) only below a block that starts inside its first page:

@@ -319,6 +319,25 @@ TEST(GuardPage, ReadPastLargeBlockEndFaults) {
   mapalloc_free(p);
 }
 
+// A guarded large block's mapping ends in 16 KiB of guard (large.cpp,
+// tail_for): reads a page and more past the end fault too, fresh blocks and
+// blocks reused from the cache (or split off a bigger cached one) alike.
+TEST(GuardPage, ReadsUpTo16KiBPastALargeBlockFault) {
+  for (size_t size : {mapalloc_mmap_threshold() + 160, size_t(1) * MiB, 8 * MiB}) {
+    for (int use = 0; use < 3; use++) {
+      if (use == 1) mapalloc_free(mapalloc_malloc(size));  // then reused
+      char* big = use == 2 ? static_cast<char*>(mapalloc_malloc(4 * size)) : nullptr;
+      if (big) mapalloc_free(big);  // then split
+      auto* p = static_cast<char*>(mapalloc_malloc(size));
+      ASSERT_NE(p, nullptr);
+      for (size_t past : {size_t(4096), size_t(16 * KiB - 16)})
+        EXPECT_EXIT((void)*static_cast<volatile char*>(p + size + past), ::testing::KilledBySignal(SIGSEGV), "")
+            << "size " << size << " use " << use << " read " << past << " past the end";
+      mapalloc_free(p);
+    }
+  }
+}
+
 // Runs of small blocks end with a guard page (a guard marker: kernels with
 // MADV_GUARD_INSTALL only), so a linear overflow out of a run's last block
 // faults before it reaches the next run. Blocks up to 1 KiB live in 64 KiB
