@@ -499,9 +499,7 @@ static void check_free_list_at_exit(const Page* page, const Block* b, uint64_t* 
   for (const Block* from = nullptr; b; from = b, b = decode_link(b)) {
     uint32_t i = block_index(page, b);
     if (i == UINT32_MAX || (seen[i / 64] >> (i % 64)) & 1 || ++count > page->carved) page_corrupted(page, from);
-    uintptr_t tail;
-    __builtin_memcpy(&tail, reinterpret_cast<const char*>(b) + page->block_size - 8, 8);
-    if (!is_freed(b) || (page->block_size > sizeof(Block) && tail != freed_mark(b))) page_corrupted(page, b);
+    if (!is_freed(b) || !tail_mark_intact(page, b)) page_corrupted(page, b);
     seen[i / 64] |= uint64_t(1) << (i % 64);
   }
 }

@@ -421,11 +421,26 @@ MAPALLOC_INLINE size_t canary_check(const Page* page, const void* block) {
 // may be rewriting that block's end meanwhile, unless the page's heap was
 // abandoned (its thread exited).
 //
-// mark_tail_free is written before the cookie, which for a 16-byte block
-// takes its place.
+// mark_tail_free is written before the free list's words, which in a
+// 16-byte block take its place. The mark is in the block's last two words
+// (one store more than one word): a write after free into either is
+// reported at exit, if the block is still free then, and the last 16 bytes
+// cover the last byte of a request that left up to 15 bytes of slack (the
+// last field of a struct, a string's last character), where the last 8 did
+// up to 7.
 MAPALLOC_INLINE void mark_tail_free(const Page* page, Block* b) {
   uintptr_t mark = freed_mark(b);
-  __builtin_memcpy(reinterpret_cast<char*>(b) + page->block_size - 8, &mark, 8);
+  char* end = reinterpret_cast<char*>(b) + page->block_size;
+  __builtin_memcpy(end - 16, &mark, 8);
+  asm("" : "+r"(mark));  // two plain stores (GCC pairs them through a vector register: two instructions more)
+  __builtin_memcpy(end - 8, &mark, 8);
+}
+// Whether a free block's mark (both words) is intact; a 16-byte block has none.
+MAPALLOC_INLINE bool tail_mark_intact(const Page* page, const Block* b) {
+  if (page->block_size <= sizeof(Block)) return true;
+  uintptr_t words[2];
+  __builtin_memcpy(words, reinterpret_cast<const char*>(b) + page->block_size - 16, 16);
+  return words[0] == freed_mark(b) && words[1] == freed_mark(b);
 }
 
 // p is not its run's first block. The load races, by design, with other

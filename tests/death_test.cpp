@@ -1094,13 +1094,15 @@ TEST(Misuse, OneByteWrittenAtAFreedBlocksStartCaughtAtItsHandout) {
   }
 }
 
-// A freed block's last 8 bytes hold its freed cookie too: a write after free
-// there (the last field of a struct, a string's end) into a block that is
-// still free at exit is caught then, whether this thread or another one
-// freed it.
+// A freed block's last 16 bytes hold its mark (page.h, mark_tail_free; a
+// 16-byte block's, its free-list words): a write after free there (the last
+// field of a struct, a string's end) into a block that is still free at
+// exit is caught then, whether this thread or another one freed it. The
+// requests leave 2 bytes of slack (class sizes less 2), or 15 (the last
+// requested byte 16 bytes from the end).
 TEST(Misuse, WriteAfterFreeIntoAFreedBlocksLastBytesCaughtAtExit) {
   SKIP_UNLESS_SECURE();
-  for (size_t n : {14, 46, 126, 1022, 5118}) {  // class sizes less 2: the last requested byte is in the tail
+  for (size_t n : {14, 46, 126, 1022, 5118, 17, 33, 97, 1009, 5105}) {
     for (bool remote : {false, true}) {
       EXPECT_DEATH(
           {
