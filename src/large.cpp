@@ -154,7 +154,10 @@ static bool gap_fits(const LargeBlock* b, size_t inner) {
 // (16 KiB) of its start, and at least a slot between the start and its
 // mapping's end means no other mapping's block can start in the same slot.
 constexpr size_t kTailGuard = kSlotSize;
-static size_t tail_for(size_t usable, bool guarded) { return guarded || usable < kSlotSize ? kSlotSize : kGuard; }
+static size_t tail_for(size_t usable, bool guarded) {
+  if (guarded) return kTailGuard;
+  return usable < kSlotSize ? kSlotSize : kGuard;
+}
 
 // A guarded block's purged pages become guard pages (one call, as a purge):
 // a read or write through a dangling pointer into a block freed that long ago
