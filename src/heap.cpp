@@ -35,10 +35,6 @@ static Counter& orphan_counter(unsigned c) {
 
 void report_invalid_free(const void* p) noexcept { fatal("invalid free (pointer not allocated by mapalloc):", p); }
 void report_double_free(const void* p) noexcept { fatal("double free of", p); }
-void report_free_overflow(const Block* b) noexcept {
-  if (is_freed(b)) return report_double_free(b);
-  report_overflow(b);
-}
 void* report_corrupted(const Page* page, const void* block) noexcept { page_corrupted(page, block); }
 
 static void move_to_full(Heap* heap, Page* page) {
@@ -85,17 +81,18 @@ void heap_page_wait_over(Heap* heap, Page* page) noexcept {
   page_arm_wait(page);
 }
 
-// A block being freed whose record is out of free's fast range (a free
-// block's: a double free; a slack of 2; the escape; a broken one), or whose
-// canary did not match there. Reports misuse (the reports abort); true if
-// the block may go free.
+// A block being freed whose end does not fit free's fast path
+// (end_fits_fast_path). Reports misuse (the reports abort); true if the
+// block may go free. A broken canary of a block whose words are sealed (its
+// end written after a first free) is a double free too.
 static bool odd_record_passes(const Page* page, const Block* b) {
   if (freed_tail(page, b)) return report_double_free(b), false;
-  if (canary_check(page, b) == SIZE_MAX) return report_free_overflow(b), false;
-  return true;
+  if (canary_check(page, b) != SIZE_MAX) return true;
+  if (is_freed(b)) return report_double_free(b), false;
+  return report_overflow(b), false;
 }
 
-void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept {
+void heap_free_odd_record(Block* b, Page* page, Heap* heap) noexcept {
   if (odd_record_passes(page, b)) heap_push_owned(heap, page, b);
 }
 
@@ -121,12 +118,7 @@ void heap_free_remote(Heap* heap, Page* page, Block* b) noexcept {
   // is in the block, and the free list's words are about to overwrite a
   // 16-byte block's), as the owner's free checks it (heap_push_checked): a
   // double free shows in the record.
-  if (kCanaries) {
-    size_t slack = decoded_record(page, b);
-    if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack) || !canary_intact(page, b, canary_word(b), slack)) &&
-        !odd_record_passes(page, b))
-      return;
-  }
+  if (kCanaries && MAPALLOC_UNLIKELY(!end_fits_fast_path(page, b)) && !odd_record_passes(page, b)) return;
   // The block below, where its page's thread has exited: nobody else would
   // ever look (the owner's frees do, others' may race with the owner).
   if (kCanaries && (reinterpret_cast<uintptr_t>(b) & page->run_mask) != 0) {
@@ -183,9 +175,10 @@ static void put_back_current(Heap* heap, unsigned c) {
   page_arm_wait(page);
 }
 
-void heap_put_back_current_pages(Heap* heap) {
+void heap_prepare_child_samples(Heap* heap) {
   for (unsigned c = 0; c < kNumClasses; c++)
     if (heap->current[c] != &empty_page) put_back_current(heap, c);
+  heap->slow_until_sample_check = 0;
 }
 
 static bool has_free_block(Page* page) {

@@ -110,10 +110,6 @@ void heap_free_remote(Heap* heap, Page* page, Block* block) noexcept;
 // them by a tail jump and need no stack frame of their own.
 void report_invalid_free(const void* p) noexcept;
 void report_double_free(const void* p) noexcept;
-// A free whose block's canary is broken: a double free if the block's
-// words are sealed (its end was written after the first free), else an
-// overflow.
-void report_free_overflow(const Block* b) noexcept;
 void* report_corrupted(const Page* page, const void* block) noexcept;
 
 // A block of class c for a request of size bytes (class_takes(c, size): the
@@ -169,18 +165,21 @@ MAPALLOC_INLINE void heap_push_owned(Heap* heap, Page* page, Block* b) noexcept 
   if (MAPALLOC_UNLIKELY(--page->free_wait == 0)) return heap_page_wait_over(heap, page);
 }
 
-// heap_free's path for a block whose record is not in the fast path's range
-// (a free block's: a double free; a slack of 2; the escape; a broken one):
-// out of line, so that free's fast path needs no stack frame.
-void heap_free_odd_record(Heap* heap, Page* page, Block* b) noexcept;
-// The owner's free of b once the block below passed: its own canary
-// (secure builds), then onto its page's free list.
+// Whether a block being freed ends as free's fast path takes it (secure
+// builds): a record in the fast range and an intact canary. Everything else
+// (a free block's record: a double free; a slack of 2; the escape; damage)
+// goes out of line, where odd_record_passes (heap.cpp) tells them apart.
+MAPALLOC_INLINE bool end_fits_fast_path(const Page* page, const Block* b) {
+  size_t slack = decoded_record(page, b);
+  return slack_in_fast_range(page, slack) && canary_intact(page, b, canary_word(b), slack);
+}
+// heap_free's path for a block whose end does not fit the fast path: out of
+// line, so that free's fast path needs no stack frame.
+void heap_free_odd_record(Block* b, Page* page, Heap* heap) noexcept;
+// The owner's free of b once the block below passed: its own end (secure
+// builds), then onto its page's free list.
 MAPALLOC_INLINE void heap_push_checked(Heap* heap, Page* page, Block* b) noexcept {
-  if (kCanaries) {
-    size_t slack = decoded_record(page, b);
-    if (MAPALLOC_UNLIKELY(!slack_in_fast_range(page, slack))) return heap_free_odd_record(heap, page, b);
-    if (MAPALLOC_UNLIKELY(!canary_intact(page, b, canary_word(b), slack))) return report_free_overflow(b);
-  }
+  if (kCanaries && MAPALLOC_UNLIKELY(!end_fits_fast_path(page, b))) return heap_free_odd_record(b, page, heap);
   heap_push_owned(heap, page, b);
 }
 // heap_free's path when tail_before_intact says no (every free of a block
@@ -215,8 +214,7 @@ MAPALLOC_INLINE void heap_free(Page* page, void* p) noexcept {
   // kFreedRecord, which the owner's check below sends out of line
   // (heap_free_odd_record, freed_tail); other threads' frees check the
   // record the same way (heap_free_remote), and a broken canary of a block
-  // whose words are sealed is reported as a double free
-  // (report_free_overflow).
+  // whose words are sealed is reported as a double free (odd_record_passes).
   if (!kCanaries && MAPALLOC_UNLIKELY(is_freed(b))) return report_double_free(p);
   Heap* heap = tls_heap;
   if (MAPALLOC_LIKELY(page->heap.load(std::memory_order_relaxed) == heap)) {
@@ -240,9 +238,11 @@ void quarantine_free(Page* page, void* p) noexcept;
 bool block_is_free(const Page* page, const void* p);
 
 // Whole-heap operations (heap.cpp).
-// Puts every current page back in its class queue, so that the next request
-// of each class takes the slow path (a forked child's samples, sample.h).
-void heap_put_back_current_pages(Heap* heap);
+// In a forked child, which samples its first requests again (sample.h):
+// puts every current page back in its class queue, so that the next request
+// of each class takes the slow path, and makes that slow path look for a
+// sample.
+void heap_prepare_child_samples(Heap* heap);
 // In a forked child: starts the clock of the check at exit's budget.
 void exit_check_start_in_child();
 // Collects every page's pending frees and gives empty pages back.

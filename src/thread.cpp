@@ -62,7 +62,7 @@ void ensure_init() {
       // bytes of slack, its high byte the one right below the next block,
       // and with slacks under 32768 each then holds a byte over 0x7F, which
       // no NUL or ASCII byte written there equals.
-      keys.record = uint16_t(drawn[2]) | 0x8080;
+      keys.record = uint16_t(drawn[2] | kCanaryTopBits);
       uintptr_t freed_top = (kFreedRecord ^ keys.record) << 48, low48 = (uintptr_t(1) << 48) - 1;
       // Drawn again in the rare process where a live block's untouched canary
       // bytes would read as a free block's (freed_tail): a 16-byte block's
@@ -249,10 +249,7 @@ static void after_fork_child() {
   // (Secure builds: there are no samples or check at exit otherwise.)
   if (kCanaries)
     for (Heap* h = all_heaps; h; h = h->next_all)
-      if (!h->lost_in_fork) {
-        heap_put_back_current_pages(h);
-        h->slow_until_sample_check = 0;  // its next slow path looks
-      }
+      if (!h->lost_in_fork) heap_prepare_child_samples(h);
   exit_check_start_in_child();
 }
 
