@@ -66,13 +66,34 @@ static void unlink_page(Heap* heap, Page* page) {
   }
 }
 
+// Brackets an edit of a heap's page queues or quarantine: several plain
+// stores each (a page unlinked and pushed, a ring slot and its count), which
+// a fork cuts wherever the heap's thread is, for good in the child if that
+// thread is not the forking one (after_fork_child, thread.cpp). The fences
+// order the count with the edit's stores (no instruction on x86-64).
+struct HeapEdit {
+  Heap* heap;
+  explicit HeapEdit(Heap* h) : heap(h) {
+    heap->editing++;
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+  }
+  ~HeapEdit() {
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    heap->editing--;
+  }
+  HeapEdit(const HeapEdit&) = delete;
+  HeapEdit& operator=(const HeapEdit&) = delete;
+};
+
 void heap_page_wait_over(Heap* heap, Page* page) noexcept {
   if (!page->is_current && page->used_count() == 0) {
+    HeapEdit edit(heap);
     unlink_page(heap, page);
     release_page(heap, page);
     return;
   }
   if (page->in_full) {
+    HeapEdit edit(heap);
     heap->full.remove(page);
     heap->full_count--;
     page->in_full = false;
@@ -294,8 +315,11 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size, size_t alignment) no
     if (heap != tls_heap) lent = heap;  // the thread has exited (thread.cpp)
   }
   void* p = nullptr;
-  if (sample::kEnabled && heap->slow_until_sample_check-- == 0) p = malloc_sampled(heap, c, size, alignment);
-  if (!p) p = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
+  {
+    HeapEdit edit(heap);
+    if (sample::kEnabled && heap->slow_until_sample_check-- == 0) p = malloc_sampled(heap, c, size, alignment);
+    if (!p) p = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
+  }
   if (lent) thread_heap_give_back(lent);
   if (!p) errno = ENOMEM;
   return p;
@@ -414,8 +438,21 @@ void quarantine_free(Page* page, void* p) noexcept {
   if (kCanaries && index != 0 && page->heap.load(std::memory_order_relaxed) == heap && !tail_before_intact(page, p) &&
       !below_intact(page, p))
     return report_underflow(p);
+  HeapEdit edit(heap);
   if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
+  // Sealed with the record busy: the link and the cookie are two stores,
+  // and in between a canary that began in the first 8 bytes is broken while
+  // the record and the cookie still read as live, which another thread that
+  // looks meanwhile (the check at exit, the look below) would report. The
+  // record comes back after, but in a 16-byte block, where the cookie's top
+  // bytes are its record now (a free block's).
+  char* record_at = reinterpret_cast<char*>(b) + page->block_size - 2;
+  uint16_t record;
+  __builtin_memcpy(&record, record_at, 2);
+  mark_record_busy(page, b);
   set_free_link(b, quarantine_next(p));
+  __atomic_thread_fence(__ATOMIC_RELEASE);
+  if (page->block_size > sizeof(Block)) __builtin_memcpy(record_at, &record, 2);
   Quarantine& q = heap->quarantine;
   q.ring[(q.head + q.count) % kQuarantineSlots] = p;
   q.count++;
@@ -428,6 +465,7 @@ static void quarantine_flush(Heap* heap) {
 }
 
 void heap_collect(Heap* heap, bool release_current) {
+  HeapEdit edit(heap);
   quarantine_flush(heap);
   for (unsigned c = 0; c < kNumClasses; c++) {
     Page* page = heap->current[c];

@@ -233,6 +233,11 @@ static void after_fork_child() {
     if (h->owned && h != tls_heap) {
       h->owned = false;
       h->lost_in_fork = true;
+      // Its thread was halfway through an edit of its page queues or its
+      // quarantine (HeapEdit, heap.cpp): not collected either, as a half
+      // linked list could hand a page back to the arena twice, or walk off
+      // into another's. What the child frees into its pages stays there.
+      if (h->editing) continue;
       h->next_abandoned = abandoned;
       abandoned = h;
       // Collected now and then, as other abandoned heaps (reclaim_one): what

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <vector>
 #include <thread>
@@ -1955,24 +1956,26 @@ TEST(AtExit, ExitInASignalHandlerThatInterruptedTheHeapListLockEnds) {
   }
 }
 
-// A thread stopped halfway through marking the end of another thread's block
-// that it frees (the mark is two words, stored one at a time) while the
-// process exits: the check at exit must find an end that passes. A hardware
-// write watchpoint on each of the two words stops the thread with a signal
-// right after its first store there, whichever word that is. With the
-// second-to-last word first, a request that left 9 to 23 bytes of slack
-// (a 16-byte block's of 1 to 7) read as overflowed: its canary broken by the
-// mark while its record still read as live.
+// A thread that frees another thread's block is stopped right after one of
+// its stores into the words watched (hardware write watchpoints: each store
+// there sends it a signal), the first, the second or the third, while the
+// process exits: the check at exit must find a block that passes, whatever
+// moment it sees. A free block's end mark is two words, stored one at a
+// time; with its second-to-last word first, a request that left 9 to 23
+// bytes of slack (a 16-byte block's of 1 to 7) read as overflowed: its
+// canary broken while its record still read as live. The same held for a
+// block that another thread's quarantine takes: its link, then its cookie,
+// over a canary that began in its first 8 bytes.
 namespace {
+std::atomic<int> watched_writes{0}, stop_at_write{1};
 std::atomic<bool> freer_stopped{false};
-void stop_freer(int) {
+void count_watched_write(int) {
+  if (watched_writes.fetch_add(1) + 1 != stop_at_write.load()) return;
   freer_stopped.store(true);
   for (;;) pause();
 }
 
-// A watchpoint on writes to the 8 bytes at addr by thread tid, which gets
-// SIGUSR2 after each; -1 where the kernel or the machine has none.
-int watch_writes(const void* addr, pid_t tid) {
+perf_event_attr write_watchpoint(const void* addr) {
   perf_event_attr a;
   memset(&a, 0, sizeof a);
   a.type = PERF_TYPE_BREAKPOINT;
@@ -1982,13 +1985,21 @@ int watch_writes(const void* addr, pid_t tid) {
   a.bp_len = HW_BREAKPOINT_LEN_8;
   a.sample_period = 1;
   a.wakeup_events = 1;
-  a.disabled = 1;
   a.exclude_kernel = 1;
   a.exclude_hv = 1;
+  return a;
+}
+
+// A watchpoint on writes to the 8 bytes at addr by thread tid, which gets
+// the real-time signal sig after each (queued: one store may hit two);
+// -1 where the kernel or the machine has none.
+int watch_writes(const void* addr, pid_t tid, int sig) {
+  perf_event_attr a = write_watchpoint(addr);
+  a.disabled = 1;
   int fd = int(syscall(SYS_perf_event_open, &a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC));
   if (fd < 0) return -1;
   f_owner_ex owner = {F_OWNER_TID, tid};
-  if (fcntl(fd, F_SETOWN_EX, &owner) != 0 || fcntl(fd, F_SETSIG, SIGUSR2) != 0 || fcntl(fd, F_SETFL, O_ASYNC) != 0) {
+  if (fcntl(fd, F_SETOWN_EX, &owner) != 0 || fcntl(fd, F_SETSIG, sig) != 0 || fcntl(fd, F_SETFL, O_ASYNC) != 0) {
     close(fd);
     return -1;
   }
@@ -1998,16 +2009,7 @@ int watch_writes(const void* addr, pid_t tid) {
 // Whether a watchpoint counts this thread's write (a guest may lack them).
 bool watchpoints_work() {
   static volatile uint64_t word;
-  perf_event_attr a;
-  memset(&a, 0, sizeof a);
-  a.type = PERF_TYPE_BREAKPOINT;
-  a.size = sizeof a;
-  a.bp_type = HW_BREAKPOINT_W;
-  a.bp_addr = reinterpret_cast<uintptr_t>(&word);
-  a.bp_len = HW_BREAKPOINT_LEN_8;
-  a.sample_period = 1;
-  a.exclude_kernel = 1;
-  a.exclude_hv = 1;
+  perf_event_attr a = write_watchpoint(const_cast<uint64_t*>(&word));
   int fd = int(syscall(SYS_perf_event_open, &a, 0, -1, -1, PERF_FLAG_FD_CLOEXEC));
   if (fd < 0) return false;
   word = 1;
@@ -2017,29 +2019,36 @@ bool watchpoints_work() {
   return counted;
 }
 
-// In a child of its own: exits with a thread stopped right after its first
-// store into the last 16 bytes of a block of `block_size` bytes (a request
-// of `size`) it frees; 2 if the watchpoints could not be set, 3 if the
-// thread never stopped.
-[[noreturn]] void exit_with_a_free_stopped_halfway(size_t size, size_t block_size) {
+// In a child of its own: a request of `size` from this thread, which
+// another thread frees (held in its quarantine, if the options have one);
+// that thread stops after its `stop_at`-th store into the 8 bytes at each
+// of the block's offsets `watch` (or finishes the free first), and the
+// process exits. 2 if the watchpoints could not be set, 3 if the thread
+// neither stopped nor finished.
+[[noreturn]] void exit_with_a_free_stopped_after(size_t size, std::array<size_t, 2> watch, int stop_at) {
   for (int i = 0; i < 64; i++)
-    if (!mapalloc_malloc(size)) _exit(4);  // the class's page current
+    if (!mapalloc_malloc(size)) _exit(4);  // the class's page current, past any start-up path
   char* x = static_cast<char*>(mapalloc_malloc(size));
   memset(x, 'x', size);
   std::atomic<pid_t> tid{0};
-  std::atomic<bool> go{false};
-  signal(SIGUSR2, stop_freer);
+  std::atomic<bool> go{false}, freed{false};
+  int sig = SIGRTMIN;
+  stop_at_write.store(stop_at);
+  signal(sig, count_watched_write);
   std::thread freer([&] {
+    mapalloc_free(mapalloc_malloc(100));  // a heap of its own (a quarantine holds only a heap's frees)
     tid.store(pid_t(syscall(SYS_gettid)));
     while (!go.load()) {}
     mapalloc_free(x);
+    freed.store(true);
   });
   while (!tid.load()) {}
-  int words[2] = {watch_writes(x + block_size - 16, tid.load()), watch_writes(x + block_size - 8, tid.load())};
-  for (int fd : words)
+  for (size_t offset : watch) {
+    int fd = watch_writes(x + offset, tid.load(), sig);
     if (fd < 0 || ioctl(fd, PERF_EVENT_IOC_ENABLE, 0) != 0) _exit(2);
+  }
   go.store(true);
-  for (int ms = 0; !freer_stopped.load(); ms++) {
+  for (int ms = 0; !freer_stopped.load() && !freed.load(); ms++) {
     if (ms == 5000) _exit(3);
     usleep(1000);
   }
@@ -2048,12 +2057,91 @@ bool watchpoints_work() {
 }
 }  // namespace
 
-TEST(AtExit, NoFalseAlarmWithAThreadStoppedHalfwayThroughMarkingABlockItFrees) {
+TEST(AtExit, NoFalseAlarmWithAThreadStoppedHalfwayThroughFreeingABlock) {
   if (!watchpoints_work()) GTEST_SKIP() << "no hardware watchpoints here (perf_event_open)";
   // (request, its block): slacks of 11 and 12, whose canary word the mark's
-  // first word overlaps.
-  for (auto [size, block_size] : {std::pair<size_t, size_t>{5, 16}, {20, 32}, {100, 112}})
-    EXPECT_EXIT(exit_with_a_free_stopped_halfway(size, block_size), ::testing::ExitedWithCode(0), "") << size;
+  // first word overlaps; the watched words are the mark's.
+  for (auto [size, block] : {std::pair<size_t, size_t>{5, 16}, {20, 32}, {100, 112}})
+    for (int stop_at = 1; stop_at <= 3; stop_at++)
+      EXPECT_EXIT(exit_with_a_free_stopped_after(size, {block - 16, block - 8}, stop_at),
+                  ::testing::ExitedWithCode(0), "")
+          << "size " << size << " stopped after store " << stop_at;
+  // Into a quarantine: the watched words are the free list's, over a
+  // canary that began in them.
+  ScopedOptions opts("quarantine=1m");
+  for (size_t size : {5, 15})
+    for (int stop_at = 1; stop_at <= 3; stop_at++)
+      EXPECT_EXIT(exit_with_a_free_stopped_after(size, {0, 8}, stop_at), ::testing::ExitedWithCode(0), "")
+          << "quarantine, size " << size << " stopped after store " << stop_at;
+}
+
+// A thread stopped inside malloc's slow path (right after its first store
+// into a run's next blocks, which it is carving) while another thread forks.
+// In the child that thread's heap is left halfway through an edit: it is
+// never collected (its queues may be half linked), and the child still
+// frees that thread's blocks, collects, allocates and exits cleanly.
+namespace {
+[[noreturn]] void fork_with_a_thread_stopped_in_a_slow_path() {
+  static char* blocks[4096];
+  std::atomic<pid_t> tid{0};
+  std::atomic<bool> go{false};
+  std::atomic<char*> watched{nullptr};
+  int sig = SIGRTMIN;
+  stop_at_write.store(1);
+  signal(sig, count_watched_write);
+  std::thread allocator([&] {
+    tid.store(pid_t(syscall(SYS_gettid)));
+    // 16-byte blocks (requests of 8) up to the last of a 4 KiB batch of a
+    // run: the next malloc carves the next batch (page_extend), in its slow
+    // path.
+    size_t n = 0;
+    do {
+      blocks[n] = static_cast<char*>(mapalloc_malloc(8));
+      memset(blocks[n], int(n), 8);
+    } while ((reinterpret_cast<uintptr_t>(blocks[n++]) + 16) % 4096 != 0 && n < 4095);
+    watched.store(blocks[n - 1] + 16);
+    while (!go.load()) {}
+    blocks[n] = static_cast<char*>(mapalloc_malloc(8));
+  });
+  while (!watched.load()) {}
+  int fd = watch_writes(watched.load(), tid.load(), sig);
+  if (fd < 0 || ioctl(fd, PERF_EVENT_IOC_ENABLE, 0) != 0) _exit(2);
+  go.store(true);
+  for (int ms = 0; !freer_stopped.load(); ms++) {
+    if (ms == 5000) _exit(3);
+    usleep(1000);
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    for (size_t i = 0; blocks[i] && i < 4096; i++) {
+      for (int k = 0; k < 8; k++)
+        if (blocks[i][k] != char(i)) _exit(5);
+      mapalloc_free(blocks[i]);
+    }
+    mapalloc_collect();
+    mapalloc_collect();
+    std::vector<char*> mine;
+    for (size_t i = 0; i < 20000; i++) {
+      mine.push_back(static_cast<char*>(mapalloc_malloc(16 + i % 200)));
+      memset(mine.back(), int(i), 16 + i % 200);
+    }
+    for (size_t i = 0; i < mine.size(); i++) {
+      for (size_t k = 0; k < 16 + i % 200; k++)
+        if (mine[i][k] != char(i)) _exit(6);
+      mapalloc_free(mine[i]);
+    }
+    exit(0);
+  }
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) _exit(7);
+  allocator.detach();
+  _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+}
+}  // namespace
+
+TEST(AtExit, ForkedChildOfAThreadStoppedInAMallocSlowPathWorks) {
+  if (!watchpoints_work()) GTEST_SKIP() << "no hardware watchpoints here (perf_event_open)";
+  EXPECT_EXIT(fork_with_a_thread_stopped_in_a_slow_path(), ::testing::ExitedWithCode(0), "");
 }
 
 namespace {
