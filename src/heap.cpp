@@ -37,7 +37,30 @@ void report_invalid_free(const void* p) noexcept { fatal("invalid free (pointer 
 void report_double_free(const void* p) noexcept { fatal("double free of", p); }
 void* report_corrupted(const Page* page, const void* block) noexcept { page_corrupted(page, block); }
 
+// Brackets an edit of a heap's page queues, current pages or quarantine
+// ring: several plain stores each (a page unlinked and pushed, a ring slot
+// and its count), which a fork cuts wherever the heap's thread is, for good
+// in the child if that thread is not the forking one (after_fork_child,
+// thread.cpp). Only around the stores: a heap caught inside one is lost to
+// the child whole, so no lock, system call or other heap's work is inside.
+// The fences order the count with the edit's stores (no instruction on
+// x86-64).
+struct HeapEdit {
+  Heap* heap;
+  explicit HeapEdit(Heap* h) : heap(h) {
+    heap->editing++;
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+  }
+  ~HeapEdit() {
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    heap->editing--;
+  }
+  HeapEdit(const HeapEdit&) = delete;
+  HeapEdit& operator=(const HeapEdit&) = delete;
+};
+
 static void move_to_full(Heap* heap, Page* page) {
+  HeapEdit edit(heap);
   page->in_full = true;
   page_arm_wait(page);
   heap->full.push_front(page);
@@ -54,6 +77,7 @@ static void release_page(Heap* heap, Page* page) {
 
 // Unlinks page from whichever list holds it.
 static void unlink_page(Heap* heap, Page* page) {
+  HeapEdit edit(heap);
   if (page->is_current) {
     heap->current[page->size_class] = &empty_page;
     page->is_current = false;
@@ -66,28 +90,8 @@ static void unlink_page(Heap* heap, Page* page) {
   }
 }
 
-// Brackets an edit of a heap's page queues or quarantine: several plain
-// stores each (a page unlinked and pushed, a ring slot and its count), which
-// a fork cuts wherever the heap's thread is, for good in the child if that
-// thread is not the forking one (after_fork_child, thread.cpp). The fences
-// order the count with the edit's stores (no instruction on x86-64).
-struct HeapEdit {
-  Heap* heap;
-  explicit HeapEdit(Heap* h) : heap(h) {
-    heap->editing++;
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-  }
-  ~HeapEdit() {
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    heap->editing--;
-  }
-  HeapEdit(const HeapEdit&) = delete;
-  HeapEdit& operator=(const HeapEdit&) = delete;
-};
-
 void heap_page_wait_over(Heap* heap, Page* page) noexcept {
   if (!page->is_current && page->used_count() == 0) {
-    HeapEdit edit(heap);
     unlink_page(heap, page);
     release_page(heap, page);
     return;
@@ -185,13 +189,17 @@ static void sweep_full(Heap* heap) {
     Page* next = page->next;
     if (page->thread_free.load(std::memory_order_relaxed)) {
       page_collect(page);
-      heap->full.remove(page);
-      heap->full_count--;
-      page->in_full = false;
-      if (page->used_count() == 0) {
+      bool empty = page->used_count() == 0;
+      {
+        HeapEdit edit(heap);
+        heap->full.remove(page);
+        heap->full_count--;
+        page->in_full = false;
+        if (!empty) heap->avail[page->size_class].push_front(page);
+      }
+      if (empty) {
         release_page(heap, page);
       } else {
-        heap->avail[page->size_class].push_front(page);
         page_arm_wait(page);
       }
     }
@@ -200,6 +208,7 @@ static void sweep_full(Heap* heap) {
 }
 
 static void make_current(Heap* heap, Page* page) {
+  HeapEdit edit(heap);
   page->is_current = true;
   page_arm_wait(page);
   heap->current[page->size_class] = page;
@@ -207,6 +216,7 @@ static void make_current(Heap* heap, Page* page) {
 
 // Undoes make_current: the page goes first in its class queue.
 static void put_back_current(Heap* heap, unsigned c) {
+  HeapEdit edit(heap);
   Page* page = heap->current[c];
   page->is_current = false;
   heap->current[c] = &empty_page;
@@ -231,12 +241,15 @@ MAPALLOC_INLINE static Page* find_page(Heap* heap, unsigned c) {
   Page* page = heap->current[c];
   if (page != &empty_page) {
     if (has_free_block(page)) return page;
+    HeapEdit edit(heap);
     page->is_current = false;
     heap->current[c] = &empty_page;
     move_to_full(heap, page);
   }
   for (int attempt = 0; attempt < 2; attempt++) {
-    while ((page = heap->avail[c].pop_front())) {
+    for (;;) {
+      HeapEdit edit(heap);  // the page popped is in no list until it is current or full
+      if (!(page = heap->avail[c].pop_front())) break;
       if (has_free_block(page)) {
         make_current(heap, page);
         return page;
@@ -315,11 +328,8 @@ void* heap_malloc_slow(Heap* heap, unsigned c, size_t size, size_t alignment) no
     if (heap != tls_heap) lent = heap;  // the thread has exited (thread.cpp)
   }
   void* p = nullptr;
-  {
-    HeapEdit edit(heap);
-    if (sample::kEnabled && heap->slow_until_sample_check-- == 0) p = malloc_sampled(heap, c, size, alignment);
-    if (!p) p = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
-  }
+  if (sample::kEnabled && heap->slow_until_sample_check-- == 0) p = malloc_sampled(heap, c, size, alignment);
+  if (!p) p = find_page(heap, c) ? heap_malloc_class(heap, c, size) : nullptr;
   if (lent) thread_heap_give_back(lent);
   if (!p) errno = ENOMEM;
   return p;
@@ -339,11 +349,16 @@ static const Block* quarantine_next(const void* p) {
 
 static void quarantine_release_oldest(Heap* heap) {
   Quarantine& q = heap->quarantine;
-  void* p = q.ring[q.head];
-  q.head = (q.head + 1) % kQuarantineSlots;
-  q.count--;
-  Page* page = pagemap::as_page(pagemap::lookup(p));
-  q.bytes -= page->block_size;
+  void* p;
+  Page* page;
+  {
+    HeapEdit edit(heap);
+    p = q.ring[q.head];
+    q.head = (q.head + 1) % kQuarantineSlots;
+    q.count--;
+    page = pagemap::as_page(pagemap::lookup(p));
+    q.bytes -= page->block_size;
+  }
   size_t used = check_canary_past_header(page, p);
   const Block* b = static_cast<const Block*>(p);
   if (decode_link(b) != quarantine_next(p) || !is_freed(b)) fatal("write after free (into a quarantined block) at", p);
@@ -438,7 +453,6 @@ void quarantine_free(Page* page, void* p) noexcept {
   if (kCanaries && index != 0 && page->heap.load(std::memory_order_relaxed) == heap && !tail_before_intact(page, p) &&
       !below_intact(page, p))
     return report_underflow(p);
-  HeapEdit edit(heap);
   if (used > sizeof(Block)) __builtin_memset(reinterpret_cast<char*>(b) + sizeof(Block), kQuarantineFill, used - sizeof(Block));
   // Sealed with the record busy: the link and the cookie are two stores,
   // and in between a canary that began in the first 8 bytes is broken while
@@ -454,9 +468,12 @@ void quarantine_free(Page* page, void* p) noexcept {
   __atomic_thread_fence(__ATOMIC_RELEASE);
   if (page->block_size > sizeof(Block)) __builtin_memcpy(record_at, &record, 2);
   Quarantine& q = heap->quarantine;
-  q.ring[(q.head + q.count) % kQuarantineSlots] = p;
-  q.count++;
-  q.bytes += page->block_size;
+  {
+    HeapEdit edit(heap);
+    q.ring[(q.head + q.count) % kQuarantineSlots] = p;
+    q.count++;
+    q.bytes += page->block_size;
+  }
   while (q.count == kQuarantineSlots || q.bytes > options.quarantine) quarantine_release_oldest(heap);
 }
 
@@ -465,7 +482,6 @@ static void quarantine_flush(Heap* heap) {
 }
 
 void heap_collect(Heap* heap, bool release_current) {
-  HeapEdit edit(heap);
   quarantine_flush(heap);
   for (unsigned c = 0; c < kNumClasses; c++) {
     Page* page = heap->current[c];

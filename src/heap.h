@@ -82,8 +82,8 @@ struct Heap {
   // In a forked child: the heap of a thread the fork did not copy, which may
   // have been halfway through a block or a list: not checked (thread.cpp).
   bool lost_in_fork = false;
-  // Above 0 while a thread edits the heap's page queues or its quarantine
-  // (the slow paths: HeapEdit, heap.cpp). A forked child never collects a
+  // Above 0 while a thread edits the heap's page queues, current pages or
+  // quarantine ring (HeapEdit, heap.cpp). A forked child never collects a
   // lost heap left so: its lists may be half linked (thread.cpp).
   uint32_t editing = 0;
 

@@ -230,14 +230,18 @@ static void after_fork_child() {
   // overflow, their parent's other thread freeing and allocating), and
   // no thread adopts them (thread_heap_init) to allocate from them.
   for (Heap* h = all_heaps; h; h = h->next_all) {
-    if (h->owned && h != tls_heap) {
+    // (A heap neither owned nor abandoned, but being edited, was being
+    // collected by a thread the fork did not copy: lost too, and off the
+    // list it stays.)
+    if (h != tls_heap && (h->owned || h->editing)) {
+      bool owned = h->owned;
       h->owned = false;
       h->lost_in_fork = true;
-      // Its thread was halfway through an edit of its page queues or its
-      // quarantine (HeapEdit, heap.cpp): not collected either, as a half
-      // linked list could hand a page back to the arena twice, or walk off
-      // into another's. What the child frees into its pages stays there.
-      if (h->editing) continue;
+      // Its thread was halfway through an edit of its page queues, current
+      // pages or quarantine ring (HeapEdit, heap.cpp): not collected either,
+      // as a half linked list could hand a page back to the arena twice, or
+      // walk off into another's. What the child frees into its pages stays.
+      if (h->editing || !owned) continue;
       h->next_abandoned = abandoned;
       abandoned = h;
       // Collected now and then, as other abandoned heaps (reclaim_one): what
