@@ -242,8 +242,7 @@ MAPALLOC_INLINE static Page* find_page(Heap* heap, unsigned c) {
   if (page != &empty_page) {
     if (has_free_block(page)) return page;
     HeapEdit edit(heap);
-    page->is_current = false;
-    heap->current[c] = &empty_page;
+    unlink_page(heap, page);
     move_to_full(heap, page);
   }
   for (int attempt = 0; attempt < 2; attempt++) {

@@ -1973,17 +1973,18 @@ void count_watched_write(int) {
   for (;;) pause();
 }
 
-// A watchpoint on writes to the 8 bytes at addr by thread tid (0: this
-// one), which then gets SIGTRAP before its next instruction; -1 where the
-// kernel or the machine has none to give.
-int watch_writes(const void* addr, pid_t tid) {
+// A hardware breakpoint of type bp_type (HW_BREAKPOINT_W: writes to the 8
+// bytes at addr; HW_BREAKPOINT_X: running the code at addr) for thread tid
+// (0: this one), which then gets SIGTRAP before its next instruction; -1
+// where the kernel or the machine has none to give.
+int breakpoint(const void* addr, unsigned bp_type, pid_t tid) {
   perf_event_attr a;
   memset(&a, 0, sizeof a);
   a.type = PERF_TYPE_BREAKPOINT;
   a.size = sizeof a;
-  a.bp_type = HW_BREAKPOINT_W;
+  a.bp_type = bp_type;
   a.bp_addr = reinterpret_cast<uintptr_t>(addr);
-  a.bp_len = HW_BREAKPOINT_LEN_8;
+  a.bp_len = bp_type == HW_BREAKPOINT_X ? sizeof(long) : HW_BREAKPOINT_LEN_8;
   a.sample_period = 1;
   a.exclude_kernel = 1;
   a.exclude_hv = 1;
@@ -1991,6 +1992,7 @@ int watch_writes(const void* addr, pid_t tid) {
   a.remove_on_exec = 1;
   return int(syscall(SYS_perf_event_open, &a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC));
 }
+int watch_writes(const void* addr, pid_t tid) { return breakpoint(addr, HW_BREAKPOINT_W, tid); }
 
 // Whether two watchpoints on this thread each trap its write (a guest, a
 // kernel or a debugger may leave none).
@@ -2081,24 +2083,6 @@ void page_arm_wait(Page* page);  // src/page.cpp: the test's breakpoint
 }  // namespace mapalloc
 
 namespace {
-// An execution breakpoint at code for thread tid, which then gets SIGTRAP
-// before running it; -1 where there is none to give.
-int break_at(const void* code, pid_t tid) {
-  perf_event_attr a;
-  memset(&a, 0, sizeof a);
-  a.type = PERF_TYPE_BREAKPOINT;
-  a.size = sizeof a;
-  a.bp_type = HW_BREAKPOINT_X;
-  a.bp_addr = reinterpret_cast<uintptr_t>(code);
-  a.bp_len = sizeof(long);
-  a.sample_period = 1;
-  a.exclude_kernel = 1;
-  a.exclude_hv = 1;
-  a.sigtrap = 1;
-  a.remove_on_exec = 1;
-  return int(syscall(SYS_perf_event_open, &a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC));
-}
-
 [[noreturn]] void fork_with_a_thread_stopped_in_a_heap_edit() {
   constexpr size_t kBlocks = 100000;
   static char* blocks[kBlocks];
@@ -2120,7 +2104,7 @@ int break_at(const void* code, pid_t tid) {
     }
   });
   while (!tid.load()) {}
-  if (break_at(reinterpret_cast<const void*>(&mapalloc::page_arm_wait), tid.load()) < 0) _exit(2);
+  if (breakpoint(reinterpret_cast<const void*>(&mapalloc::page_arm_wait), HW_BREAKPOINT_X, tid.load()) < 0) _exit(2);
   go.store(true);
   for (int ms = 0; !watched_thread_stopped.load(); ms++) {
     if (ms == 5000 || count.load() == kBlocks) _exit(3);
